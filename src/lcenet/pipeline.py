@@ -1,0 +1,202 @@
+"""The straight path: data -> tokens -> model (-> LCENet) -> trainer -> saved model directory + metrics.
+
+``run_training`` is what ``lcenet train`` calls; ``load_model`` is what ``predict`` and ``evaluate`` call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tokenizers import Tokenizer
+
+from lcenet import data, metrics, text
+from lcenet.config import RunConfig
+from lcenet.errors import UserError
+from lcenet.io import atomic_write_json, read_model_dir, write_model_dir
+from lcenet.lcenet import with_lcenet
+from lcenet.models import build_model, model_class
+from lcenet.train import SplitTensors, Trainer, evaluate_model, resolve_device
+
+log = logging.getLogger("lcenet")
+
+
+def build(config: RunConfig, num_labels: int, vocab_size: int, model_args: dict | None = None) -> torch.nn.Module:
+    """The base model from the registry, wrapped with LCENet when ``config.lcenet`` is set."""
+    model = build_model(config.model, num_labels, vocab_size, **(config.model_args if model_args is None
+                                                                 else model_args))
+    if config.lcenet is not None:
+        model = with_lcenet(model, num_labels, **config.lcenet)
+    return model
+
+
+def base_of(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "base", model)
+
+
+def make_tokenizer(config: RunConfig, train_texts: list[str], cache_dir: Path, source_hash: str) -> Tokenizer:
+    cls = model_class(config.model)
+    if getattr(cls, "uses_pretrained_tokenizer", False):
+        pretrained = config.model_args.get("pretrained")
+        if not pretrained:
+            raise UserError(f"model {config.model!r} needs model_args.pretrained (a local checkpoint directory)")
+        return text.load_tokenizer(cls.tokenizer_file(pretrained))
+    settings = config.data
+    key = text.cache_key(source_hash, "word", str(settings.vocab_size), str(settings.min_frequency),
+                         str(settings.lowercase))
+    return text.word_tokenizer_cached(train_texts, cache_dir, key, vocab_size=settings.vocab_size,
+                                      min_frequency=settings.min_frequency, lowercase=settings.lowercase)
+
+
+def encode_split(tokenizer: Tokenizer, texts: list[str], max_length: int, cache_dir: Path, source_hash: str,
+                 split: str) -> np.ndarray:
+    key = text.cache_key(source_hash, split, text.tokenizer_fingerprint(tokenizer), str(max_length))
+    return text.encode_cached(tokenizer, texts, max_length, cache_dir, key)
+
+
+def inverse_propensity_for(truth_columns: int, label_frequency: np.ndarray, num_train_docs: int,
+                           a: float, b: float) -> np.ndarray:
+    """Inverse propensities for every truth column; labels unseen in train have frequency 0."""
+    frequency = np.zeros(truth_columns, dtype=np.float64)
+    frequency[:len(label_frequency)] = label_frequency
+    return metrics.inverse_propensity(frequency, num_train_docs, a, b)
+
+
+def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, resume: bool = False,
+                 cache_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Train, select on dev, evaluate on dev and test; write ``output/{model/, log.jsonl, metrics.json}``."""
+    output = Path(output)
+    cache_dir = Path(cache_dir) if cache_dir else text.default_cache_dir()
+    started = time.perf_counter()
+    if not resume and (output / "checkpoint.safetensors").exists():
+        raise UserError(f"{output}: holds an unfinished run; pass --resume to continue it or choose a new --output")
+    dataset = data.load_dataset(data_dir, dev_fraction=config.data.dev_fraction, dev_seed=config.data.dev_seed,
+                                max_docs=config.data.max_docs)
+    tokenizer = make_tokenizer(config, dataset.train.texts, cache_dir, dataset.source_hash)
+    pad_id = text.pad_token_id(tokenizer)
+    splits = {name: SplitTensors(encode_split(tokenizer, split.texts, config.data.max_length, cache_dir,
+                                              dataset.source_hash, name), split.labels)
+              for name, split in (("train", dataset.train), ("dev", dataset.dev), ("test", dataset.test))}
+    preprocess_seconds = time.perf_counter() - started
+
+    num_labels = dataset.num_labels
+    torch.manual_seed(config.train.seed)  # initial weights depend on the seed alone
+    model = build(config, num_labels, tokenizer.get_vocab_size())
+    if config.train.embeddings:
+        load_embeddings_into(base_of(model), config.train.embeddings, tokenizer)
+    inv_propensity = inverse_propensity_for(dataset.num_truth_columns, dataset.label_frequency,
+                                            len(dataset.train), config.train.propensity_a, config.train.propensity_b)
+    trainer = Trainer(model, config.train, splits["train"], splits["dev"], num_labels, pad_id, output,
+                      inv_propensity=inv_propensity, progress=progress)
+    state = trainer.fit(resume=resume)
+    trainer.load_best()
+
+    results = {}
+    for name in ("dev", "test"):
+        results[name] = evaluate_model(trainer.model, splits[name], pad_id, trainer.device, inv_propensity,
+                                       config.train.eval_batch_size, config.train.bf16)
+    base = base_of(model)
+    saved_config = {
+        "model": config.model,
+        "model_args": base.saved_args() if hasattr(base, "saved_args") else config.model_args,
+        "lcenet": model.lcenet.config if config.lcenet is not None else None,
+        "num_labels": num_labels,
+        "vocab_size": tokenizer.get_vocab_size(),
+        "max_length": config.data.max_length,
+        "pad_id": pad_id,
+        "num_train_docs": len(dataset.train),
+        "run_config": config.to_dict(),
+    }
+    write_model_dir(output / "model", model, saved_config, tokenizer.to_str(), dataset.label_names,
+                    dataset.label_frequency)
+    summary = {
+        "dev": results["dev"], "test": results["test"],
+        "best_step": state["best_step"], "steps": state["step"], "epochs_completed": state["epoch"],
+        "stopped_early": state["stopped_early"], "train_seconds": state["train_seconds"],
+        "preprocess_seconds": preprocess_seconds, "wall_seconds": time.perf_counter() - started,
+        "device": str(trainer.device), "device_name": device_name(trainer.device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "lcenet_parameters": model.lcenet.num_parameters() if config.lcenet is not None else 0,
+        "num_labels": num_labels, "unseen_test_labels": len(dataset.unseen_labels),
+        "train_docs": len(dataset.train), "dev_docs": len(dataset.dev), "test_docs": len(dataset.test),
+        "config": config.to_dict(),
+    }
+    atomic_write_json(output / "metrics.json", summary)
+    return summary
+
+
+def load_embeddings_into(model: torch.nn.Module, source: str, tokenizer: Tokenizer) -> dict:
+    from lcenet.embeddings import load_word_vectors
+
+    if not hasattr(model, "embedding"):
+        raise UserError(f"train.embeddings: model {type(model).__name__} has no word embedding layer")
+    vectors, stats = load_word_vectors(source, tokenizer.get_vocab())
+    if vectors.shape[1] != model.embedding.weight.shape[1]:
+        raise UserError(f"{source}: vectors have dimension {vectors.shape[1]} but the model's embedding_dim is "
+                        f"{model.embedding.weight.shape[1]}; set model_args.embedding_dim={vectors.shape[1]}")
+    with torch.no_grad():
+        model.embedding.weight.copy_(torch.from_numpy(vectors))
+    return stats
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    label_names: list[str]
+    label_frequency: np.ndarray
+    config: dict
+    device: torch.device
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.config["pad_id"])
+
+
+def load_model(model_dir: str | Path, device: str = "auto") -> LoadedModel:
+    config, state, tokenizer_json, label_names, label_frequency = read_model_dir(model_dir)
+    model = build_model(config["model"], config["num_labels"], config["vocab_size"], **config["model_args"])
+    if config.get("lcenet") is not None:
+        model = with_lcenet(model, config["num_labels"], **config["lcenet"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        weights = Path(model_dir) / "model.safetensors"
+        raise UserError(f"{weights}: weights do not match config.json ({error})") from None
+    resolved = resolve_device(device)
+    model.to(resolved).eval()
+    return LoadedModel(model, Tokenizer.from_str(tokenizer_json), label_names, label_frequency, config, resolved)
+
+
+def evaluate_directory(model_dir: str | Path, data_dir: str | Path, split: str = "test", device: str = "auto",
+                       batch_size: int = 256, propensity_a: float = 0.55, propensity_b: float = 1.5) -> dict:
+    """Score a saved model on one split of a data set, in the model's own label space."""
+    loaded = load_model(model_dir, device)
+    label_index = {name: i for i, name in enumerate(loaded.label_names)}
+    texts, label_lists = [], []
+    for doc_text, labels in data.iter_split(data_dir, split):
+        texts.append(doc_text)
+        label_lists.append(labels)
+    unseen = sorted({label for labels in label_lists for label in labels if label not in label_index})
+    for label in unseen:
+        label_index[label] = len(label_index)
+    truth = data.labels_to_csr(label_lists, label_index, len(label_index))
+    if unseen:
+        log.warning("%s: %d labels unknown to the model (kept as misses)", split, len(unseen))
+    ids = text.encode(loaded.tokenizer, texts, loaded.config["max_length"])
+    inv_propensity = inverse_propensity_for(truth.shape[1], loaded.label_frequency, loaded.config["num_train_docs"],
+                                            propensity_a, propensity_b)
+    return evaluate_model(loaded.model, SplitTensors(ids, sp.csr_matrix(truth)), loaded.pad_id, loaded.device,
+                          inv_propensity, batch_size)

@@ -1,0 +1,74 @@
+"""Prediction from a saved model directory: texts in, top-k labels and sigmoid scores out."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from lcenet import text
+from lcenet.errors import DataError
+from lcenet.pipeline import LoadedModel, load_model
+from lcenet.train import predict_top_k
+
+
+class Predictor:
+    """``Predictor.load(model_dir).predict(["some text", ...], k=5)`` -> ``[{"labels": [...], "scores": [...]}]``."""
+
+    def __init__(self, loaded: LoadedModel, label_names: dict[str, str] | None = None):
+        self.loaded = loaded
+        self.label_names = label_names
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "auto", names_file: str | Path | None = None) -> Predictor:
+        return cls(load_model(model_dir, device), read_label_names(names_file) if names_file else None)
+
+    def predict(self, texts: list[str], k: int = 5, batch_size: int = 256) -> list[dict]:
+        loaded = self.loaded
+        ids = text.encode(loaded.tokenizer, texts, loaded.config["max_length"])
+        top, scores = predict_top_k(loaded.model, ids, loaded.pad_id, k, loaded.device, batch_size)
+        results = []
+        for row, row_scores in zip(top, scores):
+            labels = [loaded.label_names[i] for i in row]
+            result = {"labels": labels, "scores": [round(float(s), 6) for s in row_scores]}
+            if self.label_names is not None:
+                result["names"] = [self.label_names.get(label, label) for label in labels]
+            results.append(result)
+        return results
+
+
+def read_label_names(path: str | Path) -> dict[str, str]:
+    """An id -> name map from ``id<TAB>name`` lines, or a JSON object whose values are names or objects
+    with a "label" or "name" field (e.g. EURLEX57K's eurovoc_concepts.json.gz)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            content = handle.read()
+    except FileNotFoundError:
+        raise DataError(path, "label-name file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(path, f"cannot read label names ({error})") from None
+    if path.name.removesuffix(".gz").endswith(".json"):
+        try:
+            raw = json.loads(content)
+        except json.JSONDecodeError as error:
+            raise DataError(path, f"invalid JSON ({error.msg})", error.lineno) from None
+        if not isinstance(raw, dict):
+            raise DataError(path, "expected a JSON object mapping label id -> name")
+        return {str(key): _name(value) for key, value in raw.items()}
+    names = {}
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, tab, name = line.partition("\t")
+        if not tab:
+            raise DataError(path, "expected 'label<TAB>name'", number)
+        names[key] = name
+    return names
+
+
+def _name(value) -> str:
+    if isinstance(value, dict):
+        return str(value.get("label") or value.get("name") or "")
+    return str(value)

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny data sets written in the test's temp dir (no external data needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lcenet.config import DataSettings, RunConfig, TrainSettings
+
+TOPICS = {
+    "fish": "fishing vessel catch quota sea",
+    "milk": "milk dairy cheese cow",
+    "tax": "tax customs duty tariff import",
+    "car": "vehicle motor emission engine",
+    "aid": "aid grant fund budget",
+    "wine": "wine grape vineyard alcohol",
+}
+
+
+def write_tiny_dataset(directory: Path, docs=(60, 20, 20), seed: int = 0, with_dev: bool = True) -> Path:
+    """Documents mixing 1-3 topics; each topic's words predict its label, and label pairs co-occur."""
+    rng = np.random.default_rng(seed)
+    names = list(TOPICS)
+    directory.mkdir(parents=True, exist_ok=True)
+    splits = ("train", "dev", "test") if with_dev else ("train", "test")
+    for split, count in zip(splits, docs if with_dev else (docs[0], docs[2])):
+        texts, labels = [], []
+        for _ in range(count):
+            chosen = list(rng.choice(names, size=rng.integers(1, 4), replace=False))
+            if "fish" in chosen and "tax" not in chosen:
+                chosen.append("tax")  # a correlation for LCENet to pick up
+            words = [w for topic in chosen for w in TOPICS[topic].split()]
+            words += ["regulation", "article", "council"]
+            rng.shuffle(words)
+            texts.append(" ".join(words))
+            labels.append(" ".join(chosen))
+        (directory / f"{split}_texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+        (directory / f"{split}_labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    return write_tiny_dataset(tmp_path / "data")
+
+
+def tiny_config(model: str = "xmlcnn", lcenet: bool = False, epochs: int = 2, **train) -> RunConfig:
+    model_args = {
+        "xmlcnn": {"embedding_dim": 16, "num_filters": 8, "hidden_dim": 16, "filter_sizes": [2, 3], "pool_chunks": 2},
+        "attentionxml": {"embedding_dim": 16, "hidden_size": 8, "linear_sizes": [8]},
+    }.get(model, {})
+    return RunConfig(
+        model=model, model_args=model_args, lcenet={"rank": 4} if lcenet else None,
+        data=DataSettings(max_length=24, vocab_size=200, min_frequency=1),
+        train=TrainSettings(**{"epochs": epochs, "batch_size": 8, "eval_batch_size": 16, "lr": 5e-3,
+                               "log_every_steps": 2, "patience": None, "device": "cpu", **train}),
+    )

@@ -1,0 +1,116 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from lcenet.io import load_tensors
+from lcenet.pipeline import load_model, run_training
+from lcenet.predict import Predictor
+from lcenet.train import CHECKPOINT_FILE
+
+
+def weights(run_dir):
+    tensors, _ = load_tensors(run_dir / CHECKPOINT_FILE)
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "optimizer."))}
+
+
+def test_training_learns_and_writes_everything(tiny_data, tmp_path):
+    summary = run_training(tiny_config(epochs=8, lr=2e-2), tiny_data, tmp_path / "run", cache_dir=tmp_path / "cache",
+                           progress=False)
+    run = tmp_path / "run"
+    assert {p.name for p in (run / "model").iterdir()} == {"model.safetensors", "config.json", "tokenizer.json",
+                                                           "labels.tsv"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("dev", "test"):
+        for key in ("P@1", "P@3", "P@5", "nDCG@1", "nDCG@3", "nDCG@5", "PSP@1", "PSP@3", "PSP@5"):
+            assert 0.0 <= metrics[split][key] <= 1.0
+    assert metrics["test"]["P@1"] > 0.5  # topics are given away by their words: a working model learns them
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["event"] == "eval"]
+    assert len(evals) == 8 and all("nDCG@5" in r["metrics"] for r in evals)
+    assert any(r["event"] == "train" and "loss" in r for r in records)
+    assert summary["best_step"] == max(evals, key=lambda r: r["metrics"]["nDCG@5"])["step"]
+
+
+def test_kill_and_resume_gives_identical_weights(tiny_data, tmp_path):
+    straight = tmp_path / "straight"
+    run_training(tiny_config(epochs=2, lcenet=True), tiny_data, straight, cache_dir=tmp_path / "c", progress=False)
+
+    # 1 epoch, then "kill" in the middle of epoch 2 (after a mid-epoch checkpoint), then resume.
+    killed = tmp_path / "killed"
+    config = tiny_config(epochs=2, lcenet=True, checkpoint_every_steps=1)
+    import lcenet.train as train_module
+
+    original = train_module.Trainer.fit
+
+    def fit_then_die(self, resume=False, on_step=None):
+        def die(step):
+            if step == 10:  # 8 steps per epoch: step 10 is inside epoch 2
+                raise KeyboardInterrupt
+        return original(self, resume=resume, on_step=die)
+
+    train_module.Trainer.fit = fit_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_training(config, tiny_data, killed, cache_dir=tmp_path / "c", progress=False)
+    finally:
+        train_module.Trainer.fit = original
+    assert not (killed / "model").exists()  # nothing half-written
+    run_training(config, tiny_data, killed, resume=True, cache_dir=tmp_path / "c", progress=False)
+
+    a, b = weights(straight), weights(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()
+             if json.loads(line)["event"] == "train"]
+    assert steps == sorted(set(steps))  # the resumed log has no repeated records
+
+
+def test_an_unfinished_run_is_not_overwritten_without_resume(tiny_data, tmp_path):
+    from lcenet.errors import UserError
+
+    run = tmp_path / "run"
+    run_training(tiny_config(epochs=1), tiny_data, run, cache_dir=tmp_path / "c", progress=False)
+    with pytest.raises(UserError, match="--resume"):
+        run_training(tiny_config(epochs=1), tiny_data, run, cache_dir=tmp_path / "c", progress=False)
+
+
+@pytest.mark.parametrize("lcenet", [False, True])
+def test_save_load_gives_identical_predictions(tiny_data, tmp_path, lcenet):
+    run = tmp_path / "run"
+    run_training(tiny_config(epochs=1, lcenet=lcenet), tiny_data, run, cache_dir=tmp_path / "c", progress=False)
+    loaded = load_model(run / "model", device="cpu")
+    texts = ["milk cheese cow", "fishing quota sea tax", "nothing known here", ""]
+    first = Predictor(loaded).predict(texts, k=3)
+    again = Predictor.load(run / "model", device="cpu").predict(texts, k=3)
+    assert first == again
+    assert all(len(r["labels"]) == 3 and r["scores"] == sorted(r["scores"], reverse=True) for r in first)
+    # the same logits as the in-memory model that produced the checkpoint
+    state, _ = load_tensors(run / "model" / "model.safetensors")
+    assert all(torch.equal(state[k], v) for k, v in loaded.model.state_dict().items())
+
+
+def test_aux_loss_supervises_the_base_logits(tiny_data, tmp_path):
+    from lcenet.pipeline import build
+    from lcenet.train import SplitTensors, Trainer
+
+    torch.manual_seed(0)
+    config = tiny_config(lcenet=True)
+    config.lcenet["aux_loss_weight"] = 0.5
+    model = build(config, num_labels=6, vocab_size=30)
+    ids = np.random.default_rng(0).integers(1, 30, size=(8, 10))
+    import scipy.sparse as sp
+    labels = sp.csr_matrix(np.eye(6, dtype=np.float32)[np.arange(8) % 6])
+    trainer = Trainer(model, config.train, SplitTensors(ids, labels), SplitTensors(ids, labels), 6, 0,
+                      tmp_path / "aux", progress=False)
+    model.eval()  # no dropout: the three forward passes must see the same network
+    input_ids, mask = torch.from_numpy(ids), torch.from_numpy(ids != 0)
+    targets = torch.from_numpy(labels.toarray())
+    with_aux = trainer._loss(input_ids, mask, targets)
+    model.lcenet.aux_loss_weight = 0.0
+    without = trainer._loss(input_ids, mask, targets)
+    base_loss = torch.nn.functional.binary_cross_entropy_with_logits(model.base(input_ids, mask), targets)
+    assert torch.allclose(with_aux, without + 0.5 * base_loss, atol=1e-6)
