@@ -63,23 +63,52 @@ def train(
     from lcenet.pipeline import run_training
     from lcenet.report_console import print_run_summary
 
+    run_config = build_config(config, model, lcenet, set_, epochs=epochs, seed=seed, device=device,
+                              batch_size=batch_size, lr=lr, embeddings=embeddings, max_length=max_length,
+                              pretrained=pretrained)
+    summary = run_training(run_config, data, output, resume=resume, cache_dir=cache_dir, progress=progress)
+    print_run_summary(summary, output)
+
+
+def build_config(config: Path | None, model: str | None, lcenet: bool | None, assignments: list[str] | None,
+                 max_length: int | None = None, pretrained: str | None = None, **train_settings) -> RunConfig:
+    """The YAML config (or defaults), then explicit flags, then --set assignments."""
     run_config = load_config(config) if config else RunConfig()
     if model is not None:
         run_config.model = model
     if lcenet is not None:
         run_config.lcenet = (run_config.lcenet or {}) if lcenet else None
-    for name, value in (("epochs", epochs), ("seed", seed), ("device", device), ("batch_size", batch_size),
-                        ("lr", lr), ("embeddings", embeddings)):
+    for name, value in train_settings.items():
         if value is not None:
             setattr(run_config.train, name, value)
     if max_length is not None:
         run_config.data.max_length = max_length
     if pretrained is not None:
         run_config.model_args["pretrained"] = pretrained
-    for assignment in set_ or []:
+    for assignment in assignments or []:
         apply_override(run_config, assignment)
-    summary = run_training(run_config, data, output, resume=resume, cache_dir=cache_dir, progress=progress)
-    print_run_summary(summary, output)
+    return run_config
+
+
+@app.command()
+@user_errors
+def preprocess(
+    data: Annotated[Path, typer.Option(help="Data set directory.")],
+    config: Annotated[Path | None, typer.Option(help="YAML run config (its model and data settings count).")] = None,
+    model: Annotated[str | None, typer.Option(help="Base architecture (decides the tokenizer).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting (repeatable).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache directory (default $LCENET_CACHE or "
+                                                   "~/.cache/lcenet).")] = None,
+):
+    """Validate a data set and fill the tokenization cache, so later runs (e.g. parallel ones) skip it."""
+    from lcenet.pipeline import prepare
+    from lcenet.text import default_cache_dir
+
+    run_config = build_config(config, model, None, set_)
+    dataset, tokenizer, splits = prepare(run_config, data, cache_dir or default_cache_dir())
+    typer.echo(json.dumps({name: {"docs": len(split.ids), "truth_columns": split.labels.shape[1]}
+                           for name, split in splits.items()} | {"labels": dataset.num_labels,
+                                                                 "vocab": tokenizer.get_vocab_size()}))
 
 
 @app.command()
@@ -143,6 +172,49 @@ def demo(
     from lcenet.demo import run_demo
 
     run_demo(output, epochs)
+
+
+@app.command()
+@user_errors
+def experiment(
+    spec: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/experiments/).")],
+    output: Annotated[Path | None, typer.Option(help="Experiment directory (default runs/experiments/NAME).")] = None,
+    data: Annotated[list[str] | None, typer.Option(help="Point a data set elsewhere: NAME=DIR (repeatable).")] = None,
+    parallel: Annotated[int | None, typer.Option(help="Cells run at once (default: the file's 'parallel').")] = None,
+    report: Annotated[bool, typer.Option(help="Write report.md when the grid is done.")] = True,
+):
+    """Run a grid of training runs (skipping finished cells, resuming killed ones), then write the report."""
+    from lcenet.experiment import load_experiment, run_experiment
+
+    overrides = {}
+    for item in data or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise UserError(f"--data {item!r}: expected NAME=DIR")
+        overrides[name] = path
+    plan = load_experiment(spec, overrides)
+    output = output or Path("runs/experiments") / plan.name
+    statuses = run_experiment(plan, output, parallel)
+    counts = {state: list(statuses.values()).count(state) for state in ("done", "skipped", "failed")}
+    typer.echo(f"{plan.name}: {counts['done']} run, {counts['skipped']} already finished, {counts['failed']} failed "
+               f"-> {output}", err=True)
+    if report:
+        from lcenet.report import write_report
+
+        typer.echo(f"report: {write_report(output)}", err=True)
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    experiment_dir: Annotated[Path, typer.Argument(help="An experiment directory (holds records/).")],
+):
+    """Write EXPERIMENT_DIR/report.md (tables, significance tests, convergence, plots) from its run records."""
+    from lcenet.report import write_report
+
+    typer.echo(str(write_report(experiment_dir)))
 
 
 def main() -> None:

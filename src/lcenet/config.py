@@ -28,6 +28,7 @@ class DataSettings:
 class TrainSettings:
     epochs: int = 20
     max_steps: int | None = None
+    max_seconds: float | None = None  # stop training (then select on dev as usual) after this much train time
     batch_size: int = 64
     eval_batch_size: int = 256
     grad_accum_steps: int = 1

@@ -21,7 +21,7 @@ from lcenet.errors import UserError
 from lcenet.io import atomic_write_json, read_model_dir, write_model_dir
 from lcenet.lcenet import with_lcenet
 from lcenet.models import build_model, model_class
-from lcenet.train import SplitTensors, Trainer, evaluate_model, resolve_device
+from lcenet.train import SplitTensors, Trainer, evaluate_model, predict_top_k, resolve_device
 
 log = logging.getLogger("lcenet")
 
@@ -67,6 +67,18 @@ def inverse_propensity_for(truth_columns: int, label_frequency: np.ndarray, num_
     return metrics.inverse_propensity(frequency, num_train_docs, a, b)
 
 
+def prepare(config: RunConfig, data_dir: str | Path, cache_dir: Path
+            ) -> tuple[data.Dataset, Tokenizer, dict[str, SplitTensors]]:
+    """Read the data set and tokenize every split (both cached on disk, keyed by data + settings)."""
+    dataset = data.load_dataset(data_dir, dev_fraction=config.data.dev_fraction, dev_seed=config.data.dev_seed,
+                                max_docs=config.data.max_docs)
+    tokenizer = make_tokenizer(config, dataset.train.texts, cache_dir, dataset.source_hash)
+    splits = {name: SplitTensors(encode_split(tokenizer, split.texts, config.data.max_length, cache_dir,
+                                              dataset.source_hash, name), split.labels)
+              for name, split in (("train", dataset.train), ("dev", dataset.dev), ("test", dataset.test))}
+    return dataset, tokenizer, splits
+
+
 def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, resume: bool = False,
                  cache_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Train, select on dev, evaluate on dev and test; write ``output/{model/, log.jsonl, metrics.json}``."""
@@ -75,13 +87,8 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
     started = time.perf_counter()
     if not resume and (output / "checkpoint.safetensors").exists():
         raise UserError(f"{output}: holds an unfinished run; pass --resume to continue it or choose a new --output")
-    dataset = data.load_dataset(data_dir, dev_fraction=config.data.dev_fraction, dev_seed=config.data.dev_seed,
-                                max_docs=config.data.max_docs)
-    tokenizer = make_tokenizer(config, dataset.train.texts, cache_dir, dataset.source_hash)
+    dataset, tokenizer, splits = prepare(config, data_dir, cache_dir)
     pad_id = text.pad_token_id(tokenizer)
-    splits = {name: SplitTensors(encode_split(tokenizer, split.texts, config.data.max_length, cache_dir,
-                                              dataset.source_hash, name), split.labels)
-              for name, split in (("train", dataset.train), ("dev", dataset.dev), ("test", dataset.test))}
     preprocess_seconds = time.perf_counter() - started
 
     num_labels = dataset.num_labels
@@ -96,10 +103,12 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
     state = trainer.fit(resume=resume)
     trainer.load_best()
 
-    results = {}
-    for name in ("dev", "test"):
-        results[name] = evaluate_model(trainer.model, splits[name], pad_id, trainer.device, inv_propensity,
-                                       config.train.eval_batch_size, config.train.bf16)
+    results = {"dev": evaluate_model(trainer.model, splits["dev"], pad_id, trainer.device, inv_propensity,
+                                     config.train.eval_batch_size, config.train.bf16)}
+    top, _ = predict_top_k(trainer.model, splits["test"].ids, pad_id, max(metrics.DEFAULT_KS), trainer.device,
+                           config.train.eval_batch_size, config.train.bf16)
+    results["test"] = metrics.evaluate(top, splits["test"].labels, inv_propensity=inv_propensity)
+    atomic_write_json(output / "test_documents.json", document_hits(top, splits["test"].labels))
     base = base_of(model)
     saved_config = {
         "model": config.model,
@@ -117,7 +126,8 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
     summary = {
         "dev": results["dev"], "test": results["test"],
         "best_step": state["best_step"], "steps": state["step"], "epochs_completed": state["epoch"],
-        "stopped_early": state["stopped_early"], "train_seconds": state["train_seconds"],
+        "stopped_early": state["stopped_early"], "stopped_by_time": state["stopped_by_time"],
+        "train_seconds": state["train_seconds"],
         "preprocess_seconds": preprocess_seconds, "wall_seconds": time.perf_counter() - started,
         "device": str(trainer.device), "device_name": device_name(trainer.device),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -128,6 +138,14 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
     }
     atomic_write_json(output / "metrics.json", summary)
     return summary
+
+
+def document_hits(top: np.ndarray, truth: sp.csr_matrix) -> dict:
+    """Per test document: a bitmask of which top-k ranks hit (bit i = rank i+1) and the number of true
+    labels. Enough to recompute P@k, nDCG@k and R@k per document for paired significance tests."""
+    hits = metrics.top_k_hits(top, truth)
+    masks = (hits.astype(np.int64) << np.arange(hits.shape[1])).sum(axis=1)
+    return {"k": int(hits.shape[1]), "hits": masks.tolist(), "num_true": np.diff(truth.indptr).tolist()}
 
 
 def load_embeddings_into(model: torch.nn.Module, source: str, tokenizer: Tokenizer) -> dict:

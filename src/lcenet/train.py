@@ -133,7 +133,8 @@ class Trainer:
         self.optimizer = optimizer_class(parameter_groups(self.model, settings), lr=settings.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_score": -1.0, "best_step": 0,
-                      "evals_without_improvement": 0, "train_seconds": 0.0, "stopped_early": False}
+                      "evals_without_improvement": 0, "train_seconds": 0.0, "stopped_early": False,
+                      "stopped_by_time": False}
 
     def _lr_factor(self, step: int) -> float:
         settings = self.settings
@@ -198,8 +199,11 @@ class Trainer:
         return dict(self.state)
 
     def _finished(self) -> bool:
-        return (self.state["stopped_early"] or self.state["epoch"] >= self.settings.epochs
-                or self.state["step"] >= self.total_steps)
+        state, settings = self.state, self.settings
+        if settings.max_seconds is not None and state["train_seconds"] >= settings.max_seconds:
+            state["stopped_by_time"] = True
+        return (state["stopped_early"] or state["stopped_by_time"] or state["epoch"] >= settings.epochs
+                or state["step"] >= self.total_steps)
 
     def _optimizer_step(self, rows: np.ndarray) -> float:
         settings = self.settings

@@ -1,0 +1,186 @@
+"""Experiments as data: a YAML grid of data sets × models × LCENet variants × seeds.
+
+Every cell is an ordinary ``lcenet train`` run in its own directory, launched as a subprocess so a crash
+in one cell cannot take the others down and the exact command is on record. Rerunning an experiment
+skips finished cells and resumes killed ones from their checkpoints.
+
+    name: quick_cooking
+    profile: cpu-quick                     # a label carried into every record and table
+    datasets: {cooking: ../shared/data/CookingStackExchange}
+    models: {xmlcnn: configs/cooking_xmlcnn.yaml}        # or {config: ..., set: [...]}
+    variants:
+      base: {lcenet: null}
+      lcenet: {lcenet: {}}
+      rank16: {lcenet: {rank: 16}}
+      wide_base: {lcenet: null, set: [model_args.hidden_dim=1024]}
+    seeds: [0, 1, 2]
+    set: [train.epochs=5]                  # overrides shared by every cell
+    parallel: 1                            # cells run at once (useful on a GPU)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lcenet.errors import UserError
+from lcenet.io import atomic_write_json
+from lcenet.records import run_record
+
+log = logging.getLogger("lcenet")
+
+
+@dataclass
+class Cell:
+    dataset: str
+    data_dir: str
+    model: str
+    config: str
+    variant: str
+    lcenet: dict | None
+    seed: int
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}__{self.model}__{self.variant}__s{self.seed}"
+
+    def command(self, run_dir: Path, resume: bool = False) -> list[str]:
+        args = [sys.executable, "-m", "lcenet.cli", "train", "--data", self.data_dir, "--config", self.config,
+                "--output", str(run_dir), "--seed", str(self.seed), "--no-progress"]
+        args += ["--set", "lcenet=null"] if self.lcenet is None else ["--set", "lcenet=true"]
+        for key, value in (self.lcenet or {}).items():
+            args += ["--set", f"lcenet.{key}={json.dumps(value)}"]
+        for assignment in self.overrides:
+            args += ["--set", assignment]
+        return args + (["--resume"] if resume else [])
+
+
+@dataclass
+class Experiment:
+    name: str
+    profile: str
+    cells: list[Cell]
+    parallel: int = 1
+
+
+def load_experiment(path: str | Path, data_overrides: dict[str, str] | None = None) -> Experiment:
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: experiment file not found") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: invalid YAML ({error})") from None
+    if not isinstance(spec, dict):
+        raise UserError(f"{path}: an experiment must be a YAML mapping")
+    allowed = {"name", "profile", "datasets", "models", "variants", "seeds", "set", "parallel"}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    for key in ("datasets", "models", "variants", "seeds"):
+        if not spec.get(key):
+            raise UserError(f"{path}: '{key}' is required and must not be empty")
+    datasets = {**spec["datasets"], **(data_overrides or {})}
+    shared = _string_list(spec.get("set", []), path, "set")
+    cells = []
+    for dataset, data_dir in datasets.items():
+        if dataset not in spec["datasets"]:
+            raise UserError(f"--data {dataset}=...: the experiment has no data set {dataset!r}")
+        for model, model_spec in spec["models"].items():
+            model_spec = {"config": model_spec} if isinstance(model_spec, str) else dict(model_spec or {})
+            if "config" not in model_spec:
+                raise UserError(f"{path}: models.{model} needs a config file")
+            config = _resolve(model_spec["config"], path)
+            model_set = _string_list(model_spec.get("set", []), path, f"models.{model}.set")
+            for variant, variant_spec in spec["variants"].items():
+                variant_spec = dict(variant_spec or {})
+                if not set(variant_spec) <= {"lcenet", "set"}:
+                    raise UserError(f"{path}: variants.{variant} takes only 'lcenet' and 'set'")
+                variant_set = _string_list(variant_spec.get("set", []), path, f"variants.{variant}.set")
+                for seed in spec["seeds"]:
+                    cells.append(Cell(dataset, str(data_dir), model, config, variant, variant_spec.get("lcenet"),
+                                      int(seed), shared + model_set + variant_set))
+    return Experiment(spec.get("name", path.stem), str(spec.get("profile", "default")), cells,
+                      int(spec.get("parallel", 1)))
+
+
+def _string_list(value: Any, path: Path, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UserError(f"{path}: {key} must be a list of KEY=VALUE strings")
+    return value
+
+
+def _resolve(config: str, experiment_file: Path) -> str:
+    """Config paths are relative to the working directory, or else to the experiment file."""
+    candidate = Path(config)
+    if not candidate.exists() and (experiment_file.parent / config).exists():
+        candidate = experiment_file.parent / config
+    if not candidate.exists():
+        raise UserError(f"{experiment_file}: config {config} not found")
+    return str(candidate)
+
+
+def cell_status(run_dir: Path) -> str:
+    if (run_dir / "metrics.json").exists():
+        return "done"
+    if (run_dir / "checkpoint.safetensors").exists():
+        return "resumable"
+    return "new"
+
+
+def run_experiment(experiment: Experiment, output: str | Path, parallel: int | None = None) -> dict[str, str]:
+    """Run every unfinished cell; write records/ for finished ones. Returns {cell name: status}."""
+    output = Path(output)
+    (output / "records").mkdir(parents=True, exist_ok=True)
+    (output / "runs").mkdir(exist_ok=True)
+    atomic_write_json(output / "experiment.json", {
+        "name": experiment.name, "profile": experiment.profile,
+        "cells": [{"name": c.name, "dataset": c.dataset, "model": c.model, "variant": c.variant, "seed": c.seed,
+                   "lcenet": c.lcenet, "overrides": c.overrides} for c in experiment.cells]})
+
+    def run_cell(cell: Cell) -> str:
+        run_dir = output / "runs" / cell.name
+        status = cell_status(run_dir)
+        error_path = output / "records" / f"{cell.name}.error.json"
+        if status != "done":
+            command = cell.command(run_dir, resume=status == "resumable")
+            log.info("[%s] %s", cell.name, "resuming" if status == "resumable" else "starting")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            with open(run_dir / "stderr.log", "a", encoding="utf-8") as stderr:
+                result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=stderr, check=False)
+            if result.returncode != 0:
+                tail = (run_dir / "stderr.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()
+                atomic_write_json(error_path, {"cell": cell.name, "returncode": result.returncode,
+                                               "command": shlex.join(command), "error": tail[-1] if tail else "",
+                                               "seconds": time.perf_counter() - started})
+                log.warning("[%s] failed (exit %d): %s", cell.name, result.returncode, tail[-1] if tail else "")
+                return "failed"
+        error_path.unlink(missing_ok=True)
+        record = run_record(run_dir, cell.dataset, experiment.profile, shlex.join(_portable(cell.command(run_dir))))
+        record.update(variant=cell.variant, cell=cell.name, experiment=experiment.name)
+        atomic_write_json(output / "records" / f"{cell.name}.json", record)
+        log.info("[%s] %s: test P@1 %.4f nDCG@5 %.4f", cell.name, "skipped (finished)" if status == "done" else
+                 "done", record["test"]["P@1"], record["test"]["nDCG@5"])
+        return "skipped" if status == "done" else "done"
+
+    workers = max(1, parallel or experiment.parallel)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        statuses = dict(zip([c.name for c in experiment.cells], pool.map(run_cell, experiment.cells)))
+    return statuses
+
+
+def _portable(command: list[str]) -> list[str]:
+    """The command as a user would type it: ``lcenet train ...`` rather than this interpreter's path."""
+    return ["lcenet", *command[3:]]

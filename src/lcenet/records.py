@@ -1,0 +1,64 @@
+"""Run records: one JSON per finished training run, the raw material of RESULTS.md and the reports.
+
+A record joins what the run wrote (metrics.json, log.jsonl) with how it was launched (command, profile,
+data set name), so every number in a generated table can be traced to a command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lcenet.errors import UserError
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def dev_curve(log: list[dict]) -> list[dict]:
+    """[{step, epoch, seconds, P@1, nDCG@5, ...}] from the dev evaluations of a run log."""
+    return [{"step": r["step"], "epoch": r["epoch"], "seconds": r.get("seconds"), **r["metrics"]}
+            for r in log if r.get("event") == "eval"]
+
+
+def run_record(run_dir: str | Path, dataset: str, profile: str, command: str) -> dict:
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        raise UserError(f"{metrics_path}: missing (the run did not finish)")
+    summary = json.loads(metrics_path.read_text(encoding="utf-8"))
+    config = summary["config"]
+    return {
+        "dataset": dataset,
+        "model": config["model"],
+        "lcenet": config["lcenet"],
+        "seed": config["train"]["seed"],
+        "profile": profile,
+        "device": summary["device"],
+        "device_name": summary["device_name"],
+        "epochs": config["train"]["epochs"],
+        "epochs_completed": summary["epochs_completed"],
+        "steps": summary["steps"],
+        "best_step": summary["best_step"],
+        "stopped_early": summary["stopped_early"],
+        "stopped_by_time": summary.get("stopped_by_time", False),
+        "train_seconds": summary["train_seconds"],
+        "wall_seconds": summary["wall_seconds"],
+        "parameters": summary["parameters"],
+        "lcenet_parameters": summary["lcenet_parameters"],
+        "command": command,
+        "test": summary["test"],
+        "dev": summary["dev"],
+        "dev_curve": dev_curve(read_log(run_dir)),
+        "config": config,
+        "docs": {"train": summary["train_docs"], "dev": summary["dev_docs"], "test": summary["test_docs"]},
+        "test_documents": _read_json(run_dir / "test_documents.json"),
+    }
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None

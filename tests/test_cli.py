@@ -1,0 +1,137 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_tiny_dataset
+from lcenet.cli import app
+
+runner = CliRunner()
+
+XMLCNN_SMALL = ["--set", "model_args.embedding_dim=16", "--set", "model_args.num_filters=8",
+                "--set", "model_args.hidden_dim=16", "--set", "data.vocab_size=200", "--set", "data.min_frequency=1",
+                "--set", "train.batch_size=8", "--set", "train.lr=0.01"]
+
+
+@pytest.fixture
+def trained(tmp_path, monkeypatch):
+    monkeypatch.setenv("LCENET_CACHE", str(tmp_path / "cache"))
+    data = write_tiny_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(data), "--model", "xmlcnn", "--lcenet", "--output", str(run),
+                                 "--epochs", "3", "--seed", "1", "--max-length", "24", "--device", "cpu",
+                                 "--no-progress", *XMLCNN_SMALL])
+    assert result.exit_code == 0, result.output
+    return data, run
+
+
+def test_train_evaluate_predict_end_to_end(trained, tmp_path):
+    data, run = trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"]["lcenet"] == {} and metrics["lcenet_parameters"] > 0
+    assert metrics["config"]["train"]["epochs"] == 3 and metrics["config"]["train"]["seed"] == 1
+
+    result = runner.invoke(app, ["evaluate", str(run / "model"), "--data", str(data), "--split", "test",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert scores["P@1"] == pytest.approx(metrics["test"]["P@1"])
+    assert scores["nDCG@5"] == pytest.approx(metrics["test"]["nDCG@5"])
+
+    texts = "milk cheese cow\nfishing quota sea\n\nwine grape vineyard\n"
+    result = runner.invoke(app, ["predict", str(run / "model"), "-k", "2", "--device", "cpu"], input=texts)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 4
+    assert all(len(line["labels"]) == 2 and len(line["scores"]) == 2 for line in lines)
+
+    names = tmp_path / "names.tsv"
+    names.write_text("milk\tMilk products\nfish\tFisheries\n")
+    infile = tmp_path / "in.txt"
+    infile.write_text(texts)
+    result = runner.invoke(app, ["predict", str(run / "model"), "--input", str(infile), "--names", str(names),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    first = json.loads(result.stdout.splitlines()[0])
+    assert len(first["labels"]) == 5 and len(first["names"]) == 5
+    assert all(name == {"milk": "Milk products", "fish": "Fisheries"}.get(label, label)
+               for label, name in zip(first["labels"], first["names"]))
+
+
+def test_config_file_and_flags_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("LCENET_CACHE", str(tmp_path / "cache"))
+    data = write_tiny_dataset(tmp_path / "data")
+    config = tmp_path / "c.yaml"
+    config.write_text("model: xmlcnn\nmodel_args: {embedding_dim: 8, num_filters: 4, hidden_dim: 8}\n"
+                      "lcenet: {rank: 3, blocks: 1}\ndata: {max_length: 16, min_frequency: 1}\n"
+                      "train: {epochs: 5, batch_size: 16, device: cpu}\n")
+    result = runner.invoke(app, ["train", "--data", str(data), "--config", str(config), "--output",
+                                 str(tmp_path / "r"), "--epochs", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())["config"]
+    assert saved["train"]["epochs"] == 1 and saved["train"]["batch_size"] == 16
+    assert saved["lcenet"] == {"rank": 3, "blocks": 1}
+    result = runner.invoke(app, ["train", "--data", str(data), "--config", str(config), "--no-lcenet", "--output",
+                                 str(tmp_path / "r2"), "--epochs", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["lcenet_parameters"] == 0
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert "Traceback" not in result.output and len(message.splitlines()) == 1, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_user_errors_are_one_line(trained, tmp_path):
+    data, run = trained
+    bad = tmp_path / "bad"
+    write_tiny_dataset(bad)
+    labels = (bad / "train_labels.txt").read_text().splitlines()
+    labels[6] = ""
+    (bad / "train_labels.txt").write_text("\n".join(labels) + "\n")
+    out = tmp_path / "badrun"
+    one_line_error(runner.invoke(app, ["train", "--data", str(bad), "--output", str(out), "--no-progress"]),
+                   "train_labels.txt:7")
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+
+    one_line_error(runner.invoke(app, ["train", "--data", str(tmp_path / "nope"), "--output", str(out)]), "nope")
+    one_line_error(runner.invoke(app, ["train", "--data", str(data), "--model", "transformerxl", "--output",
+                                       str(out), "--no-progress"]), "unknown model")
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  epochs: 1\n  learning_rate: 3\n")
+    one_line_error(runner.invoke(app, ["train", "--data", str(data), "--config", str(config), "--output",
+                                       str(out)]), "c.yaml", "learning_rate")
+    one_line_error(runner.invoke(app, ["train", "--data", str(data), "--output", str(out), "--set", "train.nope=1"]),
+                   "train.nope")
+    one_line_error(runner.invoke(app, ["predict", str(tmp_path / "missing_model")]), "missing_model")
+    one_line_error(runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu"], input=b"ok\n\xff\xfe\n"),
+                   "<stdin>:2", "UTF-8")
+
+
+def test_model_dir_with_pickle_or_malformed_files_is_refused(trained, tmp_path):
+    import shutil
+
+    _, run = trained
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(run / "model", poisoned)
+    (poisoned / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    one_line_error(runner.invoke(app, ["predict", str(poisoned)], input="x\n"), "pytorch_model.bin", "pickle")
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run / "model", broken)
+    (broken / "config.json").write_text("{not json")
+    one_line_error(runner.invoke(app, ["predict", str(broken)], input="x\n"), "config.json", "malformed")
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(run / "model", truncated)
+    (truncated / "model.safetensors").write_bytes(b"garbage")
+    one_line_error(runner.invoke(app, ["predict", str(truncated)], input="x\n"), "model.safetensors")
+
+
+def test_every_command_has_help():
+    for command in ([], ["train"], ["evaluate"], ["predict"], ["demo"]):
+        result = runner.invoke(app, [*command, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
