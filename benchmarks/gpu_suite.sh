@@ -2,13 +2,15 @@
 # Everything one GPU lease runs, in one call (the lease is 15 minutes, one start):
 #   1. the step-time / throughput benchmark on the GPU (benchmarks/step_time.py),
 #   2. EURLEX57K full-profile XML-CNN and AttentionXML, base vs +LCENet, 3 seeds, all cells side by side
-#      (configs/experiments/paper_eurlex57k_gpu15min.yaml).
+#      (configs/experiments/paper_eurlex57k_gpu15min.yaml); or, with SUITE=ablation, the XML-CNN ablation
+#      grid (configs/experiments/ablation_eurlex57k_gpu15min.yaml) without the step-time benchmark.
 # Results come back through $OUT: the step-time record, logs, and the experiment directory without weights.
 #   DATA=.device_data/EURLEX57K OUT=/tmp/out bash benchmarks/gpu_suite.sh
 set -u
 DATA=${DATA:-.device_data/EURLEX57K}
 OUT=${OUT:-/tmp/lcenet_gpu_out}
-EXP=${EXP:-/tmp/paper_eurlex57k_gpu15min}
+SUITE=${SUITE:-paper}  # paper | ablation
+EXP=${EXP:-/tmp/${SUITE}_eurlex57k_gpu15min}
 STEP_TIMEOUT=${STEP_TIMEOUT:-75}
 TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-390}
 mkdir -p "$OUT"
@@ -20,16 +22,18 @@ stamp "environment"
 { nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; nproc; ls ~/.cache/huggingface/hub 2>&1 | head; } \
     > "$OUT/env.txt" 2>&1
 
-stamp "step-time benchmark"
-timeout "$STEP_TIMEOUT" python3 benchmarks/step_time.py --device auto --repeats 10 \
-    --output "$OUT/step_time_cuda.json" > "$OUT/step_time.log" 2>&1 || stamp "step-time benchmark exit $?"
+if [ "$SUITE" = paper ]; then
+    stamp "step-time benchmark"
+    timeout "$STEP_TIMEOUT" python3 benchmarks/step_time.py --device auto --repeats 10 \
+        --output "$OUT/step_time_cuda.json" > "$OUT/step_time.log" 2>&1 || stamp "step-time benchmark exit $?"
+fi
 
 stamp "preprocess (fills the tokenization cache once for all cells)"
 python3 -m lcenet.cli preprocess --data "$DATA" --config configs/eurlex57k_xmlcnn.yaml "$@" \
     > "$OUT/preprocess.log" 2>&1 || stamp "preprocess exit $?"
 
 stamp "experiment"
-timeout "$TRAIN_TIMEOUT" python3 -m lcenet.cli experiment configs/experiments/paper_eurlex57k_gpu15min.yaml \
+timeout "$TRAIN_TIMEOUT" python3 -m lcenet.cli experiment "configs/experiments/${SUITE}_eurlex57k_gpu15min.yaml" \
     --data "eurlex57k=$DATA" --output "$EXP" --no-report "$@" > "$OUT/experiment.log" 2>&1 \
     || stamp "experiment exit $?"
 pkill -f "lcenet.cli train" 2>/dev/null

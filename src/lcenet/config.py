@@ -35,6 +35,7 @@ class TrainSettings:
     optimizer: str = "adam"  # adam | adamw
     lr: float = 1e-3
     encoder_lr: float | None = None  # pretrained encoder parameters (BERT); None = lr
+    lcenet_lr: float | None = None  # LCENet parameters; None = lr
     weight_decay: float = 0.0  # never applied to biases and norm weights
     grad_clip: float | None = 5.0
     schedule: str = "constant"  # constant | linear (warm-up then linear decay to 0)

@@ -91,12 +91,17 @@ def evaluate_model(model, split: SplitTensors, pad_id: int, device, inv_propensi
 
 
 def parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[dict]:
-    """Encoder parameters (names containing 'encoder.') get encoder_lr; no weight decay on biases/norms."""
+    """Encoder parameters (names containing 'encoder.') get encoder_lr, LCENet's (names starting 'lcenet.')
+    lcenet_lr, the rest lr; no weight decay on biases and norm weights."""
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lr = settings.encoder_lr if settings.encoder_lr is not None and "encoder." in name else settings.lr
+        lr = settings.lr
+        if settings.encoder_lr is not None and "encoder." in name:
+            lr = settings.encoder_lr
+        elif settings.lcenet_lr is not None and name.startswith("lcenet."):
+            lr = settings.lcenet_lr
         no_decay = name.endswith("bias") or "norm" in name.lower()
         groups.setdefault((lr, 0.0 if no_decay else settings.weight_decay), []).append(param)
     return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
