@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 # Without an NVIDIA GPU take the CPU-sized torch 2.13.0 (0.9 GB) instead of a 5 GB CUDA build;
 # with one, let pyproject's range choose. Override: make TORCH_SPEC='torch==2.14.1' demo
-TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.2,<3' || echo 'torch==2.13.0')
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.4,<3' || echo 'torch==2.13.0')
 
 .PHONY: install dev demo test lint clean
 

@@ -15,10 +15,10 @@ def demo_config(lcenet: bool, epochs: int | None = None) -> RunConfig:
     """A CPU-sized XML-CNN (short documents, small embeddings) that trains in about a minute on 2 cores."""
     return RunConfig(
         model="xmlcnn",
-        model_args={"embedding_dim": 100, "num_filters": 64, "hidden_dim": 256},
+        model_args={"embedding_dim": 64, "num_filters": 48, "hidden_dim": 256},
         lcenet={} if lcenet else None,
-        data=DataSettings(max_length=256, vocab_size=30_000, min_frequency=2),
-        train=TrainSettings(epochs=epochs or 12, batch_size=32, lr=1e-3, patience=None, seed=0, log_every_steps=20),
+        data=DataSettings(max_length=128, vocab_size=30_000, min_frequency=2),
+        train=TrainSettings(epochs=epochs or 8, batch_size=32, lr=1e-3, patience=None, seed=0, log_every_steps=20),
     )
 
 

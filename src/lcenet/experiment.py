@@ -167,9 +167,15 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
                                                "seconds": time.perf_counter() - started})
                 log.warning("[%s] failed (exit %d): %s", cell.name, result.returncode, tail[-1] if tail else "")
                 return "failed"
+        try:
+            record = run_record(run_dir, cell.dataset, experiment.profile,
+                                shlex.join(_portable(cell.command(run_dir))))
+        except (UserError, ValueError, KeyError) as error:  # e.g. a damaged metrics.json: report, go on
+            atomic_write_json(error_path, {"cell": cell.name, "error": f"unreadable results: {error}"})
+            log.warning("[%s] unreadable results: %s", cell.name, error)
+            return "failed"
         error_path.unlink(missing_ok=True)
-        record = run_record(run_dir, cell.dataset, experiment.profile, shlex.join(_portable(cell.command(run_dir))))
-        record.update(variant=cell.variant, cell=cell.name, experiment=experiment.name)
+        record.update(variant=cell.variant, grid_model=cell.model, cell=cell.name, experiment=experiment.name)
         atomic_write_json(output / "records" / f"{cell.name}.json", record)
         log.info("[%s] %s: test P@1 %.4f nDCG@5 %.4f", cell.name, "skipped (finished)" if status == "done" else
                  "done", record["test"]["P@1"], record["test"]["nDCG@5"])

@@ -132,6 +132,7 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
         "device": str(trainer.device), "device_name": device_name(trainer.device),
         "parameters": sum(p.numel() for p in model.parameters()),
         "lcenet_parameters": model.lcenet.num_parameters() if config.lcenet is not None else 0,
+        "lcenet_settings": model.lcenet.config if config.lcenet is not None else None,  # as built (rank capped)
         "num_labels": num_labels, "unseen_test_labels": len(dataset.unseen_labels),
         "train_docs": len(dataset.train), "dev_docs": len(dataset.dev), "test_docs": len(dataset.test),
         "config": config.to_dict(),

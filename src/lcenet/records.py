@@ -50,6 +50,8 @@ def run_record(run_dir: str | Path, dataset: str, profile: str, command: str) ->
         "wall_seconds": summary["wall_seconds"],
         "parameters": summary["parameters"],
         "lcenet_parameters": summary["lcenet_parameters"],
+        "lcenet_settings": summary.get("lcenet_settings"),
+        "num_labels": summary.get("num_labels"),
         "command": command,
         "test": summary["test"],
         "dev": summary["dev"],

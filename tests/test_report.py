@@ -1,0 +1,240 @@
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from matplotlib import image
+from typer.testing import CliRunner
+
+from conftest import write_tiny_dataset
+from lcenet.cli import app
+from lcenet.report import results_table, write_report
+from lcenet.stats import per_document_from_hits
+
+NUM_DOCS = 300
+
+
+def fake_record(variant, lcenet, seed, hit_rate, speed, parameters=1000, lcenet_parameters=0, step_ms=10.0,
+                curve=True, documents=True, with_variant=True, dev_best=0.5):
+    """A record as the experiment runner writes it, with per-document hits drawn at ``hit_rate`` and a dev
+    curve ``dev_best * (1 - exp(-speed * step / 100))``."""
+    rng = np.random.default_rng([seed, int(hit_rate * 1000)])
+    hits = (rng.random((NUM_DOCS, 5)) < hit_rate).astype(np.int64)
+    docs = {"k": 5, "hits": (hits << np.arange(5)).sum(axis=1).tolist(), "num_true": [5] * NUM_DOCS}
+    test = {f"{m}@{k}": float(per_document_from_hits(docs, m, k).mean()) for m in ("P", "nDCG", "R") for k in (1, 3, 5)}
+    test.update({f"PSP@{k}": hit_rate / 2 + 0.01 * seed for k in (1, 3, 5)})
+    steps = np.arange(10, 201, 10)
+    best = dev_best + 0.01 * seed
+    dev_curve = [{"step": int(s), "epoch": int(s // 50), "seconds": s * step_ms / 1000,
+                  "nDCG@5": float(best * (1 - np.exp(-speed * s / 100))),
+                  "P@1": float(0.9 * best * (1 - np.exp(-speed * s / 100)))} for s in steps]
+    record = {
+        "dataset": "toy", "model": "xmlcnn", "lcenet": lcenet, "seed": seed, "profile": "unit", "device": "cpu",
+        "device_name": "test cpu", "epochs": 4, "epochs_completed": 4, "steps": 200, "best_step": 200,
+        "stopped_early": False, "train_seconds": 200 * step_ms / 1000, "wall_seconds": 30.0,
+        "parameters": parameters, "lcenet_parameters": lcenet_parameters,
+        "command": f"lcenet train --data data/toy --seed {seed} --set lcenet={'null' if lcenet is None else 'true'}",
+        "test": test, "dev": test, "dev_curve": dev_curve if curve else [],
+        "config": {"train": {"eval_every_steps": 10}}, "docs": {"train": 1000, "dev": 100, "test": NUM_DOCS},
+        "test_documents": docs if documents else None,
+    }
+    if with_variant:
+        record.update(variant=variant, cell=f"toy__xmlcnn__{variant}__s{seed}", experiment="unit")
+    return record
+
+
+VARIANTS = {  # name: (lcenet, hit rate, curve speed, params, lcenet params, step ms)
+    "base": (None, 0.40, 1.0, 1000, 0, 10.0),
+    "lcenet": ({}, 0.55, 2.0, 1600, 600, 12.0),
+    "rank4": ({"rank": 4}, 0.45, 1.5, 1100, 100, 10.5),
+    "rank16": ({"rank": 16}, 0.50, 1.8, 1300, 300, 11.0),
+    "no_residual": ({"residual": False}, 0.30, 0.5, 1600, 600, 12.0),  # rises slowly: never at 95% of base
+}
+
+
+def write_experiment(directory: Path, records: list[dict], failures: dict | None = None) -> Path:
+    (directory / "records").mkdir(parents=True)
+    for record in records:
+        (directory / "records" / f"{record.get('cell') or record['variant']}.json").write_text(json.dumps(record))
+    for cell, error in (failures or {}).items():
+        (directory / "records" / f"{cell}.error.json").write_text(json.dumps(
+            {"cell": cell, "returncode": 2, "command": "lcenet train ...", "error": error, "seconds": 1.0}))
+    cells = [{"name": r["cell"], "dataset": r["dataset"], "model": r["model"], "variant": r["variant"],
+              "seed": r["seed"], "lcenet": r["lcenet"], "overrides": []} for r in records if r.get("cell")]
+    (directory / "experiment.json").write_text(json.dumps({"name": "unit", "profile": "unit", "cells": cells}))
+    return directory
+
+
+def linked_figures(report: Path) -> list[Path]:
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text(encoding="utf-8"))
+    return [report.parent / link for link in links]
+
+
+def assert_figures_ok(report: Path) -> list[Path]:
+    figures = linked_figures(report)
+    for path in figures:
+        assert path.exists(), path
+        pixels = image.imread(path)
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 0.01, path
+    return figures
+
+
+def table_row(text: str, *starts: str) -> list[str]:
+    prefix = "| " + " | ".join(starts) + " |"
+    line = next(line for line in text.splitlines() if line.startswith(prefix))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_report_on_fabricated_experiment(tmp_path):
+    records = [fake_record(name, lcenet, seed, rate, speed, params, lparams, ms)
+               for name, (lcenet, rate, speed, params, lparams, ms) in VARIANTS.items() for seed in (0, 1)]
+    directory = write_experiment(tmp_path / "exp", records,
+                                 {"toy__xmlcnn__bad__s0": "error: LCENet hidden_activation must be one of elu"})
+    path = write_report(directory, n_resamples=2000)
+    assert path == directory / "report.md"
+    text = path.read_text(encoding="utf-8")
+    assert "# Experiment report: unit" in text and "profile: unit" in text and "cpu (test cpu)" in text
+    assert "`toy__xmlcnn__bad__s0` (exit 2): error: LCENet hidden_activation must be one of elu" in text
+    assert "lcenet report " in text and "lcenet train --data data/toy" in text
+
+    # main table: numbers from the records, Δ of the means, p-values of the paired tests
+    header = table_row(text, "data set", "model", "variant")
+    base = dict(zip(header, table_row(text, "toy", "xmlcnn", "base")))
+    enhanced = dict(zip(header, table_row(text, "toy", "xmlcnn", "+ LCENet")))
+    delta = dict(zip(header, table_row(text, "toy", "xmlcnn", "Δ (LCENet − base)")))
+    p_boot = dict(zip(header, table_row(text, "toy", "xmlcnn", "p (paired bootstrap)")))
+    p_wil = dict(zip(header, table_row(text, "toy", "xmlcnn", "p (Wilcoxon)")))
+    p1 = [r["test"]["P@1"] for r in records if r["variant"] == "base"]
+    assert base["P@1"] == f"{100 * np.mean(p1):.2f} ± {100 * np.std(p1, ddof=1):.2f}"
+    assert base["seeds"] == "2" and enhanced["seeds"] == "2"
+    p5 = {v: np.mean([r["test"]["P@5"] for r in records if r["variant"] == v]) for v in ("base", "lcenet")}
+    assert delta["P@5"] == f"{100 * (p5['lcenet'] - p5['base']):+.2f}" and delta["P@5"].startswith("+")
+    for metric in ("P@1", "P@5", "nDCG@5"):
+        assert p_boot[metric] == "**<0.001**" and p_wil[metric] == "**<0.001**"
+    assert p_boot["P@3"] == "" and p_boot["seeds"] == "2"
+    assert base["train time"] == "2.0 s" and delta["train time"] == "×1.20"
+
+    # ablation table: every variant with parameters and step-time ratio
+    ablation = text.split("## Ablation")[1].split("##")[0]
+    for name in VARIANTS:
+        assert f"| toy | xmlcnn | {name} |" in ablation
+    rank16 = table_row(ablation, "toy", "xmlcnn", "rank16")
+    assert rank16[3] == "rank=16" and "300" in rank16 and "1,300" in rank16 and rank16[-2:] == ["11.00", "×1.10"]
+
+    # convergence: LCENet's curve rises twice as fast, so it needs about half the steps
+    convergence = text.split("## Convergence")[1]
+    row = table_row(convergence, "toy", "xmlcnn", "lcenet")
+    assert row[4:8] == ["90", "0.50", "100", "0.50"]  # same plateau, twice the rate: half the steps
+    assert table_row(convergence, "toy", "xmlcnn", "base")[4:8] == ["180", "1.00", "200", "1.00"]
+    assert "never (0/2)" in table_row(convergence, "toy", "xmlcnn", "no_residual")[6]
+
+    figures = assert_figures_ok(path)
+    names = {f.name for f in figures}
+    assert names == {"toy__xmlcnn__ablation.png", "toy__xmlcnn__sweep.png", "toy__xmlcnn__curves.png"}
+    assert "rank / blocks sweep" in text
+
+    # the same table for benchmark scripts, from records alone
+    table = results_table(records, n_resamples=500)
+    assert "Δ (LCENet − base)" in table and "**<0.001**" in table
+    assert table.count("\n") + 1 == 2 + 5  # header, rule, base, LCENet, Δ, two p rows
+
+
+def test_report_degenerate_cases(tmp_path):
+    # one seed, no per-document results, no dev curve, no LCENet variant, records without variant names
+    records = [fake_record("base", None, 0, 0.4, 1.0, documents=False, curve=False, with_variant=False),
+               fake_record("base", None, 0, 0.5, 1.0, with_variant=False)]
+    records[1]["model"] = "attentionxml"
+    directory = write_experiment(tmp_path / "exp", [])
+    for index, record in enumerate(records):
+        (directory / "records" / f"r{index}.json").write_text(json.dumps(record))
+    text = write_report(directory, n_resamples=200).read_text(encoding="utf-8")
+    row = table_row(text, "toy", "xmlcnn", "base")
+    assert row[3] == "1" and "±" not in row[4]
+    assert "p (paired" not in text.split("## Ablation")[0]
+    assert table_row(text.split("## Convergence")[1], "toy", "xmlcnn", "base")[4] == "n/a"
+    assert "sweep" not in text
+    assert_figures_ok(directory / "report.md")
+
+    # base and LCENet without per-document results: p-values are n/a, Δ still shown
+    enhanced = fake_record("lcenet", {}, 0, 0.6, 2.0, documents=False, with_variant=False)
+    table = results_table([records[0], enhanced])
+    assert "n/a" in table_row(table, "toy", "xmlcnn", "p (paired bootstrap)") and "Δ (LCENet − base)" in table
+
+    # an LCENet variant alone
+    table = results_table([enhanced])
+    assert "+ LCENet" in table and "| base |" not in table
+
+    # an empty experiment
+    empty = write_experiment(tmp_path / "empty", [])
+    assert "No finished runs yet" in write_report(empty).read_text(encoding="utf-8")
+
+
+# ---- end to end: lcenet experiment -> records -> report -------------------------------------------------------
+TINY_CONFIG = {
+    "model": "xmlcnn",
+    "model_args": {"embedding_dim": 16, "num_filters": 8, "hidden_dim": 16, "filter_sizes": [2, 3], "pool_chunks": 2},
+    "data": {"max_length": 24, "vocab_size": 200, "min_frequency": 1},
+    "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "lr": 0.005, "patience": None, "device": "cpu",
+              "eval_every_steps": 4, "log_every_steps": 2},
+}
+
+
+def experiment_spec(directory: Path, data: Path, variants: dict) -> Path:
+    (directory / "tiny.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    spec = directory / "experiment.yaml"
+    spec.write_text(yaml.safe_dump({"name": "tiny", "profile": "test", "datasets": {"tiny": str(data)},
+                                    "models": {"xmlcnn": str(directory / "tiny.yaml")}, "variants": variants,
+                                    "seeds": [0], "set": ["train.epochs=2"]}))
+    return spec
+
+
+@pytest.fixture(scope="module")
+def finished_experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment")
+    data = write_tiny_dataset(root / "data")
+    spec = experiment_spec(root, data, {"base": {"lcenet": None}, "lcenet": {"lcenet": {"rank": 4}}})
+    env = {"LCENET_CACHE": str(root / "cache")}
+    result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(root / "out")], env=env)
+    return root, data, env, result
+
+
+def test_experiment_end_to_end(finished_experiment):
+    root, _, env, result = finished_experiment
+    assert result.exit_code == 0, result.output
+    out = root / "out"
+    records = {p.name for p in (out / "records").glob("*.json")}
+    assert records == {"tiny__xmlcnn__base__s0.json", "tiny__xmlcnn__lcenet__s0.json"}
+    record = json.loads((out / "records" / "tiny__xmlcnn__lcenet__s0.json").read_text())
+    assert record["variant"] == "lcenet" and record["lcenet"] == {"rank": 4} and record["test_documents"]
+    assert len(record["dev_curve"]) >= 2
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "Δ (LCENet − base)" in text and "p (paired bootstrap)" in text and "## Convergence" in text
+    assert f"{100 * record['test']['nDCG@5']:.2f}" in table_row(text, "tiny", "xmlcnn", "+ LCENet")
+    assert {f.name for f in assert_figures_ok(out / "report.md")} >= {"tiny__xmlcnn__curves.png"}
+
+    rerun = CliRunner().invoke(app, ["experiment", str(root / "experiment.yaml"), "--output", str(out)], env=env)
+    assert rerun.exit_code == 0, rerun.output
+    assert "0 run, 2 already finished, 0 failed" in rerun.output
+
+
+def test_experiment_failed_cell(finished_experiment, tmp_path):
+    root, data, env, _ = finished_experiment
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)  # base and lcenet are finished; two new cells, one of them invalid
+    spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None}, "lcenet": {"lcenet": {"rank": 4}},
+                                            "bad": {"lcenet": {"hidden_activation": "swish"}},
+                                            "rank2": {"lcenet": {"rank": 2}}})
+    result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out)], env=env)
+    assert result.exit_code == 1, result.output
+    assert "1 run, 2 already finished, 1 failed" in result.output
+    error = json.loads((out / "records" / "tiny__xmlcnn__bad__s0.error.json").read_text())
+    assert "hidden_activation" in error["error"] and error["returncode"] != 0
+    assert not (out / "records" / "tiny__xmlcnn__bad__s0.json").exists()
+    assert (out / "records" / "tiny__xmlcnn__rank2__s0.json").exists()
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "failed cells: 1" in text and "`tiny__xmlcnn__bad__s0`" in text and "hidden_activation" in text
+    assert "| tiny | xmlcnn | rank2 |" in text
+    assert_figures_ok(out / "report.md")
