@@ -94,8 +94,8 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
     num_labels = dataset.num_labels
     torch.manual_seed(config.train.seed)  # initial weights depend on the seed alone
     model = build(config, num_labels, tokenizer.get_vocab_size())
-    if config.train.embeddings:
-        load_embeddings_into(base_of(model), config.train.embeddings, tokenizer)
+    embedding_stats = (load_embeddings_into(base_of(model), config.train.embeddings, tokenizer)
+                       if config.train.embeddings else None)
     inv_propensity = inverse_propensity_for(dataset.num_truth_columns, dataset.label_frequency,
                                             len(dataset.train), config.train.propensity_a, config.train.propensity_b)
     trainer = Trainer(model, config.train, splits["train"], splits["dev"], num_labels, pad_id, output,
@@ -134,6 +134,7 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
         "lcenet_parameters": model.lcenet.num_parameters() if config.lcenet is not None else 0,
         "lcenet_settings": model.lcenet.config if config.lcenet is not None else None,  # as built (rank capped)
         "num_labels": num_labels, "unseen_test_labels": len(dataset.unseen_labels),
+        "word_vectors": embedding_stats,
         "train_docs": len(dataset.train), "dev_docs": len(dataset.dev), "test_docs": len(dataset.test),
         "config": config.to_dict(),
     }

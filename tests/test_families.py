@@ -1,0 +1,108 @@
+"""Every model family through the whole CLI: train -> saved directory -> predict, and save/load identity."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TOPICS, write_tiny_dataset
+from typer.testing import CliRunner
+
+from lcenet.cli import app
+from lcenet.io import load_tensors
+from lcenet.predict import Predictor
+
+runner = CliRunner()
+TEXTS = ["milk cheese cow", "fishing quota sea", "", "wine grape vineyard tax"]
+
+
+@pytest.fixture
+def data(tmp_path, monkeypatch):
+    monkeypatch.setenv("LCENET_CACHE", str(tmp_path / "cache"))
+    return write_tiny_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def tiny_bert(tmp_path):
+    """A tiny random BERT checkpoint with a WordPiece tokenizer.json that adds [CLS] ... [SEP]."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    directory = tmp_path / "tiny-bert"
+    words = sorted({w for topic in TOPICS.values() for w in topic.split()} | {"regulation", "article", "council"})
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=40)
+    transformers.BertModel(config).save_pretrained(directory)
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[
+        ("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+FAMILIES = {
+    "xmlcnn": ["--set", "model_args.embedding_dim=16", "--set", "model_args.num_filters=8",
+               "--set", "model_args.hidden_dim=16"],
+    "attentionxml": ["--set", "model_args.embedding_dim=16", "--set", "model_args.hidden_size=8",
+                     "--set", "model_args.linear_sizes=[8]"],
+    "bert": ["--set", "model_args.num_cls_layers=2", "--set", "train.encoder_lr=0.001"],
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("lcenet", ["--lcenet", "--no-lcenet"])
+def test_train_then_predict(family, lcenet, data, tmp_path, request):
+    extra = list(FAMILIES[family])
+    if family == "bert":
+        extra += ["--pretrained", str(request.getfixturevalue("tiny_bert"))]
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(data), "--model", family, lcenet, "--output", str(run),
+                                 "--epochs", "2", "--max-length", "24", "--device", "cpu", "--no-progress",
+                                 "--set", "data.min_frequency=1", "--set", "train.batch_size=8", *extra])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["model"] == family and (config["lcenet"] is not None) == (lcenet == "--lcenet")
+    assert "pretrained" not in config["model_args"]  # the saved directory never needs the original checkpoint
+    assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in (run / "model").iterdir())
+
+    result = runner.invoke(app, ["predict", str(run / "model"), "-k", "3", "--device", "cpu"],
+                           input="\n".join(TEXTS) + "\n")
+    assert result.exit_code == 0, result.output
+    predictions = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(predictions) == len(TEXTS) and all(len(p["labels"]) == 3 for p in predictions)
+    assert Predictor.load(run / "model", device="cpu").predict(TEXTS, k=3) == predictions
+
+    # the model directory's weights are exactly the ones the trainer selected on dev
+    best, _ = load_tensors(run / "best.safetensors")
+    saved, _ = load_tensors(run / "model" / "model.safetensors")
+    assert best.keys() == saved.keys() and all(torch.equal(best[k], saved[k]) for k in best)
+
+
+def test_word_vectors_from_a_file(data, tmp_path):
+    vectors = tmp_path / "vectors.txt"
+    rng = np.random.default_rng(0)
+    known = {"milk": rng.normal(size=16), "cheese": rng.normal(size=16)}
+    vectors.write_text("".join(f"{w} {' '.join(f'{x:.6f}' for x in v)}\n" for w, v in known.items()))
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(data), "--model", "xmlcnn", "--output", str(run),
+                                 "--epochs", "1", "--device", "cpu", "--no-progress", "--embeddings", str(vectors),
+                                 "--set", "model_args.freeze_embeddings=true", *FAMILIES["xmlcnn"],
+                                 "--set", "data.min_frequency=1"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((run / "metrics.json").read_text())["word_vectors"]  # found / OOV accounting
+    assert stats["found"] == 2 and stats["oov"] > 0 and stats["dim"] == 16
+    weights, _ = load_tensors(run / "model" / "model.safetensors")
+    vocab = json.loads((run / "model" / "tokenizer.json").read_text())["model"]["vocab"]
+    for word, vector in known.items():  # frozen: still the file's vectors after training
+        assert torch.allclose(weights["embedding.weight"][vocab[word]], torch.tensor(vector, dtype=torch.float32),
+                              atol=1e-5)
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("milk 0.1 0.2\ncheese 0.1 oops\n")
+    result = runner.invoke(app, ["train", "--data", str(data), "--output", str(tmp_path / "r2"), "--epochs", "1",
+                                 "--no-progress", "--embeddings", str(bad), *FAMILIES["xmlcnn"]])
+    assert result.exit_code == 2 and "bad.txt:2" in result.stderr and "Traceback" not in result.output
