@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TOPICS, write_tiny_dataset
 from typer.testing import CliRunner
 
+from conftest import TOPICS, write_tiny_dataset
 from lcenet.cli import app
 from lcenet.io import load_tensors
 from lcenet.predict import Predictor
