@@ -85,12 +85,13 @@ class RunConfig:
         return config
 
 
-def load_config(path: str | Path) -> RunConfig:
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; errors name the file (and line, for syntax errors)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
+        raise UserError(f"{path}: {what} file not found") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -98,8 +99,12 @@ def load_config(path: str | Path) -> RunConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a config must be a YAML mapping")
-    return RunConfig.from_dict(raw, source=str(path))
+        raise UserError(f"{path}: a {what} must be a YAML mapping")
+    return raw
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return RunConfig.from_dict(read_yaml_mapping(path, "config"), source=str(path))
 
 
 def apply_override(config: RunConfig, assignment: str) -> None:

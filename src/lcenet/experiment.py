@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lcenet.config import read_yaml_mapping
 from lcenet.errors import UserError
 from lcenet.io import atomic_write_json
 from lcenet.records import run_record
@@ -76,14 +75,7 @@ class Experiment:
 
 def load_experiment(path: str | Path, data_overrides: dict[str, str] | None = None) -> Experiment:
     path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: experiment file not found") from None
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: invalid YAML ({error})") from None
-    if not isinstance(spec, dict):
-        raise UserError(f"{path}: an experiment must be a YAML mapping")
+    spec = read_yaml_mapping(path, "experiment")
     allowed = {"name", "profile", "datasets", "models", "variants", "seeds", "set", "parallel"}
     unknown = sorted(set(spec) - allowed)
     if unknown:

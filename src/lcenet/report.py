@@ -512,6 +512,16 @@ def _sweep_figure(group: Group, title: str, path: Path) -> bool:
 
 
 # ---- the report ----------------------------------------------------------------------------------------------
+def _figures(groups: dict[tuple[str, str], Group], figures: Path, kind: str, draw, caption: str) -> list[str]:
+    """Draw one figure of ``kind`` per data set × model; markdown image links for those drawn."""
+    links = []
+    for (dataset, model), group in groups.items():
+        file = f"{_slug(dataset)}__{_slug(model)}__{kind}.png"
+        if draw(group, f"{dataset} / {model}", figures / file):
+            links.append(f"![{dataset} / {model}: {caption}](figures/{file})")
+    return links
+
+
 def write_report(experiment_dir: str | Path, n_resamples: int = 10000) -> Path:
     """Write ``experiment_dir/report.md`` and ``experiment_dir/figures/*.png`` from the run records."""
     experiment_dir = Path(experiment_dir)
@@ -549,18 +559,11 @@ def write_report(experiment_dir: str | Path, n_resamples: int = 10000) -> Path:
               "included), and × base its ratio to the base variant.", "",
               _ablation_table(groups), ""]
     figures = experiment_dir / "figures"
-    ablation_figures = []
-    for (dataset, model), group in groups.items():
-        file = f"{_slug(dataset)}__{_slug(model)}__ablation.png"
-        if _ablation_figure(group, f"{dataset} / {model}", figures / file):
-            ablation_figures.append(f"![{dataset} / {model}: test {CONVERGENCE_METRIC} per variant](figures/{file})")
+    ablation_figures = _figures(groups, figures, "ablation", _ablation_figure,
+                                f"test {CONVERGENCE_METRIC} per variant")
     lines += [*ablation_figures, ""] if ablation_figures else []
 
-    sweep = []
-    for (dataset, model), group in groups.items():
-        file = f"{_slug(dataset)}__{_slug(model)}__sweep.png"
-        if _sweep_figure(group, f"{dataset} / {model}", figures / file):
-            sweep.append(f"![{dataset} / {model}: rank/blocks sweep](figures/{file})")
+    sweep = _figures(groups, figures, "sweep", _sweep_figure, "rank/blocks sweep")
     if sweep:
         lines += ["## LCENet rank / blocks sweep", "",
                   f"Test {CONVERGENCE_METRIC} (mean ± std over seeds) against total parameters and against step "
@@ -580,11 +583,7 @@ def write_report(experiment_dir: str | Path, n_resamples: int = 10000) -> Path:
               "(linear interpolation, trapezoid rule, divided by the window's width and by the run's own best: "
               "1 = at its best from the first evaluation, 0 = flat at zero; higher = faster).", "",
               _convergence_table(groups), ""]
-    curves = []
-    for (dataset, model), group in groups.items():
-        file = f"{_slug(dataset)}__{_slug(model)}__curves.png"
-        if _curves_figure(group, f"{dataset} / {model}", figures / file):
-            curves.append(f"![{dataset} / {model}: dev curves](figures/{file})")
+    curves = _figures(groups, figures, "curves", _curves_figure, "dev curves")
     if curves:
         lines += ["### Training curves", "",
                   f"Dev {' and '.join(CURVE_METRICS)} against optimizer steps, base vs LCENet; lines are the mean "
