@@ -167,22 +167,23 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step",
                    disable=not (self.progress and sys.stderr.isatty()), dynamic_ncols=True, mininterval=0.5)
         loss_sum, loss_count = 0.0, 0
-        started = time.perf_counter() - self.state["train_seconds"]
         while not self._finished():
             order = np.random.default_rng([settings.seed, self.state["epoch"]]).permutation(len(self.train.ids))
             per_step = settings.batch_size * settings.grad_accum_steps
             self.model.train()
             for batch_start in range(self.state["batch_in_epoch"] * per_step, len(order), per_step):
+                step_started = time.perf_counter()
                 loss = self._optimizer_step(order[batch_start:batch_start + per_step])
+                # Training time only: dev evaluations and checkpoint writes are not counted.
+                self.state["train_seconds"] += time.perf_counter() - step_started
                 loss_sum, loss_count = loss_sum + loss, loss_count + 1
                 self.state["step"] += 1
                 self.state["batch_in_epoch"] += 1
-                self.state["train_seconds"] = time.perf_counter() - started
                 bar.update(1)
                 bar.set_postfix(epoch=self.state["epoch"] + 1, loss=f"{loss:.4f}")
                 step = self.state["step"]
                 if step % settings.log_every_steps == 0:
-                    self._log({"event": "train", "step": step, "epoch": self.state["epoch"] + 1,
+                    self._log({"event": "train", "step": step, "epoch": self._epochs_done(),
                                "loss": loss_sum / loss_count, "lr": self.scheduler.get_last_lr()[0],
                                "seconds": self.state["train_seconds"]})
                     loss_sum, loss_count = 0.0, 0
@@ -203,6 +204,10 @@ class Trainer:
             self._save_checkpoint()
         bar.close()
         return dict(self.state)
+
+    def _epochs_done(self) -> float:
+        """Epochs completed, fractional inside an epoch (the same clock for train and eval records)."""
+        return round(self.state["epoch"] + self.state["batch_in_epoch"] / self.steps_per_epoch, 4)
 
     def _finished(self) -> bool:
         state, settings = self.state, self.settings
@@ -251,7 +256,7 @@ class Trainer:
             state["evals_without_improvement"] += 1
             if self.settings.patience is not None and state["evals_without_improvement"] >= self.settings.patience:
                 state["stopped_early"] = True
-        self._log({"event": "eval", "split": "dev", "step": state["step"], "epoch": state["epoch"],
+        self._log({"event": "eval", "split": "dev", "step": state["step"], "epoch": self._epochs_done(),
                    "metrics": scores, "improved": improved, "seconds": state["train_seconds"],
                    "eval_seconds": time.perf_counter() - started})
         log.info("step %d: dev P@1 %.4f nDCG@5 %.4f%s", state["step"], scores["P@1"], scores[SELECTION_METRIC],
