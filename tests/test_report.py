@@ -10,8 +10,9 @@ from matplotlib import image
 from typer.testing import CliRunner
 
 from conftest import write_tiny_dataset
+from lcenet import report
 from lcenet.cli import app
-from lcenet.report import results_table, write_report
+from lcenet.report import ablation_table, curve_variants, group_records, own_overrides, results_table, write_report
 from lcenet.stats import per_document_from_hits
 
 NUM_DOCS = 300
@@ -55,7 +56,9 @@ VARIANTS = {  # name: (lcenet, hit rate, curve speed, params, lcenet params, ste
 }
 
 
-def write_experiment(directory: Path, records: list[dict], failures: dict | None = None) -> Path:
+def write_experiment(directory: Path, records: list[dict], failures: dict | None = None,
+                     overrides: dict[str, list[str]] | None = None) -> Path:
+    """``overrides``: variant -> the grid cell's ``--set`` overrides (default: none)."""
     (directory / "records").mkdir(parents=True)
     for record in records:
         (directory / "records" / f"{record.get('cell') or record['variant']}.json").write_text(json.dumps(record))
@@ -63,7 +66,8 @@ def write_experiment(directory: Path, records: list[dict], failures: dict | None
         (directory / "records" / f"{cell}.error.json").write_text(json.dumps(
             {"cell": cell, "returncode": 2, "command": "lcenet train ...", "error": error, "seconds": 1.0}))
     cells = [{"name": r["cell"], "dataset": r["dataset"], "model": r["model"], "variant": r["variant"],
-              "seed": r["seed"], "lcenet": r["lcenet"], "overrides": []} for r in records if r.get("cell")]
+              "seed": r["seed"], "lcenet": r["lcenet"], "overrides": (overrides or {}).get(r["variant"], [])}
+             for r in records if r.get("cell")]
     (directory / "experiment.json").write_text(json.dumps({"name": "unit", "profile": "unit", "cells": cells}))
     return directory
 
@@ -130,6 +134,14 @@ def test_report_on_fabricated_experiment(tmp_path):
     assert row[4:8] == ["90", "0.50", "100", "0.50"]  # same plateau, twice the rate: half the steps
     assert table_row(convergence, "toy", "xmlcnn", "base")[4:8] == ["180", "1.00", "200", "1.00"]
     assert "never (0/2)" in table_row(convergence, "toy", "xmlcnn", "no_residual")[6]
+    stagnation = {name: float(table_row(convergence, "toy", "xmlcnn", name)[8].split(" ±")[0]) for name in VARIANTS}
+    assert stagnation["lcenet"] > stagnation["rank16"] > stagnation["rank4"] > stagnation["base"]
+    assert stagnation["no_residual"] < stagnation["base"]  # slower than the base: lower, against the same reference
+    assert table_row(convergence, "toy", "xmlcnn", "base")[-1] == "2/2"  # still rising at step 200
+    assert "Base still improving at its last evaluation (2/2 seeds): ratios are relative to an unconverged base" \
+        in convergence
+    assert "early-stagnation window steps 10–48" in convergence  # first 20% of the base's steps 10..200
+    assert "stopped by `train.max_seconds`" not in text
 
     figures = assert_figures_ok(path)
     names = {f.name for f in figures}
@@ -238,3 +250,78 @@ def test_experiment_failed_cell(finished_experiment, tmp_path):
     assert "failed cells: 1" in text and "`tiny__xmlcnn__bad__s0`" in text and "hidden_activation" in text
     assert "| tiny | xmlcnn | rank2 |" in text
     assert_figures_ok(out / "report.md")
+
+
+def test_report_settings_time_budget_and_shared_reference(tmp_path):
+    """Variant overrides in the setting column, the time-budget line, early stagnation against the base's best,
+    a converged base (no warning) and the sweep leaving out variants trained differently."""
+    variants = {  # name: (lcenet, hit rate, curve speed, dev best, own overrides)
+        "base": (None, 0.40, 1.0, 0.5, []),
+        "lcenet": ({}, 0.55, 2.0, 0.5, []),
+        "rank4": ({"rank": 4}, 0.45, 1.5, 0.5, []),
+        "lcenet_lr": ({}, 0.50, 1.5, 0.5, ["train.lcenet_lr=0.0001"]),
+        "wide_base": (None, 0.60, 3.0, 0.6, ["model_args.hidden_dim=64"]),
+        "stuck": ({"residual": False}, 0.05, 20.0, 0.05, []),  # flat at 5% from the first evaluation on
+    }
+    records = []
+    for name, (lcenet, rate, speed, best, own) in variants.items():
+        for seed in (0, 1):
+            record = fake_record(name, lcenet, seed, rate, speed, dev_best=best)
+            record["command"] += " --set train.epochs=4" + "".join(f" --set {o}" for o in own)
+            record["stopped_by_time"] = name != "stuck"
+            record["config"]["train"]["max_seconds"] = 60
+            if name == "base":  # the base peaks at step 150 and then drops: converged
+                for point in record["dev_curve"]:
+                    if point["step"] > 150:
+                        point["nDCG@5"] *= 0.8
+            records.append(record)
+    overrides = {name: ["train.epochs=4", *spec[4]] for name, spec in variants.items()}
+    directory = write_experiment(tmp_path / "exp", records, overrides=overrides)
+    text = write_report(directory, n_resamples=200).read_text(encoding="utf-8")
+    assert "10 of 12 runs were stopped by `train.max_seconds` (60 s): early training, not convergence" in text
+
+    ablation = text.split("## Ablation")[1].split("##")[0]
+    settings = {name: table_row(ablation, "toy", "xmlcnn", name)[3] for name in variants}
+    assert settings == {"base": "—", "lcenet": "defaults", "rank4": "rank=4",
+                        "lcenet_lr": "defaults; train.lcenet_lr=0.0001", "wide_base": "model_args.hidden_dim=64",
+                        "stuck": "residual=False"}
+    assert "not repeated in the table: `train.epochs=4`" in ablation
+    # the same settings from the records' commands alone (no experiment.json)
+    table = ablation_table(records)
+    assert table_row(table, "toy", "xmlcnn", "wide_base")[3] == "model_args.hidden_dim=64"
+    assert table_row(table, "toy", "xmlcnn", "lcenet_lr")[3] == "defaults; train.lcenet_lr=0.0001"
+
+    convergence = text.split("## Convergence")[1]
+    stagnation = {name: float(table_row(convergence, "toy", "xmlcnn", name)[8].split(" ±")[0]) for name in variants}
+    # a run that learns nothing cannot beat the base; faster curves score higher
+    assert stagnation["stuck"] < stagnation["base"] < stagnation["lcenet"] < stagnation["wide_base"]
+    assert stagnation["stuck"] < 0.15  # would be about 1 against its own best
+    assert table_row(convergence, "toy", "xmlcnn", "base")[-1] == "0/2"
+    assert "still improving" not in convergence.split("### Training curves")[0].split("|")[-1]
+
+    # the sweep: lcenet and rank4 differ only in rank; lcenet_lr has another learning rate, stuck another setting
+    group = group_records(records)[("toy", "xmlcnn")]
+    points = report._sweep_points(group, own_overrides(records)[0])
+    assert [p["label"] for p in points] == ["base", "R=1000*/B=2", "R=4*/B=2"]
+    assert "## LCENet rank / blocks sweep" in text and "R as built (capped at L" in text
+    assert {f.name for f in assert_figures_ok(directory / "report.md")} == {
+        "toy__xmlcnn__ablation.png", "toy__xmlcnn__sweep.png", "toy__xmlcnn__curves.png"}
+
+
+def test_curve_variants_order_and_cap():
+    names = ["rank4", "base", "lcenet", "a", "b", "c", "d", "e", "wide_base", "f"]
+    group = {n: [{"lcenet": None if n in ("base", "wide_base") else {}}] for n in names}
+    drawn, left_out = curve_variants(group)
+    assert drawn == ["base", "lcenet", "wide_base", "rank4", "a", "b", "c", "d"] and left_out == ["e", "f"]
+    assert curve_variants({"base": group["base"]}) == (["base"], [])
+
+
+def test_device_name_thread_count(monkeypatch):
+    import torch
+
+    from lcenet.pipeline import device_name
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert device_name(torch.device("cpu")).endswith("(1 thread)")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert device_name(torch.device("cpu")).endswith("(4 threads)")

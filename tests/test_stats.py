@@ -13,6 +13,7 @@ from lcenet.stats import (
     paired_test,
     parse_metric,
     per_document_from_hits,
+    stagnation_window,
     step_ratio,
     steps_to_target,
 )
@@ -127,19 +128,56 @@ def test_steps_to_target_twice_as_fast_takes_half_the_steps():
     assert steps_to_target([30, 10, 20], [0.9, 0.1, 0.5], 0.5) == 20
 
 
+def test_stagnation_window():
+    assert stagnation_window(np.arange(100, 1101, 100)) == (100.0, 300.0)
+    assert stagnation_window([500, 100, 300], fraction=0.5) == (100.0, 300.0)
+    assert stagnation_window([40]) == (40.0, 40.0)
+    with pytest.raises(ValueError):
+        stagnation_window([10, 20], fraction=0)
+    with pytest.raises(ValueError):
+        stagnation_window([])
+
+
 def test_early_stagnation():
     steps = np.arange(0, 101)
-    assert early_stagnation(steps, np.full(101, 0.3)) == pytest.approx(1.0)
-    assert early_stagnation(steps, np.zeros(101)) == 0.0
+    window = stagnation_window(steps, 0.2)
+    assert window == (0.0, 20.0)
+    # at the reference throughout the window: 1; flat at zero: 0
+    assert early_stagnation(steps, np.full(101, 0.3), 0.3, window) == pytest.approx(1.0)
+    assert early_stagnation(steps, np.zeros(101), 0.3, window) == 0.0
     ramp = steps / 100
-    assert early_stagnation(steps, ramp, fraction=1.0) == pytest.approx(0.5)
-    assert early_stagnation(steps, ramp, fraction=0.2) == pytest.approx(0.1)
+    assert early_stagnation(steps, ramp, 1.0, (0, 100)) == pytest.approx(0.5)
+    assert early_stagnation(steps, ramp, 1.0, window) == pytest.approx(0.1)
+    assert early_stagnation(steps, ramp, 0.5, window) == pytest.approx(0.2)  # scales with 1 / reference
     # sparse evaluations are interpolated linearly: same answer from every 25th step
-    assert early_stagnation(steps[::25], ramp[::25], fraction=0.2) == pytest.approx(0.1)
+    assert early_stagnation(steps[::25], ramp[::25], 1.0, window) == pytest.approx(0.1)
+    # a curve that rises faster scores higher
+    slow, fast = 0.6 * (1 - np.exp(-steps / 40)), 0.6 * (1 - np.exp(-steps / 10))
+    assert early_stagnation(steps, fast, 0.6, window) > early_stagnation(steps, slow, 0.6, window)
     # a curve that stays flat early and then jumps scores lower than one that rises at once
-    late = np.where(steps < 50, 0.0, 1.0)
-    early = np.where(steps < 5, 0.0, 1.0)
-    assert early_stagnation(steps, late) < early_stagnation(steps, early)
-    assert early_stagnation([5], [0.4]) == 1.0
+    late, early = np.where(steps < 15, 0.0, 1.0), np.where(steps < 5, 0.0, 1.0)
+    assert early_stagnation(steps, late, 1.0, window) < early_stagnation(steps, early, 1.0, window)
+    # zero-width window: the value at its start over the reference; outside its range a curve is held flat
+    assert early_stagnation([5], [0.4], 0.8, (5, 5)) == pytest.approx(0.5)
+    assert early_stagnation([10, 20], [0.2, 0.4], 0.4, (0, 40)) == pytest.approx((10 * 0.2 + 10 * 0.3 + 20 * 0.4)
+                                                                                 / (40 * 0.4))
     with pytest.raises(ValueError):
-        early_stagnation(steps, ramp, fraction=0)
+        early_stagnation(steps, ramp, 0.0, window)
+    with pytest.raises(ValueError):
+        early_stagnation(steps, ramp, 1.0, (20, 10))
+    with pytest.raises(ValueError):
+        early_stagnation([], [], 1.0, window)
+
+
+def test_early_stagnation_run_that_learns_nothing_cannot_beat_the_base():
+    """Measured against the base's best over the base's window, a run stuck at a low value scores low -- it
+    would score 1 if it were divided by its own best."""
+    steps = np.arange(100, 1001, 100)
+    base = 0.6 * (1 - np.exp(-steps / 300))
+    stuck = np.full(steps.shape, 0.07)
+    window = stagnation_window(steps, 0.2)
+    reference = float(base.max())
+    e_base, e_stuck = (early_stagnation(steps, c, reference, window) for c in (base, stuck))
+    assert e_stuck < e_base
+    assert e_stuck == pytest.approx(0.07 / reference)
+    assert early_stagnation(steps, stuck, stuck.max(), window) == pytest.approx(1.0)  # the old, misleading score

@@ -1,10 +1,12 @@
 """``lcenet report DIR``: an experiment directory's records -> ``DIR/report.md`` + ``DIR/figures/*.png``.
 
 Every number in the report is read from ``DIR/records/<cell>.json`` (see :mod:`lcenet.records`); nothing is
-typed in. Sections: header (name, profile, devices, failed cells, how to regenerate), the paper-style main
-table (base vs LCENet, mean ± std over seeds, Δ, paired significance tests over test documents), the
-ablation table (every variant, parameters, step time), a rank/blocks sweep, convergence (steps to reach the
-base model's best dev nDCG@5, early stagnation), training curves and an ablation bar plot.
+typed in. Sections: header (name, profile, devices, failed cells, runs stopped by a time budget, how to
+regenerate), the paper-style main table (base vs LCENet, mean ± std over seeds, Δ, paired significance tests
+over test documents), the ablation table (every variant with its LCENet arguments and own ``--set``
+overrides, parameters, step time), a rank/blocks sweep, convergence (steps to reach the base model's best dev
+nDCG@5, early stagnation against the same base reference and window for every variant, a warning when the
+base was still improving), training curves of every variant (up to MAX_CURVES) and an ablation bar plot.
 
 Variants: a record's ``variant`` is its name in the experiment grid; records without one (e.g. collected
 by benchmark scripts) are called ``base`` when ``lcenet`` is null and ``lcenet`` otherwise. The *base*
@@ -17,6 +19,7 @@ import inspect
 import json
 import math
 import re
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -36,6 +39,7 @@ CURVE_METRICS = ("nDCG@5", "P@1")
 CONVERGENCE_METRIC = "nDCG@5"  # the selection metric of the trainer
 CONVERGENCE_LEVELS = (0.95, 1.0)
 STAGNATION_FRACTION = 0.2
+MAX_CURVES = 8  # variants drawn in a training-curve figure
 BASE, LCENET = "base", "lcenet"
 
 
@@ -186,6 +190,39 @@ def lcenet_settings(record: dict) -> dict | None:
     return {**defaults, **record["lcenet"]}
 
 
+Overrides = dict[int, tuple[str, ...]]  # id(record) -> the record's own --set overrides
+
+
+def run_overrides(record: dict, cell_overrides: dict[str, list[str]] | None = None) -> list[str]:
+    """The ``--set`` overrides a run was launched with, without the ``lcenet...`` ones (those are the record's
+    ``lcenet``): the grid cell's ``overrides`` from ``experiment.json`` when known, else parsed from the
+    record's ``command``."""
+    cell = record.get("cell")
+    if cell_overrides and cell in cell_overrides:
+        found = list(cell_overrides[cell])
+    else:
+        try:
+            words = shlex.split(record.get("command") or "")
+        except ValueError:
+            words = []
+        found = [word.split("=", 1)[1] for word in words if word.startswith("--set=")]
+        found += [value for flag, value in zip(words, words[1:]) if flag == "--set"]
+    return [o for o in found if not (o.startswith("lcenet=") or o.startswith("lcenet."))]
+
+
+def own_overrides(records: Iterable[dict], grid_cells: list[dict] | None = None) -> tuple[Overrides, list[str]]:
+    """Each record's own overrides (those of its variant and model) and the shared ones: the overrides common
+    to every run and grid cell (the experiment's ``set``), left out of the per-variant settings."""
+    records = list(records)
+    cell_overrides = {str(c["name"]): [str(o) for o in c.get("overrides") or []] for c in grid_cells or []
+                      if isinstance(c, dict) and "name" in c}
+    lists = [run_overrides(r, cell_overrides) for r in records]
+    lists += [[o for o in v if not (o.startswith("lcenet=") or o.startswith("lcenet."))]
+              for v in cell_overrides.values()]
+    shared = [o for o in dict.fromkeys(lists[0]) if all(o in other for other in lists[1:])] if lists else []
+    return ({id(r): tuple(o for o in found if o not in shared) for r, found in zip(records, lists)}, shared)
+
+
 # ---- formatting ----------------------------------------------------------------------------------------------
 def _pct(values: list[float]) -> str:
     if not values:
@@ -227,11 +264,13 @@ def _table(header: list[str], rows: list[list[object]], align_left: int = 3) -> 
     return "\n".join(lines + [_row(r) for r in rows])
 
 
-def _setting(record: dict) -> str:
+def _setting(record: dict, overrides: Overrides | None = None) -> str:
+    """``"—"`` (no LCENet head) or the LCENet arguments (``"defaults"`` when none), then the run's own
+    overrides: ``"defaults; train.lcenet_lr=0.0001"``, ``"model_args.hidden_dim=2800"``."""
     lcenet = record.get("lcenet")
-    if lcenet is None:
-        return "—"
-    return ", ".join(f"{k}={v}" for k, v in sorted(lcenet.items())) or "defaults"
+    parts = [] if lcenet is None else [", ".join(f"{k}={v}" for k, v in sorted(lcenet.items())) or "defaults"]
+    parts += list((overrides or {}).get(id(record), ()))
+    return "; ".join(parts) or "—"
 
 
 def _short(value: float) -> str:
@@ -253,8 +292,10 @@ def results_table(records: Iterable[dict], n_resamples: int = 10000) -> str:
 
 
 def ablation_table(records: Iterable[dict]) -> str:
-    """Every variant with its LCENet setting, accuracy, parameter counts and step time (markdown)."""
-    return _ablation_table(group_records(records))
+    """Every variant with its setting (LCENet arguments and its own ``--set`` overrides, read from the records'
+    commands), accuracy, parameter counts and step time (markdown)."""
+    records = list(records)
+    return _ablation_table(group_records(records), own_overrides(records)[0])
 
 
 def _main_table(groups: dict[tuple[str, str], Group], n_resamples: int = 10000) -> str:
@@ -290,8 +331,8 @@ def _main_table(groups: dict[tuple[str, str], Group], n_resamples: int = 10000) 
     return _table(header, rows)
 
 
-def _ablation_table(groups: dict[tuple[str, str], Group]) -> str:
-    header = ["data set", "model", "variant", "LCENet setting", "seeds", *ABLATION_METRICS, "LCENet params",
+def _ablation_table(groups: dict[tuple[str, str], Group], overrides: Overrides | None = None) -> str:
+    header = ["data set", "model", "variant", "setting", "seeds", *ABLATION_METRICS, "LCENet params",
               "params", "step time (ms)", "× base"]
     rows = []
     for (dataset, model), group in groups.items():
@@ -300,7 +341,7 @@ def _ablation_table(groups: dict[tuple[str, str], Group]) -> str:
         for name, records in group.items():
             ms = [v for v in map(step_ms, records) if v is not None]
             ratio = f"×{np.mean(ms) / np.mean(base_ms):.2f}" if ms and base_ms else "n/a"
-            rows.append([dataset, model, name, _setting(records[0]), len(records),
+            rows.append([dataset, model, name, _setting(records[0], overrides), len(records),
                          *(_pct(metric_values(records, "test", m)) for m in ABLATION_METRICS),
                          _int([r.get("lcenet_parameters") for r in records]),
                          _int([r.get("parameters") for r in records]),
@@ -308,30 +349,55 @@ def _ablation_table(groups: dict[tuple[str, str], Group]) -> str:
     return _table(header, rows, align_left=4)
 
 
+def _best_at_last(values: np.ndarray) -> bool:
+    """The curve's best value is at its last evaluation: the run was still improving when it stopped."""
+    return bool(values.size) and bool(values[-1] >= values.max() - 1e-12 * max(1.0, abs(float(values.max()))))
+
+
+def _convergence_reference(group: Group) -> dict:
+    """The base runs' per-seed references: best dev value, steps to each level and the early-stagnation window
+    (the first STAGNATION_FRACTION of the base run's evaluated steps), plus fallbacks for seeds the base lacks
+    (mean of the bests, window over the base runs' common evaluated range)."""
+    base_curves = {r.get("seed"): curve(r, CONVERGENCE_METRIC) for r in base_records(group) or []}
+    base_curves = {seed: c for seed, c in base_curves.items() if c[0].size}
+    best = {seed: float(values.max()) for seed, (_, values) in base_curves.items()}
+    windows = {seed: stats.stagnation_window(steps, STAGNATION_FRACTION) for seed, (steps, _) in base_curves.items()}
+    common_window = None
+    if base_curves:
+        first = max(float(steps[0]) for steps, _ in base_curves.values())
+        last = min(float(steps[-1]) for steps, _ in base_curves.values())
+        common_window = stats.stagnation_window([first, max(first, last)], STAGNATION_FRACTION)
+    return {
+        "best": best, "mean_best": float(np.mean(list(best.values()))) if best else None,
+        "steps": {level: {seed: stats.steps_to_target(steps, values, level * best[seed])
+                          for seed, (steps, values) in base_curves.items()} for level in CONVERGENCE_LEVELS},
+        "windows": windows, "common_window": common_window,
+        "improving": [_best_at_last(values) for _, values in base_curves.values()],
+        "evaluated_once": sum(values.size == 1 for _, values in base_curves.values()),
+    }
+
+
 def _convergence(group: Group) -> list[dict]:
     """Per variant: steps to reach CONVERGENCE_LEVELS × the base's best dev metric (per seed), their ratio to the
-    base's, and early stagnation."""
-    base = base_records(group) or []
-    base_best = {r.get("seed"): best_dev(r) for r in base}
-    base_best = {seed: value for seed, value in base_best.items() if value is not None}
-    mean_base_best = float(np.mean(list(base_best.values()))) if base_best else None
-    base_steps = {level: {} for level in CONVERGENCE_LEVELS}
-    for record in base:
-        seed = record.get("seed")
-        if seed in base_best:
-            steps, values = curve(record, CONVERGENCE_METRIC)
-            for level in CONVERGENCE_LEVELS:
-                base_steps[level][seed] = stats.steps_to_target(steps, values, level * base_best[seed])
+    base's, early stagnation against the same base reference and window, and how many runs were still
+    improving at their last evaluation."""
+    reference = _convergence_reference(group)
+    base_best, mean_base_best, base_steps = reference["best"], reference["mean_best"], reference["steps"]
     out = []
     for name, records in group.items():
         row: dict = {"variant": name, "seeds": len(records), "levels": {}, "curves": 0}
-        stagnation, bests, totals = [], [], []
+        stagnation, bests, totals, improving = [], [], [], []
         for record in records:
             steps, values = curve(record, CONVERGENCE_METRIC)
+            seed = record.get("seed")
             if steps.size:
                 row["curves"] += 1
-                stagnation.append(stats.early_stagnation(steps, values, STAGNATION_FRACTION))
                 bests.append(float(values.max()))
+                improving.append(_best_at_last(values))
+                target = base_best.get(seed, mean_base_best)
+                window = reference["windows"].get(seed, reference["common_window"])
+                if target is not None and target > 0 and window is not None and window[1] > window[0]:
+                    stagnation.append(stats.early_stagnation(steps, values, target, window))
             if record.get("steps") is not None:
                 totals.append(record["steps"])
         for level in CONVERGENCE_LEVELS:
@@ -347,15 +413,15 @@ def _convergence(group: Group) -> list[dict]:
                 if hit is None:
                     continue
                 reached.append(hit)
-                reference = base_steps[level].get(seed)
-                if reference is None and base_steps[level]:
+                reference_steps = base_steps[level].get(seed)
+                if reference_steps is None and base_steps[level]:
                     known = [v for v in base_steps[level].values() if v is not None]
-                    reference = float(np.mean(known)) if known else None
-                ratio = stats.step_ratio(hit, reference)
+                    reference_steps = float(np.mean(known)) if known else None
+                ratio = stats.step_ratio(hit, reference_steps)
                 if ratio is not None:
                     ratios.append(ratio)
             row["levels"][level] = {"reached": reached, "tried": tried, "ratios": ratios}
-        row.update(stagnation=stagnation, best=bests, total_steps=totals)
+        row.update(stagnation=stagnation, best=bests, total_steps=totals, improving=improving)
         out.append(row)
     return out
 
@@ -364,7 +430,8 @@ def _convergence_table(groups: dict[tuple[str, str], Group]) -> str:
     header = ["data set", "model", "variant", "seeds"]
     for level in CONVERGENCE_LEVELS:
         header += [f"steps to {level:.0%}", "ratio"]
-    header += [f"early stagnation (first {STAGNATION_FRACTION:.0%})", f"best dev {CONVERGENCE_METRIC}", "steps run"]
+    header += [f"early stagnation (first {STAGNATION_FRACTION:.0%})", f"best dev {CONVERGENCE_METRIC}", "steps run",
+               "best at last eval"]
     rows = []
     for (dataset, model), group in groups.items():
         for row in _convergence(group):
@@ -388,8 +455,39 @@ def _convergence_table(groups: dict[tuple[str, str], Group]) -> str:
             cells.append(_pct(row["best"]))
             cells.append(_int(row["total_steps"]) if len(set(row["total_steps"])) <= 1
                          else f"{np.mean(row['total_steps']):,.0f}")
+            cells.append(f"{sum(row['improving'])}/{len(row['improving'])}" if row["improving"] else "n/a")
             rows.append(cells)
     return _table(header, rows)
+
+
+def _convergence_notes(groups: dict[tuple[str, str], Group]) -> list[str]:
+    """Per data set × model: the early-stagnation window and reference, and a warning when the base was still
+    improving at its last evaluation."""
+    notes = []
+    for (dataset, model), group in groups.items():
+        reference = _convergence_reference(group)
+        if not reference["best"]:
+            continue
+        windows = [w for w in reference["windows"].values() if w[1] > w[0]]
+        best = _pct(list(reference["best"].values()))
+        if windows:
+            start, end = float(np.mean([w[0] for w in windows])), float(np.mean([w[1] for w in windows]))
+            per_seed = " (per seed; mean shown)" if len(set(windows)) > 1 else ""
+            note = (f"- {dataset} / {model}: early-stagnation window steps {start:,.0f}–{end:,.0f}{per_seed}, "
+                    f"reference = base best dev {CONVERGENCE_METRIC} {best}.")
+        else:
+            note = (f"- {dataset} / {model}: no early-stagnation window (the base runs were evaluated once); "
+                    f"reference = base best dev {CONVERGENCE_METRIC} {best}.")
+        improving = reference["improving"]
+        if reference["evaluated_once"] == len(improving):
+            note += (" **The base runs were evaluated only once, at their end: whether they converged is unknown, "
+                     "and the step ratios only compare when each run stopped.**")
+        elif any(improving):
+            note += (f" **Base still improving at its last evaluation ({sum(improving)}/{len(improving)} seeds): "
+                     "ratios are relative to an unconverged base** — \"steps to 100%\" means reaching the "
+                     "undertrained base's final value, not a converged one.")
+        notes.append(note)
+    return notes
 
 
 # ---- figures -------------------------------------------------------------------------------------------------
@@ -398,28 +496,53 @@ def _save(figure: Figure, path: Path) -> None:
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
 
 
+def curve_variants(group: Group) -> tuple[list[str], list[str]]:
+    """(drawn, left out) variants of a training-curve figure: base and LCENet first, then the other variants
+    without an LCENet head (capacity controls such as a wider base), then the rest in grid order; at most
+    MAX_CURVES are drawn."""
+    main = [n for n in (BASE, LCENET) if n in group]
+    controls = [n for n in group if n not in main and all(r.get("lcenet") is None for r in group[n])]
+    ordered = main + controls + [n for n in group if n not in main and n not in controls]
+    return ordered[:MAX_CURVES], ordered[MAX_CURVES:]
+
+
 def _curves_figure(group: Group, title: str, path: Path) -> bool:
-    names = [n for n in (BASE, LCENET) if n in group] or list(group)
+    names = curve_variants(group)[0]
     series = {n: {m: mean_curve(group[n], m) for m in CURVE_METRICS} for n in names}
     if not any(c is not None for per_metric in series.values() for c in per_metric.values()):
         return False
-    figure = Figure(figsize=(11, 4), layout="constrained")
-    axes = figure.subplots(1, len(CURVE_METRICS))
-    for ax, metric in zip(np.atleast_1d(axes), CURVE_METRICS):
+    figure = Figure(figsize=(11, 4.8 if len(names) > 4 else 4.4), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(CURVE_METRICS)))
+    handles: dict[str, object] = {}
+    for ax, metric in zip(axes, CURVE_METRICS):
         for index, name in enumerate(names):
             data = series[name][metric]
             if data is None:
                 continue
             steps, mean, std, count = data
-            label = f"{name} (n={int(count.max())})"
-            ax.plot(steps, 100 * mean, marker="o", markersize=3, color=f"C{index}", label=label)
-            if count.max() > 1:
-                ax.fill_between(steps, 100 * (mean - std), 100 * (mean + std), color=f"C{index}", alpha=0.2)
+            main = name in (BASE, LCENET)
+            no_head = all(r.get("lcenet") is None for r in group[name])
+            points = [c for c in (curve(r, metric) for r in group[name]) if c[0].size]
+            if all(c[0].size == 1 for c in points):  # one evaluation per run: a point, not a curve
+                ys = [100 * float(c[1][0]) for c in points]
+                line = ax.errorbar([np.mean([c[0][0] for c in points])], [np.mean(ys)],
+                                   yerr=[stats.mean_std(ys)[1]], fmt="o", capsize=4, color=f"C{index % 10}")
+                handles.setdefault(name, (line, f"{name} (n={len(points)}, one evaluation each)"))
+                continue
+            (line,) = ax.plot(steps, 100 * mean, color=f"C{index % 10}", linewidth=2.2 if main else 1.2,
+                              linestyle="--" if no_head and not main else "-", marker="o" if main else ".",
+                              markersize=3.5 if main else 3, alpha=1.0 if main else 0.85, zorder=3 if main else 2)
+            if main and count.max() > 1:
+                ax.fill_between(steps, 100 * (mean - std), 100 * (mean + std), color=f"C{index % 10}", alpha=0.18,
+                                linewidth=0)
+            handles.setdefault(name, (line, f"{name} (n={int(count.max())})"))
         ax.set_xlabel("optimizer steps")
         ax.set_ylabel(f"dev {metric} (%)")
         ax.grid(alpha=0.3)
-        ax.legend()
-    figure.suptitle(f"{title}: dev curves (mean ± std over seeds)")
+    figure.legend([h for h, _ in handles.values()], [label for _, label in handles.values()],
+                  loc="outside lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False)
+    bands = "base and LCENet: mean ± std over seeds" if len(names) > 2 else "mean ± std over seeds"
+    figure.suptitle(f"{title}: dev curves ({bands})")
     _save(figure, path)
     return True
 
@@ -448,9 +571,11 @@ def _ablation_figure(group: Group, title: str, path: Path) -> bool:
     return True
 
 
-def _sweep_points(group: Group) -> list[dict]:
-    """LCENet variants that differ from each other only in rank/blocks (plus the base as a reference); empty
-    when there is no rank or blocks variation."""
+def _sweep_points(group: Group, overrides: Overrides | None = None) -> list[dict]:
+    """LCENet variants that differ from each other only in rank/blocks -- same other LCENet settings and same
+    own overrides (so e.g. a variant with another learning rate is not part of the sweep) -- plus the base as a
+    reference; empty when there is no rank or blocks variation."""
+    overrides = overrides or {}
     candidates = []
     for name, records in group.items():
         settings = lcenet_settings(records[0])
@@ -459,27 +584,46 @@ def _sweep_points(group: Group) -> list[dict]:
     if len({(s.get("rank"), s.get("blocks")) for _, _, s in candidates}) < 2:
         return []
 
-    def rest(settings: dict) -> tuple:
-        return tuple(sorted((k, repr(v)) for k, v in settings.items() if k not in ("rank", "blocks")))
+    def rest(records: list[dict], settings: dict) -> tuple:
+        return (tuple(sorted((k, repr(v)) for k, v in settings.items() if k not in ("rank", "blocks"))),
+                overrides.get(id(records[0]), ()))
 
-    reference = next((rest(s) for n, _, s in candidates if n == LCENET), None)
+    reference = next((rest(r, s) for n, r, s in candidates if n == LCENET), None)
     if reference is None:
-        rests = [rest(s) for _, _, s in candidates]
+        rests = [rest(r, s) for _, r, s in candidates]
         reference = max(set(rests), key=rests.count)
     points = []
     base = base_records(group)
     if base:
         points.append({"label": "base", "records": base, "base": True})
-    for _, records, settings in candidates:
-        if rest(settings) == reference:
-            points.append({"label": f"R={settings.get('rank')}/B={settings.get('blocks')}", "records": records,
-                           "base": False})
+    for name, records, settings in candidates:
+        if rest(records, settings) == reference:
+            built = "" if records[0].get("lcenet_settings") else "*"  # * = as requested: not recorded as built
+            points.append({"label": f"R={settings.get('rank')}{built}/B={settings.get('blocks')}", "name": name,
+                           "records": records, "base": False})
+    labels = [p["label"] for p in points]
+    for point in points:
+        if labels.count(point["label"]) > 1:
+            point["label"] += f" ({point['name']})"
     return points if sum(not p["base"] for p in points) >= 2 else []
 
 
-def _sweep_figure(group: Group, title: str, path: Path) -> bool:
+def _thin_ticks(values: list[float], log: bool, span: tuple[float, float], min_gap: float = 0.09) -> list[float]:
+    """Data values to label on an axis, dropping any closer than ``min_gap`` of the axis width to the previous
+    label (so tick labels do not overlap)."""
+    scale = (lambda v: math.log10(v)) if log else (lambda v: v)
+    low, high = scale(span[0]), scale(span[1])
+    width = high - low if high > low else 1.0
+    kept: list[float] = []
+    for value in sorted(values):
+        if not kept or (scale(value) - scale(kept[-1])) / width >= min_gap:
+            kept.append(value)
+    return kept
+
+
+def _sweep_figure(group: Group, title: str, path: Path, overrides: Overrides | None = None) -> bool:
     points = []
-    for point in _sweep_points(group):
+    for point in _sweep_points(group, overrides):
         values = metric_values(point["records"], "test", CONVERGENCE_METRIC)
         params = [r["parameters"] for r in point["records"] if r.get("parameters")]
         ms = [v for v in map(step_ms, point["records"]) if v is not None]
@@ -489,24 +633,38 @@ def _sweep_figure(group: Group, title: str, path: Path) -> bool:
                            "ms": float(np.mean(ms)) if ms else None})
     if len([p for p in points if not p["base"]]) < 2:
         return False
-    figure = Figure(figsize=(11, 4), layout="constrained")
+    figure = Figure(figsize=(11, 4.4), layout="constrained")
     ax_params, ax_time = figure.subplots(1, 2)
     for ax, key, xlabel in ((ax_params, "params", "parameters (total)"), (ax_time, "ms", "step time (ms)")):
         shown = [p for p in points if p[key] is not None and p[key] > 0]
+        if not shown:
+            ax.set_axis_off()
+            continue
+        xs = [p[key] for p in shown]
+        log = max(xs) / min(xs) >= 3
+        if log:
+            ax.set_xscale("log")
         for p in shown:
             ax.errorbar([p[key]], [p["y"]], yerr=[p["err"]], fmt="s" if p["base"] else "o", capsize=3,
                         color="C0" if p["base"] else "C1")
-            ax.annotate(p["label"], (p[key], p["y"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xscale("log")
-        ticks = sorted({p[key] for p in shown})
+        ax.margins(x=0.12, y=0.12)
+        ax.autoscale_view()
+        low, high = ax.get_xlim()
+        scale = (lambda v: math.log10(v)) if log else (lambda v: v)
+        for p in shown:  # labels of points in the right part of the axes go to the left of the point
+            right = (scale(p[key]) - scale(low)) / ((scale(high) - scale(low)) or 1.0) > 0.7
+            ax.annotate(p["label"], (p[key], p["y"]), textcoords="offset points", xytext=(-5 if right else 5, 4),
+                        ha="right" if right else "left", fontsize=8)
+        ticks = _thin_ticks(xs, log, (low, high))
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FixedFormatter([_short(t) for t in ticks]))
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-        ax.set_xlabel(f"{xlabel}, log scale")
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlim(low, high)
+        ax.set_xlabel(f"{xlabel}{', log scale' if log else ''}")
         ax.set_ylabel(f"test {CONVERGENCE_METRIC} (%)")
         ax.grid(alpha=0.3, which="both")
-    figure.suptitle(f"{title}: LCENet rank (R) / blocks (B) sweep")
+    figure.suptitle(f"{title}: LCENet rank (R, as built: capped at L) / blocks (B) sweep")
     _save(figure, path)
     return True
 
@@ -535,6 +693,7 @@ def write_report(experiment_dir: str | Path, n_resamples: int = 10000) -> Path:
     grid_cells = [c for c in spec.get("cells", []) if isinstance(c, dict) and "name" in c]
     variant_order = list(dict.fromkeys(c.get("variant") for c in grid_cells if c.get("variant")))
     groups = group_records(records, variant_order)
+    overrides, shared = own_overrides(records, grid_cells)
     name = spec.get("name") or next((r["experiment"] for r in records if r.get("experiment")), experiment_dir.name)
 
     lines = [f"# Experiment report: {name}", ""]
@@ -553,24 +712,34 @@ def write_report(experiment_dir: str | Path, n_resamples: int = 10000) -> Path:
               "n/a: no per-document results in the records.", "",
               _main_table(groups, n_resamples), ""]
 
+    shared_text = (f" Overrides shared by every run, not repeated in the table: "
+                   f"{', '.join(f'`{o}`' for o in shared)}." if shared else "")
     lines += ["## Ablation (test set)", "",
-              "Every variant of the grid, mean ± std over seeds (%). Parameters are counted by the trainer "
+              "Every variant of the grid, mean ± std over seeds (%). Setting: the variant's LCENet arguments "
+              "(— = no LCENet head, defaults = LCENet's defaults), then its own `--set` overrides (those of its "
+              f"variant and model).{shared_text} Parameters are counted by the trainer "
               "(LCENet params: the head alone). Step time is train seconds / optimizer steps (dev evaluations "
               "included), and × base its ratio to the base variant.", "",
-              _ablation_table(groups), ""]
+              _ablation_table(groups, overrides), ""]
     figures = experiment_dir / "figures"
     ablation_figures = _figures(groups, figures, "ablation", _ablation_figure,
                                 f"test {CONVERGENCE_METRIC} per variant")
     lines += [*ablation_figures, ""] if ablation_figures else []
 
-    sweep = _figures(groups, figures, "sweep", _sweep_figure, "rank/blocks sweep")
+    sweep = _figures(groups, figures, "sweep", lambda g, t, p: _sweep_figure(g, t, p, overrides), "rank/blocks sweep")
     if sweep:
+        requested = any(r.get("lcenet") is not None and not r.get("lcenet_settings") for r in records)
         lines += ["## LCENet rank / blocks sweep", "",
                   f"Test {CONVERGENCE_METRIC} (mean ± std over seeds) against total parameters and against step "
-                  "time (log x), for the LCENet variants that differ only in rank R and blocks B (settings left "
-                  "out of a variant take LCENet's defaults; R is as requested — the model caps it at the number "
-                  "of labels); the square is the base model.", "", *sweep, ""]
+                  "time, for the LCENet variants that differ only in rank R and blocks B (same other LCENet "
+                  "settings, which take LCENet's defaults when left out, and same overrides); R as built (capped "
+                  "at L, the number of labels)"
+                  + ("; R* = as requested, for runs whose records predate the as-built settings" if requested
+                     else "")
+                  + ". The square is the base model. Log x when the values span a factor of 3 or more.", "",
+                  *sweep, ""]
 
+    stopped = sum(bool(r.get("stopped_by_time")) for r in records)
     lines += ["## Convergence (dev set)", "",
               f"Steps to reach 95% and 100% of the base variant's best dev {CONVERGENCE_METRIC}. The target is "
               "set per seed: a run is compared with the best dev value of the base run with the same seed (with "
@@ -578,17 +747,29 @@ def write_report(experiment_dir: str | Path, n_resamples: int = 10000) -> Path:
               "evaluation at or above the target, averaged over the seeds that reach it ((k/n) when only k of n "
               "do); ratio is the mean over seeds of steps(variant) / steps(base run of the same seed) — the "
               "paper claims about 0.5 for LCENet. Steps are only as fine as the dev evaluations "
-              f"({_eval_schedule(records)}). Early stagnation is the normalised area under the dev "
-              f"{CONVERGENCE_METRIC} curve over the first {STAGNATION_FRACTION:.0%} of the evaluated steps "
-              "(linear interpolation, trapezoid rule, divided by the window's width and by the run's own best: "
-              "1 = at its best from the first evaluation, 0 = flat at zero; higher = faster).", "",
-              _convergence_table(groups), ""]
+              f"({_eval_schedule(records)}). Early stagnation measures every variant against the same reference "
+              f"and window: the area under its dev {CONVERGENCE_METRIC} curve over one early window — the first "
+              f"{STAGNATION_FRACTION:.0%} of the evaluated steps of the base run with the same seed (the base runs' "
+              "common evaluated range when the base has no such seed) — divided by the window's width and by the "
+              "base run's best dev value (linear interpolation between evaluations, held flat outside a run's "
+              "evaluated range; trapezoid rule). 1 = at the base's best throughout the window, 0 = flat at zero, "
+              "above 1 = above the base's best; higher = faster. A run that learns nothing scores its low level "
+              "over the base's best, not 1. Best at last eval: runs whose best dev value is their last evaluation "
+              "(still improving when they stopped)"
+              + (f"; {stopped} of {len(records)} runs were stopped by `train.max_seconds`, so these curves show "
+                 "early training, not convergence" if stopped else "") + ".", "",
+              _convergence_table(groups), "", *_convergence_notes(groups), ""]
     curves = _figures(groups, figures, "curves", _curves_figure, "dev curves")
     if curves:
+        left_out = [f"{dataset} / {model}: {', '.join(curve_variants(group)[1])}"
+                    for (dataset, model), group in groups.items() if curve_variants(group)[1]]
         lines += ["### Training curves", "",
-                  f"Dev {' and '.join(CURVE_METRICS)} against optimizer steps, base vs LCENet; lines are the mean "
-                  "over seeds and bands ± one std (seeds evaluated at different steps are interpolated linearly "
-                  "on the union of their steps).", "", *curves, ""]
+                  f"Dev {' and '.join(CURVE_METRICS)} against optimizer steps for every variant (at most "
+                  f"{MAX_CURVES} per figure: base, LCENet, then variants without an LCENet head — dashed — then the "
+                  "rest in grid order). Lines are the mean over seeds; base and LCENet are drawn thick with bands "
+                  "± one std, the other variants thin without bands (seeds evaluated at different steps are "
+                  "interpolated linearly on the union of their steps)."
+                  + (f" Not drawn (see the tables): {'; '.join(left_out)}." if left_out else ""), "", *curves, ""]
     else:
         lines += ["_No dev curves in the records._", ""]
     return _finish(experiment_dir, lines)
@@ -604,7 +785,8 @@ def _header(experiment_dir: Path, spec: dict, records: list[dict], failures: lis
             grid_cells: list[dict]) -> list[str]:
     profiles = sorted({str(r.get("profile")) for r in records if r.get("profile")} | (
         {str(spec["profile"])} if spec.get("profile") else set()))
-    devices = sorted({f"{r.get('device')} ({r.get('device_name')})" for r in records if r.get("device")})
+    devices = sorted({f"{r.get('device')} ({r.get('device_name')})".replace("(1 threads)", "(1 thread)")
+                      for r in records if r.get("device")})
     recorded = {r.get("cell") for r in records}
     failed = {f["cell"] for f in failures}
     missing = [c["name"] for c in grid_cells if c["name"] not in recorded and c["name"] not in failed]
@@ -614,6 +796,13 @@ def _header(experiment_dir: Path, spec: dict, records: list[dict], failures: lis
              f"- records: {len(records)}" + (f" of {len(grid_cells)} grid cells" if grid_cells else "")
              + (f" ({len(extra)} from cells no longer in the grid)" if extra else ""),
              f"- failed cells: {len(failures)}"]
+    stopped = [r for r in records if r.get("stopped_by_time")]
+    if stopped:
+        budgets = sorted({str(((r.get("config") or {}).get("train") or {}).get("max_seconds")) for r in stopped}
+                         - {"None"})
+        budget = f" ({' / '.join(budgets)} s)" if budgets else ""
+        lines.append(f"- time budget: **{len(stopped)} of {len(records)} runs were stopped by "
+                     f"`train.max_seconds`{budget}: early training, not convergence**")
     for failure in failures:
         lines.append(f"  - `{failure['cell']}` (exit {failure.get('returncode', '?')}): "
                      f"{_cell(failure.get('error') or 'no error message')}")

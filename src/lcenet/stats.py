@@ -184,37 +184,59 @@ def step_ratio(steps: int | None, base_steps: int | None) -> float | None:
     return steps / base_steps
 
 
-def early_stagnation(curve_steps: Sequence[int], curve_values: Sequence[float], fraction: float = 0.2) -> float:
-    """Normalised area under a dev curve over the first ``fraction`` of its steps -- how close to its best a
-    run already is early in training.
+def stagnation_window(curve_steps: Sequence[int], fraction: float = 0.2) -> tuple[float, float]:
+    """The early-training window of a reference run: the first ``fraction`` of its evaluated step range,
+    ``(s0, s0 + fraction * (s_last - s0))`` with ``s0``/``s_last`` its first/last evaluated step.
 
-    The window runs from the curve's first evaluated step ``s0`` to ``s0 + fraction * (s_last - s0)``. The
-    curve is linearly interpolated between evaluations; its area over the window (trapezoid rule) is divided
-    by the window's width and by the curve's best value over the whole run::
-
-        E = (1 / ((s_end - s0) * max(values))) * integral_{s0}^{s_end} value(s) ds
-
-    so ``E = 1`` means the run was at its best from the first evaluation on, ``E = 0`` that it stayed flat at
-    zero through the window; higher is faster. A lower E for one variant than another means it stagnates
-    longer early on. With a single evaluation (no window), ``E = value / best`` of that point (1.0). 0.0 when
-    the best value is not positive.
-    """
+    Pass the *base* run's steps (or the common step range of a group of runs) so that every variant compared
+    with it is measured over the same window."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    steps = np.asarray(curve_steps, dtype=np.float64).reshape(-1)
+    if steps.size == 0:
+        raise ValueError("stagnation_window needs at least one step")
+    first, last = float(steps.min()), float(steps.max())
+    return first, first + fraction * (last - first)
+
+
+def early_stagnation(curve_steps: Sequence[int], curve_values: Sequence[float], reference: float,
+                     window: tuple[float, float]) -> float:
+    """Normalised area under a dev curve over a fixed early ``window`` of steps, relative to a fixed
+    ``reference`` value -- how much of the reference a run already reaches early in training.
+
+    Use the same ``reference`` and ``window`` for every run being compared: the report takes the best dev value
+    of the base run with the same seed as ``reference`` and the first 20% of that base run's evaluated steps
+    (:func:`stagnation_window`) as ``window``. Dividing by a run's *own* best instead would let a run that learns
+    nothing (flat at a low value) score close to 1, and per-run windows would compare different stretches of
+    training.
+
+    The curve is linearly interpolated between evaluations and held at its first/last value outside its
+    evaluated range; its area over ``window = (start, end)`` (trapezoid rule) is divided by the window's width
+    and by ``reference``::
+
+        E = (1 / ((end - start) * reference)) * integral_{start}^{end} value(s) ds
+
+    ``E = 1`` means the run stayed at the reference (e.g. the base's best) through the whole window, ``E = 0``
+    that it stayed flat at zero; higher = faster. ``E`` can exceed 1 when the run is above the reference early
+    on. With a zero-width window (a reference run evaluated once) ``E`` is the curve's value at ``start`` over
+    ``reference``.
+    """
+    reference = float(reference)
+    if not (math.isfinite(reference) and reference > 0):
+        raise ValueError(f"early_stagnation needs a positive reference value, got {reference}")
+    start, end = float(window[0]), float(window[1])
+    if end < start:
+        raise ValueError(f"window must be (start, end) with start <= end, got {window}")
     steps, values = _curve(curve_steps, curve_values)
     if steps.size == 0:
         raise ValueError("early_stagnation needs a non-empty curve")
-    best = float(values.max())
-    if best <= 0:
-        return 0.0
-    start, end = float(steps[0]), float(steps[0] + fraction * (steps[-1] - steps[0]))
-    if end <= start:
-        return float(values[0] / best)
+    if end == start:
+        return float(np.interp(start, steps, values) / reference)
     inside = (steps > start) & (steps < end)
-    xs = np.concatenate(([start], steps[inside].astype(np.float64), [end]))
-    ys = np.interp(xs, steps.astype(np.float64), values)
+    xs = np.concatenate(([start], steps[inside], [end]))
+    ys = np.interp(xs, steps, values)
     area = float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
-    return area / ((end - start) * best)
+    return area / ((end - start) * reference)
 
 
 def _curve(curve_steps: Sequence[int], curve_values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
