@@ -100,7 +100,7 @@ def test_aux_loss_supervises_the_base_logits(tiny_data, tmp_path):
     torch.manual_seed(0)
     config = tiny_config(lcenet=True)
     config.lcenet["aux_loss_weight"] = 0.5
-    model = build(config, num_labels=6, vocab_size=30)
+    model = build(config.model, config.model_args, config.lcenet, num_labels=6, vocab_size=30)
     ids = np.random.default_rng(0).integers(1, 30, size=(8, 10))
     import scipy.sparse as sp
     labels = sp.csr_matrix(np.eye(6, dtype=np.float32)[np.arange(8) % 6])

@@ -26,13 +26,10 @@ from lcenet.train import SplitTensors, Trainer, evaluate_model, predict_top_k, r
 log = logging.getLogger("lcenet")
 
 
-def build(config: RunConfig, num_labels: int, vocab_size: int, model_args: dict | None = None) -> torch.nn.Module:
-    """The base model from the registry, wrapped with LCENet when ``config.lcenet`` is set."""
-    model = build_model(config.model, num_labels, vocab_size, **(config.model_args if model_args is None
-                                                                 else model_args))
-    if config.lcenet is not None:
-        model = with_lcenet(model, num_labels, **config.lcenet)
-    return model
+def build(model: str, model_args: dict, lcenet: dict | None, num_labels: int, vocab_size: int) -> torch.nn.Module:
+    """The base model from the registry, wrapped with LCENet when ``lcenet`` (its keyword arguments) is set."""
+    network = build_model(model, num_labels, vocab_size, **model_args)
+    return network if lcenet is None else with_lcenet(network, num_labels, **lcenet)
 
 
 def base_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -93,7 +90,7 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
 
     num_labels = dataset.num_labels
     torch.manual_seed(config.train.seed)  # initial weights depend on the seed alone
-    model = build(config, num_labels, tokenizer.get_vocab_size())
+    model = build(config.model, config.model_args, config.lcenet, num_labels, tokenizer.get_vocab_size())
     embedding_stats = (load_embeddings_into(base_of(model), config.train.embeddings, tokenizer)
                        if config.train.embeddings else None)
     inv_propensity = inverse_propensity_for(dataset.num_truth_columns, dataset.label_frequency,
@@ -188,9 +185,8 @@ class LoadedModel:
 
 def load_model(model_dir: str | Path, device: str = "auto") -> LoadedModel:
     config, state, tokenizer_json, label_names, label_frequency = read_model_dir(model_dir)
-    model = build_model(config["model"], config["num_labels"], config["vocab_size"], **config["model_args"])
-    if config.get("lcenet") is not None:
-        model = with_lcenet(model, config["num_labels"], **config["lcenet"])
+    model = build(config["model"], config["model_args"], config.get("lcenet"), config["num_labels"],
+                  config["vocab_size"])
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
