@@ -12,7 +12,6 @@ eval mode. Writes a JSON record to benchmarks/results/step_time_<device>.json an
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from lcenet import with_lcenet
 from lcenet.io import atomic_write_json
 from lcenet.models import build_model
+from lcenet.pipeline import device_name
 from lcenet.train import autocast, resolve_device
 
 # (family, L, batch, T, model_args); vocab is synthetic.
@@ -127,9 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     lcenet = {"rank": args.rank, "blocks": args.blocks}
-    record = {"benchmark": "step_time", "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
-              f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
+    record = {"benchmark": "step_time", "device": str(device), "device_name": device_name(device),
               "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), "cases": []}
     started = time.perf_counter()
     for name in args.cases:
