@@ -135,3 +135,18 @@ def test_every_command_has_help():
     for command in ([], ["train"], ["evaluate"], ["predict"], ["demo"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_bad_setting_values_are_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("LCENET_CACHE", str(tmp_path / "cache"))
+    data = write_tiny_dataset(tmp_path / "data")
+    out = str(tmp_path / "r")
+    one_line_error(runner.invoke(app, ["train", "--data", str(data), "--output", out, "--set", "train.epochs=abc"]),
+                   "train.epochs", "abc")
+    one_line_error(runner.invoke(app, ["train", "--data", str(data), "--output", out, "--set", "train.lr=true"]),
+                   "train.lr")
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  max_length: [1, 2]\n")
+    one_line_error(runner.invoke(app, ["train", "--data", str(data), "--config", str(config), "--output", out]),
+                   "c.yaml", "data.max_length")
+    one_line_error(runner.invoke(app, ["train", "--data", str(data), "--output", out, "--device", "tpu"]), "tpu")

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from lcenet.config import RunConfig, apply_override, load_config
+from lcenet.config import RunConfig, apply_override, load_config, validate
 from lcenet.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -87,7 +87,7 @@ def build_config(config: Path | None, model: str | None, lcenet: bool | None, as
         run_config.model_args["pretrained"] = pretrained
     for assignment in assignments or []:
         apply_override(run_config, assignment)
-    return run_config
+    return validate(run_config, "settings")
 
 
 @app.command()

@@ -75,14 +75,12 @@ class RunConfig:
                 kwargs[key] = value
             else:
                 raise UserError(f"{source}: unknown key {key!r} (expected model, model_args, lcenet, data, train)")
-        if not isinstance(kwargs.get("model", ""), str):
-            raise UserError(f"{source}: 'model' must be a name such as xmlcnn")
         for key in ("model_args", "lcenet"):
             if kwargs.get(key) is not None and not isinstance(kwargs[key], dict):
                 raise UserError(f"{source}: {key!r} must be a mapping")
         config = cls(**kwargs)
         config.model_args = dict(config.model_args or {})
-        return config
+        return validate(config, source)
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
@@ -145,6 +143,28 @@ def _build(cls, values: dict[str, Any], source: str):
     if unknown:
         raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
     return cls(**values)
+
+
+# The annotation spellings used by DataSettings / TrainSettings, and the Python values each accepts.
+_ACCEPTS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),),
+            "dict[str, int]": (dict,)}
+
+
+def validate(config: RunConfig, source: str = "config") -> RunConfig:
+    """Check every data/train setting's type, so a bad value stops with one clear line instead of deep inside."""
+    for section_name in ("data", "train"):
+        section = getattr(config, section_name)
+        for item in dataclasses.fields(section):
+            value = getattr(section, item.name)
+            options = [part.strip() for part in str(item.type).split("|")]
+            accepted = tuple(t for option in options for t in _ACCEPTS[option])
+            is_bool_for_number = isinstance(value, bool) and bool not in accepted
+            if not isinstance(value, accepted) or is_bool_for_number:
+                raise UserError(f"{source}: {section_name}.{item.name} must be {' or '.join(options)} "
+                                f"(got {value!r})")
+    if not isinstance(config.model, str):
+        raise UserError(f"{source}: 'model' must be a name such as xmlcnn")
+    return config
 
 
 def dumps(config: RunConfig) -> str:
