@@ -150,3 +150,16 @@ def test_bad_setting_values_are_one_line_errors(tmp_path, monkeypatch):
     one_line_error(runner.invoke(app, ["train", "--data", str(data), "--config", str(config), "--output", out]),
                    "c.yaml", "data.max_length")
     one_line_error(runner.invoke(app, ["train", "--data", str(data), "--output", out, "--device", "tpu"]), "tpu")
+
+
+def test_predict_keeps_input_order_across_batches(trained):
+    _, run = trained
+    texts = "".join(f"{line}\n" for line in ["milk cheese", "tax duty", "wine", "fishing sea", "aid fund"])
+    whole = runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu"], input=texts)
+    batched = runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu", "--batch-size", "2"],
+                            input=texts)
+    assert whole.exit_code == batched.exit_code == 0
+    assert whole.stdout == batched.stdout and len(whole.stdout.splitlines()) == 5
+    single = [runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu"], input=line + "\n").stdout
+              for line in texts.splitlines()]
+    assert "".join(single) == whole.stdout  # each line's prediction does not depend on its neighbours
