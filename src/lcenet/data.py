@@ -220,6 +220,16 @@ def _iter_tsv(path: Path) -> Iterator[tuple[str, list[str]]]:
         yield _check_text(text, path, n), labels
 
 
+def _jsonl_field(record: dict, key: str, kind: type, described: str, path: Path, n: int):
+    """``record[key]``, which must exist and be of ``kind``; else a DataError at ``path:n``."""
+    if key not in record:
+        raise DataError(path, f'malformed JSONL: missing "{key}"', line=n)
+    value = record[key]
+    if not isinstance(value, kind):
+        raise DataError(path, f'malformed JSONL: "{key}" must be {described}, got {type(value).__name__}', line=n)
+    return value
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, list[str]]]:
     for n, line in enumerate(_iter_lines(path), start=1):
         if not line.strip():
@@ -234,22 +244,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, list[str]]]:
             raise DataError(
                 path, f"malformed JSONL: expected a JSON object, got {type(record).__name__}", line=n
             )
-        if "text" not in record:
-            raise DataError(path, 'malformed JSONL: missing "text"', line=n)
-        text = record["text"]
-        if not isinstance(text, str):
-            raise DataError(
-                path, f'malformed JSONL: "text" must be a string, got {type(text).__name__}', line=n
-            )
-        if "labels" not in record:
-            raise DataError(path, 'malformed JSONL: missing "labels"', line=n)
-        raw_labels = record["labels"]
-        if not isinstance(raw_labels, list):
-            raise DataError(
-                path,
-                f'malformed JSONL: "labels" must be a list of strings, got {type(raw_labels).__name__}',
-                line=n,
-            )
+        text = _jsonl_field(record, "text", str, "a string", path, n)
+        raw_labels = _jsonl_field(record, "labels", list, "a list of strings", path, n)
         if not raw_labels:
             raise DataError(path, 'empty "labels" list (every document needs at least one label)', line=n)
         cleaned = []

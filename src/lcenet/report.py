@@ -153,11 +153,6 @@ def curve(record: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
             np.array([p[metric] for p in points], dtype=np.float64))
 
 
-def best_dev(record: dict, metric: str = CONVERGENCE_METRIC) -> float | None:
-    _, values = curve(record, metric)
-    return float(values.max()) if values.size else None
-
-
 def mean_curve(records: list[dict], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """(steps, mean, std, count) of ``metric`` over seeds. Seeds evaluated at different steps are linearly
     interpolated on the union of their steps (each only within its own range)."""

@@ -63,7 +63,9 @@ def batch_inputs(ids: np.ndarray, rows: np.ndarray, pad_id: int, device: torch.d
 
 def dense_targets(labels: sp.csr_matrix, rows: np.ndarray, num_labels: int, device: torch.device) -> torch.Tensor:
     """Dense [B, L] targets for one batch only; the full matrix stays sparse."""
-    block = labels[rows][:, :num_labels]
+    block = labels[rows]
+    if block.shape[1] != num_labels:  # truth with extra columns for unseen labels: those are never targets
+        block = block[:, :num_labels]
     return torch.from_numpy(block.toarray().astype(np.float32, copy=False)).to(device, non_blocking=True)
 
 
