@@ -3,14 +3,16 @@
 #   1. the step-time / throughput benchmark on the GPU (benchmarks/step_time.py),
 #   2. EURLEX57K full-profile XML-CNN and AttentionXML, base vs +LCENet, 3 seeds, all cells side by side
 #      (configs/experiments/paper_eurlex57k_gpu15min.yaml); or, with SUITE=ablation, the XML-CNN ablation
-#      grid (configs/experiments/ablation_eurlex57k_gpu15min.yaml) without the step-time benchmark.
+#      grid (configs/experiments/ablation_eurlex57k_gpu15min.yaml) without the step-time benchmark; or, with
+#      SUITE=bert, the BERT family base vs +LCENet (configs/experiments/paper_eurlex57k_bert_gpu15min.yaml) from
+#      the data set and encoder that benchmarks/pack_bert_lease.py packed into $PACKED (carry that folder).
 # Results come back through $OUT: the step-time record, logs, and the experiment directory without weights.
 #   DATA=.device_data/EURLEX57K OUT=/tmp/out bash benchmarks/gpu_suite.sh
+#   SUITE=bert PACKED=.device_data/bert OUT=/tmp/out bash benchmarks/gpu_suite.sh
 set -u
 DATA=${DATA:-.device_data/EURLEX57K}
 OUT=${OUT:-/tmp/lcenet_gpu_out}
-SUITE=${SUITE:-paper}  # paper | ablation
-EXP=${EXP:-/tmp/${SUITE}_eurlex57k_gpu15min}
+SUITE=${SUITE:-paper}  # paper | ablation | bert
 STEP_TIMEOUT=${STEP_TIMEOUT:-75}
 TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-390}
 mkdir -p "$OUT"
@@ -28,12 +30,25 @@ if [ "$SUITE" = paper ]; then
         --output "$OUT/step_time_cuda.json" > "$OUT/step_time.log" 2>&1 || stamp "step-time benchmark exit $?"
 fi
 
+# The tokenizer and the data settings of preprocess must be the grid's, so that its cache entries are the ones used.
+preprocess_args=(--config configs/eurlex57k_xmlcnn.yaml)
+grid=configs/experiments/${SUITE}_eurlex57k_gpu15min.yaml
+if [ "$SUITE" = bert ]; then
+    stamp "unpack the data set and the encoder"
+    DATA=/tmp/bert_lease
+    python3 benchmarks/pack_bert_lease.py unpack "${PACKED:-.device_data/bert}" "$DATA" || stamp "unpack exit $?"
+    set -- --set "model_args.pretrained=$DATA/encoder" "$@"
+    preprocess_args=(--config configs/eurlex57k_bert.yaml --set "data.max_docs={dev: 2000}")
+    grid=configs/experiments/paper_eurlex57k_bert_gpu15min.yaml
+fi
+EXP=${EXP:-/tmp/$(basename "$grid" .yaml)}
+
 stamp "preprocess (fills the tokenization cache once for all cells)"
-python3 -m lcenet.cli preprocess --data "$DATA" --config configs/eurlex57k_xmlcnn.yaml "$@" \
+python3 -m lcenet.cli preprocess --data "$DATA" "${preprocess_args[@]}" "$@" \
     > "$OUT/preprocess.log" 2>&1 || stamp "preprocess exit $?"
 
 stamp "experiment"
-timeout "$TRAIN_TIMEOUT" python3 -m lcenet.cli experiment "configs/experiments/${SUITE}_eurlex57k_gpu15min.yaml" \
+timeout "$TRAIN_TIMEOUT" python3 -m lcenet.cli experiment "$grid" \
     --data "eurlex57k=$DATA" --output "$EXP" --no-report "$@" > "$OUT/experiment.log" 2>&1 \
     || stamp "experiment exit $?"
 pkill -f "lcenet.cli train" 2>/dev/null

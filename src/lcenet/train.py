@@ -188,11 +188,12 @@ class Trainer:
                 self.state["step"] += 1
                 self.state["batch_in_epoch"] += 1
                 bar.update(1)
-                bar.set_postfix(epoch=self.state["epoch"] + 1, loss=f"{loss:.4f}")
                 step = self.state["step"]
                 if step % settings.log_every_steps == 0:
+                    mean_loss = float(loss_sum) / loss_count  # the only host sync of the loss
+                    bar.set_postfix(epoch=self.state["epoch"] + 1, loss=f"{mean_loss:.4f}")
                     self._log({"event": "train", "step": step, "epoch": self._epochs_done(),
-                               "loss": loss_sum / loss_count, "lr": self.scheduler.get_last_lr()[0],
+                               "loss": mean_loss, "lr": self.scheduler.get_last_lr()[0],
                                "seconds": self.state["train_seconds"]})
                     loss_sum, loss_count = 0.0, 0
                 if settings.eval_every_steps and step % settings.eval_every_steps == 0:
@@ -224,10 +225,12 @@ class Trainer:
         return (state["stopped_early"] or state["stopped_by_time"] or state["epoch"] >= settings.epochs
                 or state["step"] >= self.total_steps)
 
-    def _optimizer_step(self, rows: np.ndarray) -> float:
+    def _optimizer_step(self, rows: np.ndarray) -> torch.Tensor:
+        """One optimizer step over ``rows``; returns the loss as a tensor, so that the GPU is not waited for
+        (reading it every step would stall the launch queue of small, latency-bound models)."""
         settings = self.settings
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         micro_batches = [rows[i:i + settings.batch_size] for i in range(0, len(rows), settings.batch_size)]
         for micro in micro_batches:
             input_ids, mask = batch_inputs(self.train.ids, micro, self.pad_id, self.device)
@@ -235,7 +238,7 @@ class Trainer:
             with autocast(self.device, settings.bf16):
                 loss = self._loss(input_ids, mask, targets) * (len(micro) / len(rows))
             loss.backward()
-            total += loss.item()
+            total += loss.detach()
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
         self.optimizer.step()
