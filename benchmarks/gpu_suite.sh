@@ -5,7 +5,8 @@
 #      (configs/experiments/paper_eurlex57k_gpu15min.yaml); or, with SUITE=ablation, the XML-CNN ablation
 #      grid (configs/experiments/ablation_eurlex57k_gpu15min.yaml) without the step-time benchmark; or, with
 #      SUITE=bert, the BERT family base vs +LCENet (configs/experiments/paper_eurlex57k_bert_gpu15min.yaml) from
-#      the data set and encoder that benchmarks/pack_bert_lease.py packed into $PACKED (carry that folder).
+#      the data set and encoder that benchmarks/pack_bert_lease.py packed into $PACKED (carry that folder);
+#      GRID=configs/experiments/ablation_eurlex57k_bert_gpu15min.yaml runs the BERT head learning-rate check.
 # Results come back through $OUT: the step-time record, logs, and the experiment directory without weights.
 #   DATA=.device_data/EURLEX57K OUT=/tmp/out bash benchmarks/gpu_suite.sh
 #   SUITE=bert PACKED=.device_data/bert OUT=/tmp/out bash benchmarks/gpu_suite.sh
@@ -39,7 +40,7 @@ if [ "$SUITE" = bert ]; then
     python3 benchmarks/pack_bert_lease.py unpack "${PACKED:-.device_data/bert}" "$DATA" || stamp "unpack exit $?"
     set -- --set "model_args.pretrained=$DATA/encoder" "$@"
     preprocess_args=(--config configs/eurlex57k_bert.yaml --set "data.max_docs={dev: 2000}")
-    grid=configs/experiments/paper_eurlex57k_bert_gpu15min.yaml
+    grid=${GRID:-configs/experiments/paper_eurlex57k_bert_gpu15min.yaml}
 fi
 EXP=${EXP:-/tmp/$(basename "$grid" .yaml)}
 
