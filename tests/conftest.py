@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lcenet.config import DataSettings, RunConfig, TrainSettings
 
@@ -57,3 +58,25 @@ def tiny_config(model: str = "xmlcnn", lcenet: bool = False, epochs: int = 2, **
         train=TrainSettings(**{"epochs": epochs, "batch_size": 8, "eval_batch_size": 16, "lr": 5e-3,
                                "log_every_steps": 2, "patience": None, "device": "cpu", **train}),
     )
+
+
+@pytest.fixture
+def tiny_bert(tmp_path):
+    """A tiny random BERT checkpoint with a WordPiece tokenizer.json that adds [CLS] ... [SEP]."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    directory = tmp_path / "tiny-bert"
+    words = sorted({w for topic in TOPICS.values() for w in topic.split()} | {"regulation", "article", "council"})
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=40)
+    transformers.BertModel(config).save_pretrained(directory)
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[
+        ("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return directory

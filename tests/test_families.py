@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import TOPICS, write_tiny_dataset
+from conftest import write_tiny_dataset
 from lcenet.cli import app
 from lcenet.io import load_tensors
 from lcenet.predict import Predictor
@@ -20,28 +20,6 @@ TEXTS = ["milk cheese cow", "fishing quota sea", "", "wine grape vineyard tax"]
 def data(tmp_path, monkeypatch):
     monkeypatch.setenv("LCENET_CACHE", str(tmp_path / "cache"))
     return write_tiny_dataset(tmp_path / "data")
-
-
-@pytest.fixture
-def tiny_bert(tmp_path):
-    """A tiny random BERT checkpoint with a WordPiece tokenizer.json that adds [CLS] ... [SEP]."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    directory = tmp_path / "tiny-bert"
-    words = sorted({w for topic in TOPICS.values() for w in topic.split()} | {"regulation", "article", "council"})
-    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=40)
-    transformers.BertModel(config).save_pretrained(directory)
-    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[
-        ("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    tokenizer.save(str(directory / "tokenizer.json"))
-    return directory
 
 
 FAMILIES = {

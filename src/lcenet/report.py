@@ -713,8 +713,9 @@ def write_report(experiment_dir: str | Path, n_resamples: int = 10000) -> Path:
               "Every variant of the grid, mean ± std over seeds (%). Setting: the variant's LCENet arguments "
               "(— = no LCENet head, defaults = LCENet's defaults), then its own `--set` overrides (those of its "
               f"variant and model).{shared_text} Parameters are counted by the trainer "
-              "(LCENet params: the head alone). Step time is train seconds / optimizer steps (dev evaluations "
-              "included), and × base its ratio to the base variant.", "",
+              "(LCENet params: the head alone). Step time is train seconds / optimizer steps (train seconds "
+              "count optimizer steps only; records made before that rule also count dev evaluations), and × base "
+              "its ratio to the base variant.", "",
               _ablation_table(groups, overrides), ""]
     figures = experiment_dir / "figures"
     ablation_figures = _figures(groups, figures, "ablation", _ablation_figure,
