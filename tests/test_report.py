@@ -252,6 +252,18 @@ def test_experiment_failed_cell(finished_experiment, tmp_path):
     assert_figures_ok(out / "report.md")
 
 
+def test_experiment_checks_every_cell_before_running(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data")
+    spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None}, "lcenet": {"lcenet": {"rank": 4}}})
+    out = tmp_path / "out"
+    for bad in (["--set", "parallel=2"], ["--set", "train.epochs=two"]):
+        result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out), *bad])
+        assert result.exit_code == 2, result.output
+        assert "cell tiny__xmlcnn__base__s0" in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert not out.exists()
+
+
 def test_report_settings_time_budget_and_shared_reference(tmp_path):
     """Variant overrides in the setting column, the time-budget line, early stagnation against the base's best,
     a converged base (no warning) and the sweep leaving out variants trained differently."""

@@ -203,6 +203,11 @@ def experiment(
         plan.cells = [cell for cell in plan.cells if cell.model in only or cell.variant in only]
         if not plan.cells:
             raise UserError(f"--only {' '.join(only)}: no cell of {spec} matches")
+    for cell in plan.cells:  # a bad config or --set stops here, not once per cell after the grid has started
+        try:
+            build_config(Path(cell.config), None, None, cell.assignments(), seed=cell.seed)
+        except UserError as error:
+            raise UserError(f"{spec}: cell {cell.name}: {error}") from None
     output = output or Path("runs/experiments") / plan.name
     statuses = run_experiment(plan, output, parallel)
     counts = {state: list(statuses.values()).count(state) for state in ("done", "skipped", "failed")}

@@ -57,12 +57,15 @@ class Cell:
     def command(self, run_dir: Path, resume: bool = False) -> list[str]:
         args = [sys.executable, "-m", "lcenet.cli", "train", "--data", self.data_dir, "--config", self.config,
                 "--output", str(run_dir), "--seed", str(self.seed), "--no-progress"]
-        args += ["--set", "lcenet=null"] if self.lcenet is None else ["--set", "lcenet=true"]
-        for key, value in (self.lcenet or {}).items():
-            args += ["--set", f"lcenet.{key}={json.dumps(value)}"]
-        for assignment in self.overrides:
+        for assignment in self.assignments():
             args += ["--set", assignment]
         return args + (["--resume"] if resume else [])
+
+    def assignments(self) -> list[str]:
+        """The cell's ``--set`` overrides of its config: LCENet on/off and its arguments, then the grid's."""
+        lcenet = ["lcenet=null"] if self.lcenet is None else ["lcenet=true"]
+        lcenet += [f"lcenet.{key}={json.dumps(value)}" for key, value in (self.lcenet or {}).items()]
+        return lcenet + self.overrides
 
 
 @dataclass
