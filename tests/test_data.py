@@ -203,6 +203,33 @@ def test_max_docs_caps_each_split_and_changes_hash(tmp_path):
     assert load_dataset(tmp_path).source_hash == full.source_hash
 
 
+def _label_names(split, row, dataset) -> set[str]:
+    names = dataset.label_names + dataset.unseen_labels
+    return {names[column] for column in split.labels[row].indices}
+
+
+def test_sample_seed_draws_a_random_subset_in_file_order(tmp_path):
+    make_dataset(tmp_path, train=_many_docs(40), test=_many_docs(20), dev=_many_docs(20))
+    full = load_dataset(tmp_path)
+    caps = {"train": 10, "dev": 5, "test": 5}
+    sampled = load_dataset(tmp_path, max_docs=caps, sample_seed=1)
+    first_n = load_dataset(tmp_path, max_docs=caps)
+    for name in ("train", "dev", "test"):
+        whole, subset = getattr(full, name), getattr(sampled, name)
+        assert len(subset) == caps[name] and subset.texts != getattr(first_n, name).texts
+        rows = [whole.texts.index(text) for text in subset.texts]
+        assert rows == sorted(rows)  # file order kept
+        for i, row in enumerate(rows):  # each text keeps its own labels
+            assert _label_names(subset, i, sampled) == _label_names(whole, row, full)
+    again = load_dataset(tmp_path, max_docs=caps, sample_seed=1)
+    assert again.train.texts == sampled.train.texts and again.source_hash == sampled.source_hash
+    other = load_dataset(tmp_path, max_docs=caps, sample_seed=2)
+    assert other.train.texts != sampled.train.texts
+    assert len({sampled.source_hash, other.source_hash, first_n.source_hash}) == 3
+    # without max_docs the seed changes nothing, not even the cache key
+    assert load_dataset(tmp_path, sample_seed=1).source_hash == full.source_hash
+
+
 def test_source_hash_follows_file_bytes(tmp_path):
     make_dataset(tmp_path)
     before = load_dataset(tmp_path).source_hash

@@ -22,6 +22,8 @@ class DataSettings:
     dev_fraction: float = 0.1  # used only when the data set has no dev split
     dev_seed: int = 0
     max_docs: dict[str, int] | None = None  # e.g. {train: 5000, test: 1000} for quick profiles
+    # With max_docs: None = the first n documents; a seed = n drawn at random (for files sorted by date or id).
+    sample_seed: int | None = None
 
 
 @dataclass

@@ -408,8 +408,21 @@ def _read_raw(files: SplitFiles, label_ids: dict[str, int], max_docs: int | None
     return _RawSplit(texts, np.frombuffer(indptr, dtype=np.int64), np.frombuffer(ids, dtype=np.int64))
 
 
+def _capped(files: SplitFiles, label_ids: dict[str, int], cap: int | None, sample_seed: int | None) -> _RawSplit:
+    """The split's first ``cap`` documents, or with ``sample_seed`` a uniform random ``cap`` of them (in file
+    order; the whole split is read)."""
+    if cap is None or sample_seed is None:
+        return _read_raw(files, label_ids, cap)
+    raw = _read_raw(files, label_ids, None)
+    if cap >= len(raw):
+        return raw
+    rng = np.random.default_rng([sample_seed, SPLITS.index(files.split)])
+    return raw.take(np.sort(rng.choice(len(raw), size=cap, replace=False)))
+
+
 def _source_hash(
-    split_files: Sequence[SplitFiles], dev_fraction: float, dev_seed: int, max_docs: Mapping[str, int | None]
+    split_files: Sequence[SplitFiles], dev_fraction: float, dev_seed: int, max_docs: Mapping[str, int | None],
+    sample_seed: int | None = None,
 ) -> str:
     digest = hashlib.sha256()
     for files in split_files:
@@ -419,6 +432,8 @@ def _source_hash(
                 while chunk := f.read(_HASH_CHUNK):
                     digest.update(chunk)
     settings = {"dev_fraction": float(dev_fraction), "dev_seed": int(dev_seed), "max_docs": dict(max_docs)}
+    if sample_seed is not None and max_docs:
+        settings["sample_seed"] = int(sample_seed)
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -441,12 +456,15 @@ def load_dataset(
     dev_fraction: float = 0.1,
     dev_seed: int = 0,
     max_docs: Mapping[str, int | None] | None = None,
+    sample_seed: int | None = None,
 ) -> Dataset:
     """Read, validate and index a data set directory.
 
     Without a ``dev`` split, a dev set of ``max(1, round(dev_fraction * N_train))`` train documents is drawn
     with ``numpy.random.default_rng(dev_seed)`` and the label vocabulary is built from the remaining train
-    documents. ``max_docs`` caps the documents read per split (the first n lines), e.g. ``{"train": 1000}``.
+    documents. ``max_docs`` caps the documents read per split (the first n lines), e.g. ``{"train": 1000}``;
+    with ``sample_seed`` the n documents are drawn uniformly at random instead (seeded per split, file order
+    kept), which matters for files sorted by date or id.
     Logs one warning per dev/test split that has labels never seen in train.
     """
     if not 0.0 <= float(dev_fraction) < 1.0:
@@ -458,7 +476,7 @@ def load_dataset(
     dev_files = find_split(directory, "dev")
 
     label_ids: dict[str, int] = {}  # provisional ids, shared by all splits
-    train_raw = _read_raw(train_files, label_ids, caps.get("train"))
+    train_raw = _capped(train_files, label_ids, caps.get("train"), sample_seed)
     dev_from_train = dev_files is None
     if dev_from_train:
         n = len(train_raw)
@@ -474,8 +492,8 @@ def load_dataset(
         dev_raw = train_raw.take(dev_rows)
         train_raw = train_raw.take(np.flatnonzero(keep))
     else:
-        dev_raw = _read_raw(dev_files, label_ids, caps.get("dev"))
-    test_raw = _read_raw(test_files, label_ids, caps.get("test"))
+        dev_raw = _capped(dev_files, label_ids, caps.get("dev"), sample_seed)
+    test_raw = _capped(test_files, label_ids, caps.get("test"), sample_seed)
 
     names = np.empty(len(label_ids), dtype=object)
     names[list(label_ids.values())] = list(label_ids.keys())
@@ -513,6 +531,6 @@ def load_dataset(
         label_names=label_names,
         unseen_labels=unseen_labels,
         label_frequency=counts[order].astype(np.int64),
-        source_hash=_source_hash(split_files, dev_fraction, dev_seed, caps),
+        source_hash=_source_hash(split_files, dev_fraction, dev_seed, caps, sample_seed),
         dev_from_train=dev_from_train,
     )

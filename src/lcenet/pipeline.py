@@ -68,7 +68,7 @@ def prepare(config: RunConfig, data_dir: str | Path, cache_dir: Path
             ) -> tuple[data.Dataset, Tokenizer, dict[str, SplitTensors]]:
     """Read the data set and tokenize every split (both cached on disk, keyed by data + settings)."""
     dataset = data.load_dataset(data_dir, dev_fraction=config.data.dev_fraction, dev_seed=config.data.dev_seed,
-                                max_docs=config.data.max_docs)
+                                max_docs=config.data.max_docs, sample_seed=config.data.sample_seed)
     tokenizer = make_tokenizer(config, dataset.train.texts, cache_dir, dataset.source_hash)
     splits = {name: SplitTensors(encode_split(tokenizer, split.texts, config.data.max_length, cache_dir,
                                               dataset.source_hash, name), split.labels)
