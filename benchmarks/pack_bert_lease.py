@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import load_file, save
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -30,7 +32,6 @@ sys.path.insert(0, str(ROOT / "src"))
 from lcenet import data, text  # noqa: E402
 from lcenet.models.bert import resolve_pretrained  # noqa: E402
 
-SPLITS = ("train", "dev", "test")
 # What a BERT directory needs for lcenet: config, tokenizer and weights.
 ENCODER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -50,29 +51,32 @@ def check_lossless(texts: list[str], cut: list[str], tokenizer_path: Path, max_l
 
 
 def pack(args: argparse.Namespace) -> None:
+    """Everything is written to OUTPUT.partial, which becomes OUTPUT only when complete."""
     source, output = Path(args.data), Path(args.output)
     encoder = resolve_pretrained(args.pretrained)
-    output.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
+    work = output.with_name(output.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "encoder").mkdir(parents=True)
+    for split in data.SPLITS:
+        if split == "dev" and data.find_split(source, split) is None:
+            continue  # lcenet carves dev out of train then, on the GPU machine as here
         texts, labels = zip(*data.iter_split(source, split))
         cut = [first_words(t, args.max_words) for t in texts]
         if args.check:
             check_lossless(texts[: args.check], cut[: args.check], encoder / "tokenizer.json", args.max_words)
         for name, lines in (("texts", cut), ("labels", [" ".join(doc) for doc in labels])):
-            with lzma.open(output / f"{split}_{name}.txt.xz", "wt", encoding="utf-8", preset=9) as stream:
+            with lzma.open(work / f"{split}_{name}.txt.xz", "wt", encoding="utf-8", preset=9) as stream:
                 stream.writelines(line + "\n" for line in lines)
-    import torch
-    from safetensors.torch import load_file, save
-
     weights = load_file(encoder / "model.safetensors")
     packed = save({name: tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
                    for name, tensor in weights.items()})
-    (output / "encoder").mkdir(exist_ok=True)
-    with lzma.open(output / "encoder" / "model.safetensors.xz", "wb", preset=6) as stream:
+    with lzma.open(work / "encoder" / "model.safetensors.xz", "wb", preset=6) as stream:
         stream.write(packed)
     for name in ENCODER_FILES:
         if (encoder / name).is_file():
-            shutil.copyfile(encoder / name, output / "encoder" / name)
+            shutil.copyfile(encoder / name, work / "encoder" / name)
+    shutil.rmtree(output, ignore_errors=True)
+    work.rename(output)
     total = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
     print(f"{output}: {total / 2**20:.1f} MiB")
 

@@ -58,3 +58,13 @@ def test_pack_refuses_a_cut_that_changes_ids(pack_script, tiny_bert, tmp_path, m
     cut = [pack_script.first_words(t, 2) for t in texts]  # too few words to fill 12 tokens
     with pytest.raises(SystemExit, match="not lossless"):
         pack_script.check_lossless(texts, cut, tiny_bert / "tokenizer.json", 12)
+
+
+def test_pack_without_a_dev_split(pack_script, tiny_bert, tmp_path, monkeypatch):
+    source = write_tiny_dataset(tmp_path / "data", with_dev=False)
+    packed, unpacked = tmp_path / "packed", tmp_path / "unpacked"
+    run(pack_script, monkeypatch, "pack", "--data", str(source), "--pretrained", str(tiny_bert),
+        "--output", str(packed), "--max-words", str(MAX_WORDS))
+    run(pack_script, monkeypatch, "unpack", str(packed), str(unpacked))
+    assert not list(unpacked.glob("dev_*")) and not (tmp_path / "packed.partial").exists()
+    assert len(data.load_dataset(unpacked).train) == len(data.load_dataset(source).train)
