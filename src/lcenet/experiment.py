@@ -63,9 +63,9 @@ class Cell:
 
     def assignments(self) -> list[str]:
         """The cell's ``--set`` overrides of its config: LCENet on/off and its arguments, then the grid's."""
-        lcenet = ["lcenet=null"] if self.lcenet is None else ["lcenet=true"]
-        lcenet += [f"lcenet.{key}={json.dumps(value)}" for key, value in (self.lcenet or {}).items()]
-        return lcenet + self.overrides
+        switch = ["lcenet=null"] if self.lcenet is None else ["lcenet=true"]
+        arguments = [f"lcenet.{key}={json.dumps(value)}" for key, value in (self.lcenet or {}).items()]
+        return switch + arguments + self.overrides
 
 
 @dataclass
