@@ -10,9 +10,9 @@ from matplotlib import image
 from typer.testing import CliRunner
 
 from conftest import write_tiny_dataset
-from lcenet import report
 from lcenet.cli import app
 from lcenet.report import ablation_table, curve_variants, group_records, own_overrides, results_table, write_report
+from lcenet.report.figures import sweep_points
 from lcenet.stats import per_document_from_hits
 
 NUM_DOCS = 300
@@ -313,7 +313,7 @@ def test_report_settings_time_budget_and_shared_reference(tmp_path):
 
     # the sweep: lcenet and rank4 differ only in rank; lcenet_lr has another learning rate, stuck another setting
     group = group_records(records)[("toy", "xmlcnn")]
-    points = report._sweep_points(group, own_overrides(records)[0])
+    points = sweep_points(group, own_overrides(records)[0])
     assert [p["label"] for p in points] == ["base", "R=1000*/B=2", "R=4*/B=2"]
     assert "## LCENet rank / blocks sweep" in text and "R as built (capped at L" in text
     assert {f.name for f in assert_figures_ok(directory / "report.md")} == {

@@ -1,0 +1,208 @@
+"""The report's markdown tables: the paper-style main table, the ablation table and the convergence table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from lcenet import stats
+from lcenet.report.analysis import convergence_reference, convergence_rows, paired_document_test
+from lcenet.report.records import (
+    ABLATION_METRICS,
+    BASE,
+    CONVERGENCE_LEVELS,
+    CONVERGENCE_METRIC,
+    LCENET,
+    MAIN_METRICS,
+    STAGNATION_FRACTION,
+    TESTED_METRICS,
+    Group,
+    Overrides,
+    base_records,
+    group_records,
+    metric_values,
+    own_overrides,
+    step_ms,
+)
+
+
+# ---- formatting ----------------------------------------------------------------------------------------------
+def _pct(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    mean, std = stats.mean_std(values)
+    return f"{100 * mean:.2f}" if len(values) == 1 else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    text = "<0.001" if value < 0.001 else f"{value:.3f}"
+    return f"**{text}**" if value < 0.05 else text
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _int(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(set(values)) == 1:
+        return f"{int(values[0]):,}"
+    return f"{float(np.mean(values)):,.0f}"
+
+
+def md_cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _row(cells: Iterable[object]) -> str:
+    return "| " + " | ".join(md_cell(c) for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list[object]], align_left: int = 3) -> str:
+    lines = [_row(header), "|" + "|".join(":---" if i < align_left else "---:" for i in range(len(header))) + "|"]
+    return "\n".join(lines + [_row(r) for r in rows])
+
+
+def _setting(record: dict, overrides: Overrides | None = None) -> str:
+    """``"—"`` (no LCENet head) or the LCENet arguments (``"defaults"`` when none), then the run's own
+    overrides: ``"defaults; train.lcenet_lr=0.0001"``, ``"model_args.hidden_dim=2800"``."""
+    lcenet = record.get("lcenet")
+    parts = [] if lcenet is None else [", ".join(f"{k}={v}" for k, v in sorted(lcenet.items())) or "defaults"]
+    parts += list((overrides or {}).get(id(record), ()))
+    return "; ".join(parts) or "—"
+
+
+
+# ---- tables --------------------------------------------------------------------------------------------------
+def results_table(records: Iterable[dict], n_resamples: int = 10000) -> str:
+    """The paper-style main table (markdown): per data set × model, base vs LCENet on the test set as mean ± std
+    over seeds (%), the Δ of the means (percentage points), and paired-test p-values over test documents."""
+    return main_table(group_records(records), n_resamples)
+
+
+def ablation_table(records: Iterable[dict]) -> str:
+    """Every variant with its setting (LCENet arguments and its own ``--set`` overrides, read from the records'
+    commands), accuracy, parameter counts and step time (markdown)."""
+    records = list(records)
+    return group_ablation_table(group_records(records), own_overrides(records)[0])
+
+
+def main_table(groups: dict[tuple[str, str], Group], n_resamples: int = 10000) -> str:
+    header = ["data set", "model", "variant", "seeds", *MAIN_METRICS, "train time"]
+    rows: list[list[object]] = []
+    for (dataset, model), group in groups.items():
+        base, enhanced = base_records(group), group.get(LCENET)
+        shown = [(BASE, base), ("+ LCENet", enhanced)] if base or enhanced else []
+        for label, records in shown:
+            if not records:
+                continue
+            seconds = [r["train_seconds"] for r in records if r.get("train_seconds") is not None]
+            rows.append([dataset, model, label, len(records), *(_pct(metric_values(records, "test", m))
+                                                                 for m in MAIN_METRICS),
+                         f"{np.mean(seconds):.1f} s" if seconds else "n/a"])
+        if not (base and enhanced):
+            continue
+        deltas = []
+        for metric in MAIN_METRICS:
+            a, b = metric_values(base, "test", metric), metric_values(enhanced, "test", metric)
+            deltas.append(f"{100 * (np.mean(b) - np.mean(a)):+.2f}" if a and b else "n/a")
+        time_a = [r["train_seconds"] for r in base if r.get("train_seconds")]
+        time_b = [r["train_seconds"] for r in enhanced if r.get("train_seconds")]
+        rows.append([dataset, model, "Δ (LCENet − base)", "", *deltas,
+                     f"×{np.mean(time_b) / np.mean(time_a):.2f}" if time_a and time_b else "n/a"])
+        tests = {m: paired_document_test(base, enhanced, m, n_resamples) for m in TESTED_METRICS}
+        paired_seeds = next((t["seeds"] for t in tests.values() if t), 0)
+        for label, key in (("p (paired bootstrap)", "p_bootstrap"), ("p (Wilcoxon)", "p_wilcoxon")):
+            rows.append([dataset, model, label, paired_seeds or "", *(
+                (_p(tests[m][key]) if tests[m] else "n/a") if m in TESTED_METRICS else "" for m in MAIN_METRICS), ""])
+    if not rows:
+        return "_No base or LCENet runs to compare._"
+    return _table(header, rows)
+
+
+def group_ablation_table(groups: dict[tuple[str, str], Group], overrides: Overrides | None = None) -> str:
+    header = ["data set", "model", "variant", "setting", "seeds", *ABLATION_METRICS, "LCENet params",
+              "params", "step time (ms)", "× base"]
+    rows = []
+    for (dataset, model), group in groups.items():
+        base = base_records(group)
+        base_ms = [v for v in map(step_ms, base or []) if v is not None]
+        for name, records in group.items():
+            ms = [v for v in map(step_ms, records) if v is not None]
+            ratio = f"×{np.mean(ms) / np.mean(base_ms):.2f}" if ms and base_ms else "n/a"
+            rows.append([dataset, model, name, _setting(records[0], overrides), len(records),
+                         *(_pct(metric_values(records, "test", m)) for m in ABLATION_METRICS),
+                         _int([r.get("lcenet_parameters") for r in records]),
+                         _int([r.get("parameters") for r in records]),
+                         _num(float(np.mean(ms))) if ms else "n/a", ratio])
+    return _table(header, rows, align_left=4)
+
+
+def convergence_table(groups: dict[tuple[str, str], Group]) -> str:
+    header = ["data set", "model", "variant", "seeds"]
+    for level in CONVERGENCE_LEVELS:
+        header += [f"steps to {level:.0%}", "ratio"]
+    header += [f"early stagnation (first {STAGNATION_FRACTION:.0%})", f"best dev {CONVERGENCE_METRIC}", "steps run",
+               "best at last eval"]
+    rows = []
+    for (dataset, model), group in groups.items():
+        for row in convergence_rows(group):
+            cells: list[object] = [dataset, model, row["variant"], row["seeds"]]
+            for level in CONVERGENCE_LEVELS:
+                info = row["levels"][level]
+                if not info["tried"]:
+                    cells += ["n/a", "n/a"]
+                    continue
+                if not info["reached"]:
+                    cells += [f"never (0/{info['tried']})", "n/a"]
+                    continue
+                partial = f" ({len(info['reached'])}/{info['tried']})" if len(info["reached"]) < info["tried"] else ""
+                cells.append(f"{np.mean(info['reached']):,.0f}{partial}")
+                cells.append(f"{np.mean(info['ratios']):.2f}" if info["ratios"] else "n/a")
+            if row["stagnation"]:
+                mean, std = stats.mean_std(row["stagnation"])
+                cells.append(f"{mean:.3f}" if len(row["stagnation"]) == 1 else f"{mean:.3f} ± {std:.3f}")
+            else:
+                cells.append("n/a")
+            cells.append(_pct(row["best"]))
+            cells.append(_int(row["total_steps"]) if len(set(row["total_steps"])) <= 1
+                         else f"{np.mean(row['total_steps']):,.0f}")
+            cells.append(f"{sum(row['improving'])}/{len(row['improving'])}" if row["improving"] else "n/a")
+            rows.append(cells)
+    return _table(header, rows)
+
+
+def convergence_notes(groups: dict[tuple[str, str], Group]) -> list[str]:
+    """Per data set × model: the early-stagnation window and reference, and a warning when the base was still
+    improving at its last evaluation."""
+    notes = []
+    for (dataset, model), group in groups.items():
+        reference = convergence_reference(group)
+        if not reference["best"]:
+            continue
+        windows = [w for w in reference["windows"].values() if w[1] > w[0]]
+        best = _pct(list(reference["best"].values()))
+        if windows:
+            start, end = float(np.mean([w[0] for w in windows])), float(np.mean([w[1] for w in windows]))
+            per_seed = " (per seed; mean shown)" if len(set(windows)) > 1 else ""
+            note = (f"- {dataset} / {model}: early-stagnation window steps {start:,.0f}–{end:,.0f}{per_seed}, "
+                    f"reference = base best dev {CONVERGENCE_METRIC} {best}.")
+        else:
+            note = (f"- {dataset} / {model}: no early-stagnation window (the base runs were evaluated once); "
+                    f"reference = base best dev {CONVERGENCE_METRIC} {best}.")
+        improving = reference["improving"]
+        if reference["evaluated_once"] == len(improving):
+            note += (" **The base runs were evaluated only once, at their end: whether they converged is unknown, "
+                     "and the step ratios only compare when each run stopped.**")
+        elif any(improving):
+            note += (f" **Base still improving at its last evaluation ({sum(improving)}/{len(improving)} seeds): "
+                     "ratios are relative to an unconverged base** — \"steps to 100%\" means reaching the "
+                     "undertrained base's final value, not a converged one.")
+        notes.append(note)
+    return notes
