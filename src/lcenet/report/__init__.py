@@ -16,7 +16,14 @@ loading, naming and grouping records) <- :mod:`.analysis` (paired tests, curves,
 from lcenet.report.figures import curve_variants
 from lcenet.report.records import group_records, load_records, own_overrides
 from lcenet.report.report import write_report
-from lcenet.report.tables import ablation_table, results_table
+from lcenet.report.tables import (
+    ablation_table,
+    converged_text,
+    convergence_flag,
+    data_lines,
+    results_table,
+    stop_reasons_text,
+)
 
-__all__ = ["ablation_table", "curve_variants", "group_records", "load_records", "own_overrides", "results_table",
-           "write_report"]
+__all__ = ["ablation_table", "converged_text", "convergence_flag", "curve_variants", "data_lines", "group_records",
+           "load_records", "own_overrides", "results_table", "stop_reasons_text", "write_report"]

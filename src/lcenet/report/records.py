@@ -3,7 +3,12 @@ data set × model, and the constants every layer of the report shares.
 
 Variants: a record's ``variant`` is its name in the experiment grid; records without one (e.g. collected
 by benchmark scripts) are called ``base`` when ``lcenet`` is null and ``lcenet`` otherwise. The *base*
-variant is the one named ``base`` with ``lcenet`` null; the *LCENet* variant is the one named ``lcenet``.
+variant is the one named ``base`` with ``lcenet`` null; the *LCENet* variant is the one named ``lcenet``; the
+*capacity control* is the variant named ``capacity``, else the first whose runs set ``capacity_control`` (a
+base without LCENet, widened to hold as many extra parameters as LCENet).
+
+Fields added to the records over time (``stop_reason``, ``converged``, ``data_restrictions``) are None or
+missing in older records: unknown, never guessed.
 
 The bottom layer of :mod:`lcenet.report`: records <- analysis <- tables, figures <- report; no module imports
 one above it.
@@ -27,7 +32,8 @@ CONVERGENCE_METRIC = "nDCG@5"  # the selection metric of the trainer
 CONVERGENCE_LEVELS = (0.95, 1.0)
 STAGNATION_FRACTION = 0.2
 MAX_CURVES = 8  # variants drawn in a training-curve figure
-BASE, LCENET = "base", "lcenet"
+BASE, LCENET, CAPACITY = "base", "lcenet", "capacity"
+SPLITS = ("train", "dev", "test")
 
 
 def load_records(experiment_dir: str | Path) -> tuple[list[dict], list[dict], list[str]]:
@@ -99,6 +105,41 @@ def base_records(group: Group) -> list[dict] | None:
     records = group.get(BASE)
     return records if records and is_base(records, BASE) else None
 
+
+def is_capacity_control(records: list[dict]) -> bool:
+    return any(((r.get("config") or {}).get("capacity_control")) is not None for r in records)
+
+
+def capacity_records(group: Group) -> tuple[str, list[dict]] | None:
+    """(name, records) of the group's capacity control: the variant named ``capacity`` without an LCENet head,
+    else the first variant whose runs set ``config.capacity_control``; None when there is none."""
+    for name, records in group.items():
+        if name == CAPACITY and all(r.get("lcenet") is None for r in records):
+            return name, records
+    return next(((name, records) for name, records in group.items()
+                 if name != BASE and is_capacity_control(records)), None)
+
+
+def converged_state(records: list[dict]) -> bool | None:
+    """True when every run converged, False when one did not, None when none is known not to have converged
+    but one's convergence is unknown (a record from before ``converged`` existed)."""
+    flags = [r.get("converged") for r in records]
+    if any(flag is False for flag in flags):
+        return False
+    return None if any(flag is None for flag in flags) else True
+
+
+def data_restriction(record: dict) -> dict | None:
+    """``{max_docs, sample_seed}``: the documents per split the run was cut to (``max_docs`` None or empty = the
+    full splits), from the record or, for records from before ``data_restrictions``, from its data config; None
+    when neither says."""
+    if record.get("data_restrictions") is not None:
+        return record["data_restrictions"]
+    data = (record.get("config") or {}).get("data")
+    if data is None:
+        return None
+    return {"max_docs": data.get("max_docs"), "sample_seed": data.get("sample_seed")}
+
 def metric_values(records: list[dict], split: str, metric: str) -> list[float]:
     return [float(r[split][metric]) for r in records if (r.get(split) or {}).get(metric) is not None]
 
@@ -125,9 +166,9 @@ Overrides = dict[int, tuple[str, ...]]  # id(record) -> the record's own --set o
 
 
 def run_overrides(record: dict, cell_overrides: dict[str, list[str]] | None = None) -> list[str]:
-    """The ``--set`` overrides a run was launched with, without the ``lcenet...`` ones (those are the record's
-    ``lcenet``): the grid cell's ``overrides`` from ``experiment.json`` when known, else parsed from the
-    record's ``command``."""
+    """The ``--set`` overrides a run was launched with, without the ``lcenet...`` and ``capacity_control...``
+    ones (those are the record's ``lcenet`` and ``config.capacity_control``): the grid cell's ``overrides`` from
+    ``experiment.json`` when known, else parsed from the record's ``command``."""
     cell = record.get("cell")
     if cell_overrides and cell in cell_overrides:
         found = list(cell_overrides[cell])
@@ -138,7 +179,11 @@ def run_overrides(record: dict, cell_overrides: dict[str, list[str]] | None = No
             words = []
         found = [word.split("=", 1)[1] for word in words if word.startswith("--set=")]
         found += [value for flag, value in zip(words, words[1:]) if flag == "--set"]
-    return [o for o in found if not (o.startswith("lcenet=") or o.startswith("lcenet."))]
+    return [o for o in found if not _head_override(o)]
+
+
+def _head_override(override: str) -> bool:
+    return override.split("=", 1)[0].split(".", 1)[0] in ("lcenet", "capacity_control")
 
 
 def own_overrides(records: Iterable[dict], grid_cells: list[dict] | None = None) -> tuple[Overrides, list[str]]:
@@ -148,7 +193,6 @@ def own_overrides(records: Iterable[dict], grid_cells: list[dict] | None = None)
     cell_overrides = {str(c["name"]): [str(o) for o in c.get("overrides") or []] for c in grid_cells or []
                       if isinstance(c, dict) and "name" in c}
     lists = [run_overrides(r, cell_overrides) for r in records]
-    lists += [[o for o in v if not (o.startswith("lcenet=") or o.startswith("lcenet."))]
-              for v in cell_overrides.values()]
+    lists += [[o for o in v if not _head_override(o)] for v in cell_overrides.values()]
     shared = [o for o in dict.fromkeys(lists[0]) if all(o in other for other in lists[1:])] if lists else []
     return ({id(r): tuple(o for o in found if o not in shared) for r, found in zip(records, lists)}, shared)

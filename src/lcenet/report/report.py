@@ -20,7 +20,16 @@ from lcenet.report.records import (
     load_records,
     own_overrides,
 )
-from lcenet.report.tables import convergence_notes, convergence_table, group_ablation_table, main_table, md_cell
+from lcenet.report.tables import (
+    converged_text,
+    convergence_notes,
+    convergence_table,
+    data_lines,
+    group_ablation_table,
+    main_table,
+    md_cell,
+    stop_reasons_text,
+)
 
 
 def _slug(text: str) -> str:
@@ -67,7 +76,12 @@ def write_report(experiment_dir: str | Path, n_resamples: int = 10000) -> Path:
               "`test_documents`) are averaged over the seeds both variants share, then compared by a paired "
               f"bootstrap ({n_resamples:,} resamples, two-sided) and a Wilcoxon signed-rank test; bold = p < 0.05; "
               "the seeds column of those rows counts the paired seeds. Single-seed entries show no ±. "
-              "n/a: no per-document results in the records.", "",
+              "n/a: no per-document results in the records. Where a capacity control ran (a base without LCENet, "
+              "widened to hold as many extra parameters as LCENet), LCENet is also compared with it. Converged: "
+              "runs whose early stopping fired or whose last dev evaluations stopped raising the best dev "
+              f"{CONVERGENCE_METRIC} (? = the record predates the field); stop reasons: patience, epochs, max_steps "
+              "or max_seconds. **A Δ against a reference that did not converge (or may not have) is in bold with "
+              "the reason: it compares early training, not the methods.**", "",
               main_table(groups, n_resamples), ""]
 
     shared_text = (f" Overrides shared by every run, not repeated in the table: "
@@ -78,7 +92,7 @@ def write_report(experiment_dir: str | Path, n_resamples: int = 10000) -> Path:
               f"variant and model).{shared_text} Parameters are counted by the trainer "
               "(LCENet params: the head alone). Step time is train seconds / optimizer steps (train seconds "
               "count optimizer steps only; records made before that rule also count dev evaluations), and × base "
-              "its ratio to the base variant.", "",
+              "its ratio to the base variant. Converged and stop reasons as in the main table.", "",
               group_ablation_table(groups, overrides), ""]
     figures = experiment_dir / "figures"
     ablation_figures = _figures(groups, figures, "ablation", ablation_figure,
@@ -150,8 +164,12 @@ def _header(experiment_dir: Path, spec: dict, records: list[dict], failures: lis
     failed = {f["cell"] for f in failures}
     missing = [c["name"] for c in grid_cells if c["name"] not in recorded and c["name"] not in failed]
     extra = [c for c in recorded if c and grid_cells and c not in {g["name"] for g in grid_cells}]
+    data = data_lines(records)
     lines = [f"- profile: {', '.join(profiles) or 'n/a'}",
              f"- devices: {', '.join(devices) or 'n/a'}",
+             *([f"- data: {data[0]}"] if len(data) == 1 else ["- data:", *(f"  - {line}" for line in data)]),
+             *_code_lines(records),
+             *_convergence_lines(records),
              f"- records: {len(records)}" + (f" of {len(grid_cells)} grid cells" if grid_cells else "")
              + (f" ({len(extra)} from cells no longer in the grid)" if extra else ""),
              f"- failed cells: {len(failures)}"]
@@ -176,6 +194,33 @@ def _header(experiment_dir: Path, spec: dict, records: list[dict], failures: lis
         lines += [f"For example, `{example.get('cell') or example['dataset']}` came from:", "", "```",
                   example["command"], "```"]
     return lines
+
+
+def _convergence_lines(records: list[dict]) -> list[str]:
+    if not records:
+        return []
+    converged = converged_text(records)
+    if converged == "?":
+        return ["- converged, stop reasons: not recorded (the records predate those fields)"]
+    return [f"- converged: {converged} runs (early stopping fired, or the last dev evaluations stopped raising the "
+            f"best dev {CONVERGENCE_METRIC}); stop reasons: {stop_reasons_text(records)}"]
+
+
+def _code_lines(records: list[dict]) -> list[str]:
+    """The code and library versions the runs came from (``git_commit``, ``git_dirty``, ``torch_version``,
+    ``date``); nothing for records from before those fields existed."""
+    commits = sorted({f"`{r['git_commit'][:10]}`" + (" (uncommitted changes)" if r.get("git_dirty") else "")
+                      for r in records if r.get("git_commit")})
+    torches = sorted({str(r["torch_version"]) for r in records if r.get("torch_version")})
+    dates = sorted(str(r["date"])[:10] for r in records if r.get("date"))
+    if not (commits or torches or dates):
+        return []
+    unknown = sum(not r.get("git_commit") for r in records)
+    parts = [f"git {', '.join(commits) or 'unknown'}" + (f" ({unknown} runs unknown)" if commits and unknown else ""),
+             f"torch {', '.join(torches) or 'unknown'}"]
+    if dates:
+        parts.append(f"run {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else ""))
+    return [f"- code: {'; '.join(parts)}"]
 
 
 def _eval_schedule(records: list[dict]) -> str:

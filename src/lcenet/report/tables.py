@@ -1,8 +1,10 @@
-"""The report's markdown tables: the paper-style main table, the ablation table and the convergence table."""
+"""The report's markdown tables (the paper-style main table, the ablation table and the convergence table) and
+the texts that describe how runs ended and what data they saw."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
@@ -16,11 +18,15 @@ from lcenet.report.records import (
     CONVERGENCE_METRIC,
     LCENET,
     MAIN_METRICS,
+    SPLITS,
     STAGNATION_FRACTION,
     TESTED_METRICS,
     Group,
     Overrides,
     base_records,
+    capacity_records,
+    converged_state,
+    data_restriction,
     group_records,
     metric_values,
     own_overrides,
@@ -64,19 +70,102 @@ def _row(cells: Iterable[object]) -> str:
     return "| " + " | ".join(md_cell(c) for c in cells) + " |"
 
 
+TEXT_COLUMNS = ("converged", "stop reasons")  # left-aligned wherever they are
+
+
 def _table(header: list[str], rows: list[list[object]], align_left: int = 3) -> str:
-    lines = [_row(header), "|" + "|".join(":---" if i < align_left else "---:" for i in range(len(header))) + "|"]
+    lines = [_row(header), "|" + "|".join(":---" if i < align_left or name in TEXT_COLUMNS else "---:"
+                                          for i, name in enumerate(header)) + "|"]
     return "\n".join(lines + [_row(r) for r in rows])
 
 
+def _arguments(arguments: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(arguments.items()))
+
+
 def _setting(record: dict, overrides: Overrides | None = None) -> str:
-    """``"—"`` (no LCENet head) or the LCENet arguments (``"defaults"`` when none), then the run's own
-    overrides: ``"defaults; train.lcenet_lr=0.0001"``, ``"model_args.hidden_dim=2800"``."""
+    """``"—"`` (no LCENet head) or the LCENet arguments (``"defaults"`` when none), or for a capacity control
+    the LCENet arguments it matches in parameters and the model arguments it widened, then the run's own
+    overrides: ``"defaults; train.lcenet_lr=0.0001"``, ``"capacity control (LCENet defaults): hidden_dim=2800"``."""
     lcenet = record.get("lcenet")
-    parts = [] if lcenet is None else [", ".join(f"{k}={v}" for k, v in sorted(lcenet.items())) or "defaults"]
+    parts = [] if lcenet is None else [_arguments(lcenet) or "defaults"]
+    config = record.get("config") or {}
+    if config.get("capacity_control") is not None:
+        widened = {k: v for k, v in (record.get("model_args") or {}).items()
+                   if (config.get("model_args") or {}).get(k) != v}
+        parts.append(f"capacity control (LCENet {_arguments(config['capacity_control']) or 'defaults'})"
+                     + (f": {_arguments(widened)}" if widened else ""))
     parts += list((overrides or {}).get(id(record), ()))
     return "; ".join(parts) or "—"
 
+
+# ---- how runs ended, what data they saw ----------------------------------------------------------------------
+def converged_text(records: list[dict]) -> str:
+    """``"2/3"``: runs that converged of all; ``"?"`` when unknown for every run, ``"1/3 (1 ?)"`` for some."""
+    flags = [r.get("converged") for r in records]
+    unknown = sum(flag is None for flag in flags)
+    if unknown == len(flags):
+        return "?"
+    return f"{sum(flag is True for flag in flags)}/{len(flags)}" + (f" ({unknown} ?)" if unknown else "")
+
+
+def stop_reasons_text(records: list[dict]) -> str:
+    """``"patience ×2, epochs ×1"`` (most frequent first); ``"?"`` for records that do not say."""
+    counts = Counter(r.get("stop_reason") or "?" for r in records)
+    if set(counts) == {"?"}:
+        return "?"
+    return ", ".join(f"{reason} ×{n}" for reason, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def convergence_flag(records: list[dict]) -> str | None:
+    """Why a comparison against these runs is not one against a converged model (None when every run
+    converged): ``"not converged"`` or, for records from before ``converged`` existed, ``"convergence unknown"``."""
+    state = converged_state(records)
+    return None if state else "not converged" if state is False else "convergence unknown"
+
+
+def delta_label(reference_name: str, reference: list[dict], enhanced_name: str = "LCENet") -> str:
+    """``"Δ (LCENet − base)"``, in bold with the reason when the reference did not converge: its Δ compares early
+    training, not the methods."""
+    flag = convergence_flag(reference)
+    if flag is None:
+        return f"Δ ({enhanced_name} − {reference_name})"
+    reason = f"{reference_name} not converged: early training" if flag == "not converged" else \
+        f"{reference_name} {flag}"
+    return f"**Δ ({enhanced_name} − {reference_name}; {reason})**"
+
+
+def restriction_text(restriction: dict | None) -> str:
+    """``"train 5,000, dev 1,000 documents at most (random, sample seed 0); test full"``, ``"full splits"``."""
+    if restriction is None:
+        return "not recorded"
+    max_docs = restriction.get("max_docs") or {}
+    caps = {split: max_docs[split] for split in SPLITS if max_docs.get(split) is not None}
+    if not caps:
+        return "full splits"
+    seed = restriction.get("sample_seed")
+    how = "the first in file order" if seed is None else f"random, sample seed {seed}"
+    full = [split for split in SPLITS if split not in caps]
+    return (", ".join(f"{split} {cap:,}" for split, cap in caps.items()) + f" documents at most ({how})"
+            + (f"; {' and '.join(full)} full" if full else ""))
+
+
+def data_lines(records: list[dict]) -> list[str]:
+    """One line per distinct data restriction among the records (with the documents the runs saw, when the
+    records say): ``"EUR-Lex57K: full splits (train 45,000, dev 6,000, test 6,000 documents)"``."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for record in records:
+        docs = record.get("docs") or {}
+        counts = ", ".join(f"{split} {docs[split]:,}" for split in SPLITS if docs.get(split) is not None)
+        key = (str(record.get("dataset")), restriction_text(data_restriction(record)), counts)
+        seen[key] = seen.get(key, 0) + 1
+    lines = []
+    for (dataset, text, counts), n in seen.items():
+        details = [f"{counts} documents"] if counts else []
+        if len(seen) > 1:
+            details.append(f"{n} of {len(records)} runs")
+        lines.append(f"{dataset}: {text}" + (f" ({'; '.join(details)})" if details else ""))
+    return lines
 
 
 # ---- tables --------------------------------------------------------------------------------------------------
@@ -94,41 +183,54 @@ def ablation_table(records: Iterable[dict]) -> str:
 
 
 def main_table(groups: dict[tuple[str, str], Group], n_resamples: int = 10000) -> str:
-    header = ["data set", "model", "variant", "seeds", *MAIN_METRICS, "train time"]
+    header = ["data set", "model", "variant", "seeds", *MAIN_METRICS, "train time", "converged", "stop reasons"]
     rows: list[list[object]] = []
     for (dataset, model), group in groups.items():
-        base, enhanced = base_records(group), group.get(LCENET)
-        shown = [(BASE, base), ("+ LCENet", enhanced)] if base or enhanced else []
-        for label, records in shown:
+        base, enhanced, capacity = base_records(group), group.get(LCENET), capacity_records(group)
+        capacity = capacity[1] if capacity else None
+        for label, records in ((BASE, base), ("+ LCENet", enhanced), ("capacity control", capacity)):
             if not records:
                 continue
             seconds = [r["train_seconds"] for r in records if r.get("train_seconds") is not None]
             rows.append([dataset, model, label, len(records), *(_pct(metric_values(records, "test", m))
                                                                  for m in MAIN_METRICS),
-                         f"{np.mean(seconds):.1f} s" if seconds else "n/a"])
-        if not (base and enhanced):
+                         f"{np.mean(seconds):.1f} s" if seconds else "n/a", converged_text(records),
+                         stop_reasons_text(records)])
+        if not enhanced:
             continue
-        deltas = []
-        for metric in MAIN_METRICS:
-            a, b = metric_values(base, "test", metric), metric_values(enhanced, "test", metric)
-            deltas.append(f"{100 * (np.mean(b) - np.mean(a)):+.2f}" if a and b else "n/a")
-        time_a = [r["train_seconds"] for r in base if r.get("train_seconds")]
-        time_b = [r["train_seconds"] for r in enhanced if r.get("train_seconds")]
-        rows.append([dataset, model, "Δ (LCENet − base)", "", *deltas,
-                     f"×{np.mean(time_b) / np.mean(time_a):.2f}" if time_a and time_b else "n/a"])
-        tests = {m: paired_document_test(base, enhanced, m, n_resamples) for m in TESTED_METRICS}
-        paired_seeds = next((t["seeds"] for t in tests.values() if t), 0)
-        for label, key in (("p (paired bootstrap)", "p_bootstrap"), ("p (Wilcoxon)", "p_wilcoxon")):
-            rows.append([dataset, model, label, paired_seeds or "", *(
-                (_p(tests[m][key]) if tests[m] else "n/a") if m in TESTED_METRICS else "" for m in MAIN_METRICS), ""])
+        for name, reference, p_label in ((BASE, base, "p"), ("capacity control", capacity, "p vs capacity")):
+            if reference:
+                rows += [[dataset, model, *cells] for cells in
+                         _comparison_rows(name, reference, enhanced, p_label, n_resamples)]
     if not rows:
         return "_No base or LCENet runs to compare._"
     return _table(header, rows)
 
 
+def _comparison_rows(name: str, reference: list[dict], enhanced: list[dict], p_label: str,
+                     n_resamples: int) -> list[list[object]]:
+    """The Δ row (LCENet − reference, flagged when the reference did not converge) and the paired tests' p rows
+    of the main table, from the variant column on."""
+    deltas = []
+    for metric in MAIN_METRICS:
+        a, b = metric_values(reference, "test", metric), metric_values(enhanced, "test", metric)
+        deltas.append(f"{100 * (np.mean(b) - np.mean(a)):+.2f}" if a and b else "n/a")
+    time_a = [r["train_seconds"] for r in reference if r.get("train_seconds")]
+    time_b = [r["train_seconds"] for r in enhanced if r.get("train_seconds")]
+    rows: list[list[object]] = [[delta_label(name, reference), "", *deltas,
+                                 f"×{np.mean(time_b) / np.mean(time_a):.2f}" if time_a and time_b else "n/a", "", ""]]
+    tests = {m: paired_document_test(reference, enhanced, m, n_resamples) for m in TESTED_METRICS}
+    paired_seeds = next((t["seeds"] for t in tests.values() if t), 0)
+    for label, key in ((f"{p_label} (paired bootstrap)", "p_bootstrap"), (f"{p_label} (Wilcoxon)", "p_wilcoxon")):
+        rows.append([label, paired_seeds or "", *(
+            (_p(tests[m][key]) if tests[m] else "n/a") if m in TESTED_METRICS else "" for m in MAIN_METRICS),
+            "", "", ""])
+    return rows
+
+
 def group_ablation_table(groups: dict[tuple[str, str], Group], overrides: Overrides | None = None) -> str:
     header = ["data set", "model", "variant", "setting", "seeds", *ABLATION_METRICS, "LCENet params",
-              "params", "step time (ms)", "× base"]
+              "params", "step time (ms)", "× base", "converged", "stop reasons"]
     rows = []
     for (dataset, model), group in groups.items():
         base = base_records(group)
@@ -140,7 +242,8 @@ def group_ablation_table(groups: dict[tuple[str, str], Group], overrides: Overri
                          *(_pct(metric_values(records, "test", m)) for m in ABLATION_METRICS),
                          _int([r.get("lcenet_parameters") for r in records]),
                          _int([r.get("parameters") for r in records]),
-                         _num(float(np.mean(ms))) if ms else "n/a", ratio])
+                         _num(float(np.mean(ms))) if ms else "n/a", ratio, converged_text(records),
+                         stop_reasons_text(records)])
     return _table(header, rows, align_left=4)
 
 
