@@ -60,6 +60,7 @@ def run_record(run_dir: str | Path, dataset: str, profile: str, command: str) ->
         "parameters": summary["parameters"],
         "lcenet_parameters": summary["lcenet_parameters"],
         "lcenet_settings": summary.get("lcenet_settings"),
+        "model_args": summary.get("model_args"),  # as built: a capacity control's widened arguments
         "num_labels": summary.get("num_labels"),
         "command": command,
         "test": summary["test"],
