@@ -124,9 +124,9 @@ def test_aux_loss_supervises_the_base_logits(tiny_data, tmp_path):
     ([0.1, 0.2], "max_seconds", False),  # too few evaluations to tell
 ])
 def test_convergence_rule(scores, reason, expected):
-    from lcenet.train import convergence
+    from lcenet.stopping import converged
 
-    assert convergence(scores, reason) is expected
+    assert converged(scores, reason) is expected
 
 
 def test_runs_record_why_they_stopped_and_where_they_came_from(tiny_data, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lcenet import stopping
 from lcenet.errors import UserError
 
 
@@ -46,7 +47,7 @@ def run_record(run_dir: str | Path, dataset: str, profile: str, command: str) ->
         "best_step": summary["best_step"],
         "stopped_early": summary["stopped_early"],
         "stopped_by_time": summary.get("stopped_by_time", False),
-        # Records from before these fields existed: unknown (None), never guessed.
+        # Records from before these fields existed: None here, worked out by complete() when read.
         "stop_reason": summary.get("stop_reason"),
         "converged": summary.get("converged"),
         "data_restrictions": summary.get("data_restrictions", {"max_docs": config["data"].get("max_docs"),
@@ -74,3 +75,18 @@ def run_record(run_dir: str | Path, dataset: str, profile: str, command: str) ->
 
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def complete(record: dict) -> dict:
+    """A record with ``stop_reason`` and ``converged`` filled in by :mod:`lcenet.stopping`'s rule where it was
+    written before the trainer recorded them (from its stop flags, step count and dev curve, which hold all
+    the rule reads); ``stopping_derived`` says so. Records with no dev curve stay unknown (None)."""
+    if record.get("stop_reason") is not None and record.get("converged") is not None:
+        return record
+    curve = [point.get("nDCG@5") for point in record.get("dev_curve") or []]
+    if "stopped_early" not in record or not curve or None in curve:
+        return record
+    max_steps = ((record.get("config") or {}).get("train") or {}).get("max_steps")
+    reason = stopping.stop_reason(record["stopped_early"], record.get("stopped_by_time", False), record["steps"],
+                                  max_steps)
+    return {**record, "stop_reason": reason, "converged": stopping.converged(curve, reason), "stopping_derived": True}

@@ -1,9 +1,6 @@
 """Training loop: mini-batches of model inputs + CSR label rows -> model -> logits -> BCE; dev evaluation,
-early stopping on dev nDCG@5, atomic checkpoints that make a killed run resumable bit-for-bit on CPU.
-
-A run knows why it stopped (``stop_reason``: patience, epochs, max_steps or max_seconds) and whether it
-converged: early stopping fired on dev nDCG@5, or the last ``CONVERGENCE_WINDOW`` evaluations raised the best
-dev nDCG@5 by less than ``CONVERGENCE_TOLERANCE`` (0.1 points)."""
+early stopping on dev nDCG@5, atomic checkpoints that make a killed run resumable bit-for-bit on CPU. A run
+knows why it stopped and whether it converged (:mod:`lcenet.stopping`)."""
 
 from __future__ import annotations
 
@@ -25,26 +22,13 @@ from lcenet.errors import UserError
 from lcenet.inference import Batch, EpochBatches, SplitTensors, autocast, evaluate_model
 from lcenet.io import atomic_write_text, load_tensors, save_tensors
 from lcenet.lcenet import LCENetWrapped
+from lcenet.stopping import converged, stop_reason
 
 log = logging.getLogger("lcenet")
 
 SELECTION_METRIC = "nDCG@5"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best.safetensors"
-CONVERGENCE_WINDOW = 2  # evaluations
-CONVERGENCE_TOLERANCE = 0.001  # nDCG@5 as a fraction: 0.1 points
-STOP_REASONS = ("patience", "epochs", "max_steps", "max_seconds")
-
-
-def convergence(dev_scores: list[float], stop_reason: str) -> bool:
-    """Converged = early stopping fired, or the last ``CONVERGENCE_WINDOW`` dev evaluations raised the best
-    score before them by less than ``CONVERGENCE_TOLERANCE``. Too few evaluations to tell: not converged."""
-    if stop_reason == "patience":
-        return True
-    if len(dev_scores) <= CONVERGENCE_WINDOW:
-        return False
-    before = max(dev_scores[:-CONVERGENCE_WINDOW])
-    return max(dev_scores[-CONVERGENCE_WINDOW:]) - before < CONVERGENCE_TOLERANCE
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -176,18 +160,9 @@ class Trainer:
                 self._evaluate_dev()
             self._save_checkpoint()
         bar.close()
-        return {**self.state, "stop_reason": self.stop_reason(),
-                "converged": convergence(self.state["dev_scores"], self.stop_reason())}
-
-    def stop_reason(self) -> str:
-        state, settings = self.state, self.settings
-        if state["stopped_early"]:
-            return "patience"
-        if state["stopped_by_time"]:
-            return "max_seconds"
-        if settings.max_steps is not None and state["step"] >= settings.max_steps:
-            return "max_steps"
-        return "epochs"
+        state = self.state
+        reason = stop_reason(state["stopped_early"], state["stopped_by_time"], state["step"], self.settings.max_steps)
+        return {**state, "stop_reason": reason, "converged": converged(state["dev_scores"], reason)}
 
     def _epochs_done(self) -> float:
         """Epochs completed, fractional inside an epoch (the same clock for train and eval records)."""

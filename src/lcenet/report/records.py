@@ -7,8 +7,9 @@ variant is the one named ``base`` with ``lcenet`` null; the *LCENet* variant is 
 *capacity control* is the variant named ``capacity``, else the first whose runs set ``capacity_control`` (a
 base without LCENet, widened to hold as many extra parameters as LCENet).
 
-Fields added to the records over time (``stop_reason``, ``converged``, ``data_restrictions``) are None or
-missing in older records: unknown, never guessed.
+Fields added to the records over time: ``stop_reason`` and ``converged`` of older records are worked out on
+loading by the trainer's own rule (:func:`lcenet.records.complete`: their stop flags and dev curves hold all it
+reads); ``data_restrictions`` comes from their data config; anything else missing is unknown.
 
 The bottom layer of :mod:`lcenet.report`: records <- analysis <- tables, figures <- report; no module imports
 one above it.
@@ -23,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lcenet.errors import UserError
+from lcenet.records import complete
 
 MAIN_METRICS = ("P@1", "P@3", "P@5", "nDCG@1", "nDCG@3", "nDCG@5", "PSP@1", "PSP@3", "PSP@5")
 TESTED_METRICS = ("P@1", "P@5", "nDCG@5")  # paired tests over test documents
@@ -51,7 +53,7 @@ def load_records(experiment_dir: str | Path) -> tuple[list[dict], list[dict], li
         if path.name.endswith(".error.json"):
             failures.append({"cell": path.name[:-len(".error.json")], **data})
         elif isinstance(data, dict) and "test" in data and "dataset" in data:
-            records.append(data)
+            records.append(complete(data))
         else:
             unreadable.append(path.name)
     return records, failures, unreadable
