@@ -118,13 +118,22 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="Data set directory.")],
     split: Annotated[str, typer.Option(help="Split to score: train, dev or test.")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass (default: the model's "
+                                                   "train.eval_batch_size).")] = None,
+    propensity_a: Annotated[float | None, typer.Option(help="PSP@k propensity constant A (default: the model's "
+                                                       "train.propensity_a).")] = None,
+    propensity_b: Annotated[float | None, typer.Option(help="PSP@k propensity constant B (default: the model's "
+                                                       "train.propensity_b).")] = None,
 ):
-    """Print P@k, nDCG@k and PSP@k of a saved model on one split, as JSON."""
+    """Print P@k, nDCG@k and PSP@k of a saved model on one split, as JSON (settings as in training)."""
     from lcenet.pipeline import evaluate_directory
 
     if split not in ("train", "dev", "test"):
         raise UserError(f"--split must be train, dev or test (got {split!r})")
-    typer.echo(json.dumps(evaluate_directory(model_dir, data, split, device), indent=2))
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
+    typer.echo(json.dumps(evaluate_directory(model_dir, data, split, device, batch_size, propensity_a, propensity_b),
+                          indent=2))
 
 
 @app.command()
