@@ -119,6 +119,8 @@ def test_user_errors_are_one_line(trained, tmp_path):
     one_line_error(runner.invoke(app, ["train", "--data", str(data), "--output", str(out), "--set", "train.nope=1"]),
                    "train.nope")
     one_line_error(runner.invoke(app, ["predict", str(tmp_path / "missing_model")]), "missing_model")
+    one_line_error(runner.invoke(app, ["serve", str(tmp_path / "missing_model")]), "missing_model")
+    one_line_error(runner.invoke(app, ["serve", str(run / "model"), "--max-texts", "0"]), "--max-texts")
     one_line_error(runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu"], input=b"ok\n\xff\xfe\n"),
                    "<stdin>:2", "UTF-8")
 
@@ -188,7 +190,7 @@ def test_model_dir_records_format_version_and_checksums(trained, tmp_path):
                    f"{len(weights)})")
 
 def test_every_command_has_help():
-    for command in ([], ["train"], ["evaluate"], ["predict"], ["demo"]):
+    for command in ([], ["train"], ["evaluate"], ["predict"], ["serve"], ["demo"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
 
