@@ -140,6 +140,17 @@ def test_a_slow_model_does_not_block_the_event_loop(model_dir, predictor):
         slow.stop()
 
 
+def test_answers_do_not_wait_for_delayed_acks(server):
+    # httpx does not set TCP_NODELAY: unless the server does, each answer stalls ~40 ms on a delayed ACK.
+    with httpx.Client(base_url=server.url) as client:
+        client.get("/health")
+        times = []
+        for _ in range(7):
+            started = time.perf_counter()
+            client.get("/health")
+            times.append(time.perf_counter() - started)
+    assert sorted(times)[3] < 0.025, times
+
 @pytest.mark.parametrize("body, status, fragment", [
     ({"texts": []}, 422, "texts: empty list"),
     ({"texts": ["milk"] * 9}, 422, "texts: 9 texts, at most 8"),

@@ -181,7 +181,8 @@ def serve(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Torch threads (default: the usable cores but one).")] = None,
     max_batch_size: Annotated[int, typer.Option(help="Documents per forward pass, across requests.")] = 64,
-    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.")] = 5.0,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more requests while the server "
+                                               "is busy.")] = 5.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body (larger: 413).")] = 1_000_000,
     max_texts: Annotated[int, typer.Option(help="Texts per request (more: 422).")] = 64,
     max_text_chars: Annotated[int, typer.Option(help="Characters per text (more: 422).")] = 100_000,

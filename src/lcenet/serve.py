@@ -1,9 +1,10 @@
 """``lcenet serve``: a saved model behind HTTP, with micro-batching.
 
 Requests are queued and run together: one worker thread owns the model, so the event loop never waits on
-a forward pass, and each batch takes every request waiting (up to ``max_batch_size`` documents), after
-waiting at most ``max_wait_ms`` for companions. Under load the queue fills while the model runs, so batches
-grow with the load and so does throughput; alone, a request waits at most ``max_wait_ms``.
+a forward pass, and each batch takes every request waiting (up to ``max_batch_size`` documents). Under load
+the queue fills while the model runs, so batches grow with the load and so does throughput. A batch also
+waits up to ``max_wait_ms`` for companions, but only while the server is busy (the last batch held several
+requests, or more are already queued): an idle server answers a lone request at once.
 
 fastapi and uvicorn are the optional extra ``serve``; the CLI imports this module only for ``lcenet serve``.
 """
@@ -46,7 +47,7 @@ class SupportsPredict(Protocol):
 class ServeSettings:
     model_dir: Path
     max_batch_size: int = 64  # documents per forward pass
-    max_wait_ms: float = 5.0  # how long the first request of a batch waits for companions
+    max_wait_ms: float = 5.0  # how long a batch waits for companions while the server is busy
     max_body_bytes: int = 1_000_000
     max_texts: int = 64  # per request
     max_text_chars: int = 100_000  # per text; documents are cut to the model's max_length tokens anyway
@@ -96,9 +97,10 @@ class MicroBatcher:
         return await future
 
     def _run(self) -> None:
+        busy = False  # the last batch had several requests: only then is waiting for companions worth its latency
         while (first := self._queue.get()) is not None:
             jobs, size = [first], len(first.texts)
-            deadline = time.monotonic() + self.max_wait_s
+            deadline = time.monotonic() + (self.max_wait_s if busy or not self._queue.empty() else 0.0)
             stopping = False
             while size < self.max_batch_size:
                 try:
@@ -111,6 +113,7 @@ class MicroBatcher:
                 jobs.append(job)
                 size += len(job.texts)
             self._run_batch(jobs)
+            busy = len(jobs) > 1
             if stopping:
                 return
 
