@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -188,7 +189,7 @@ def main() -> None:
     if 32 in by_concurrency:
         met["docs_per_s_at_32"] = by_concurrency[32]["docs_per_s"] >= TARGETS["docs_per_s_at_32"]
     record = {
-        "command": " ".join(["python", *sys.argv]), "git_commit": git_commit(),
+        "command": shlex.join(["python", *sys.argv]), "git_commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": args.device, "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
