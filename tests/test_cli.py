@@ -1,4 +1,5 @@
 import json
+import socket
 
 import pytest
 from typer.testing import CliRunner
@@ -121,6 +122,10 @@ def test_user_errors_are_one_line(trained, tmp_path):
     one_line_error(runner.invoke(app, ["predict", str(tmp_path / "missing_model")]), "missing_model")
     one_line_error(runner.invoke(app, ["serve", str(tmp_path / "missing_model")]), "missing_model")
     one_line_error(runner.invoke(app, ["serve", str(run / "model"), "--max-texts", "0"]), "--max-texts")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        one_line_error(runner.invoke(app, ["serve", str(run / "model"), "--port", str(port)]),
+                       f"127.0.0.1:{port}: cannot listen")
     one_line_error(runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu"], input=b"ok\n\xff\xfe\n"),
                    "<stdin>:2", "UTF-8")
 

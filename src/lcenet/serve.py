@@ -330,10 +330,10 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, na
     from lcenet.predict import Predictor
 
     settings.check()
+    sock = listen(host, port)  # first, so a busy port fails before the model loads
     torch.set_num_threads(threads or default_threads())
     predictor = Predictor.load(settings.model_dir, device, names_file)
     app = create_app(predictor, settings)
-    sock = listen(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     log.info("serving %s at http://%s:%d (page /, API docs /docs; %d torch threads)", settings.model_dir, shown, bound,
