@@ -226,3 +226,11 @@ def test_predict_keeps_input_order_across_batches(trained):
     single = [runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu"], input=line + "\n").stdout
               for line in texts.splitlines()]
     assert "".join(single) == whole.stdout  # each line's prediction does not depend on its neighbours
+
+
+def test_serve_without_its_extra_is_a_one_line_error(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "lcenet.serve", raising=False)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if `pip install lcenet` without [serve]
+    one_line_error(runner.invoke(app, ["serve", str(tmp_path)]), "needs fastapi and uvicorn", "lcenet[serve]")
