@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo "sudo -n")
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.4,<3' || echo 'torch==2.13.0')
 
-.PHONY: install dev demo test lint clean
+.PHONY: install dev demo test lint clean bench-env
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,16 @@ demo: install
 test: dev
 	$(PY) -m pytest -q
 
+# A separate environment for benchmarks against other libraries (never lcenet's own dependencies).
+bench-env:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q --upgrade pip
+	.venv-bench/bin/python -m pip install -q "$(TORCH_SPEC)"
+	.venv-bench/bin/python -m pip install -q -e ".[dev]"
+	.venv-bench/bin/python -m pip install -q --no-deps libmultilabel
+
 lint: dev
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-bench runs

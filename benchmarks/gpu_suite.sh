@@ -6,14 +6,17 @@
 #      grid (configs/experiments/ablation_eurlex57k_gpu15min.yaml) without the step-time benchmark; or, with
 #      SUITE=bert, the BERT family base vs +LCENet (configs/experiments/paper_eurlex57k_bert_gpu15min.yaml) from
 #      the data set and encoder that benchmarks/pack_bert_lease.py packed into $PACKED (carry that folder);
-#      GRID=configs/experiments/ablation_eurlex57k_bert_gpu15min.yaml runs the BERT head learning-rate check.
+#      GRID=configs/experiments/ablation_eurlex57k_bert_gpu15min.yaml runs the BERT head learning-rate check;
+#      or, with SUITE=converged FAMILY=xmlcnn|attentionxml, configs/experiments/converged_gpu_$FAMILY.yaml (the
+#      converged full-shape profile; BERT's is SUITE=bert GRID=configs/experiments/converged_gpu_bert.yaml).
+# The report (report.md + figures) is generated on the device, so $OUT holds records, report and plots.
 # Results come back through $OUT: the step-time record, logs, and the experiment directory without weights.
 #   DATA=.device_data/EURLEX57K OUT=/tmp/out bash benchmarks/gpu_suite.sh
 #   SUITE=bert PACKED=.device_data/bert OUT=/tmp/out bash benchmarks/gpu_suite.sh
 set -u
 DATA=${DATA:-.device_data/EURLEX57K}
 OUT=${OUT:-/tmp/lcenet_gpu_out}
-SUITE=${SUITE:-paper}  # paper | ablation | bert
+SUITE=${SUITE:-paper}  # paper | ablation | bert | converged
 STEP_TIMEOUT=${STEP_TIMEOUT:-75}
 TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-390}
 mkdir -p "$OUT"
@@ -34,6 +37,10 @@ fi
 # The tokenizer and the data settings of preprocess must be the grid's, so that its cache entries are the ones used.
 preprocess_args=(--config configs/eurlex57k_xmlcnn.yaml)
 grid=configs/experiments/${SUITE}_eurlex57k_gpu15min.yaml
+if [ "$SUITE" = converged ]; then
+    grid=configs/experiments/converged_gpu_${FAMILY:?set FAMILY=xmlcnn or attentionxml}.yaml
+    preprocess_args=(--config "configs/eurlex57k_$FAMILY.yaml" --set "data.max_docs={dev: 2000}" --set data.sample_seed=0)
+fi
 if [ "$SUITE" = bert ]; then
     stamp "unpack the data set and the encoder"
     DATA=/tmp/bert_lease
@@ -41,6 +48,9 @@ if [ "$SUITE" = bert ]; then
     set -- --set "model_args.pretrained=$DATA/encoder" "$@"
     preprocess_args=(--config configs/eurlex57k_bert.yaml --set "data.max_docs={dev: 2000}")
     grid=${GRID:-configs/experiments/paper_eurlex57k_bert_gpu15min.yaml}
+fi
+if [ "$SUITE" = bert ] && [[ "$grid" == *converged* ]]; then
+    preprocess_args+=(--set data.sample_seed=0)  # the converged grids draw their dev documents at random
 fi
 EXP=${EXP:-/tmp/$(basename "$grid" .yaml)}
 
@@ -54,6 +64,9 @@ timeout "$TRAIN_TIMEOUT" python3 -m lcenet.cli experiment "$grid" \
     || stamp "experiment exit $?"
 pkill -f "lcenet.cli train" 2>/dev/null
 sleep 1
+
+stamp "report"
+python3 -m lcenet.cli report "$EXP" > "$OUT/report.log" 2>&1 || stamp "report exit $?"
 
 stamp "pack"
 tar czf "$OUT/experiment.tar.gz" --exclude='*.safetensors' --exclude='model' -C "$(dirname "$EXP")" "$(basename "$EXP")"

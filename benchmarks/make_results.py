@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from lcenet.io import atomic_write_text
-from lcenet.report import ablation_table, load_records, results_table
+from lcenet.report import (
+    ablation_table,
+    converged_text,
+    convergence_flag,
+    data_lines,
+    load_records,
+    results_table,
+    stop_reasons_text,
+)
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_POINTS = 1.0  # the issues' target: LCENet >= +1.0 P@1 and >= +1.0 nDCG@5 over its base
@@ -28,15 +36,19 @@ def experiment_section(directory: Path) -> list[str]:
         return []
     spec = json.loads((directory / "experiment.json").read_text())
     devices = sorted({r["device_name"] for r in records})
+    data = data_lines(records)
     lines = [f"## {spec['name']} (profile `{spec['profile']}`)", "",
              f"Device: {', '.join(devices)}. Seeds: {sorted({r['seed'] for r in records})}. "
-             f"Records: {len(records)}, failed cells: {len(failures)}. Full report with significance tests, "
-             f"convergence analysis and plots: [{directory.name}/report.md]({directory.name}/report.md).", ""]
+             f"Records: {len(records)}, failed cells: {len(failures)}. Data: {'; '.join(data)}. Full report with "
+             "significance tests, convergence analysis and plots: "
+             f"[{directory.name}/report.md]({directory.name}/report.md).", ""]
     lines += ["Training per cell (mean over the cell's seeds): epochs trained / steps / train seconds "
-              "(cells sharing a device timed as they ran) and per epoch, and whether the time "
-              "budget (train.max_seconds) ended it:", ""]
-    lines += ["| model | variant | epochs | steps | train s | train s / epoch | stopped by time |",
-              "|:--|:--|--:|--:|--:|--:|:--|"]
+              "(cells sharing a device timed as they ran) and per epoch, whether the time "
+              "budget (train.max_seconds) ended it, how many of its runs converged (? = not recorded) and why "
+              "they stopped:", ""]
+    lines += ["| model | variant | epochs | steps | train s | train s / epoch | stopped by time | converged "
+              "| stop reasons |",
+              "|:--|:--|--:|--:|--:|--:|:--|:--|:--|"]
     seen = {}
     for r in records:
         seen.setdefault((r.get("grid_model") or r["model"], r.get("variant", "")), []).append(r)
@@ -45,7 +57,8 @@ def experiment_section(directory: Path) -> list[str]:
         lines.append(f"| {model} | {variant} | {np.mean(epochs):.2f} | "
                      f"{np.mean([r['steps'] for r in group]):,.0f} | {np.mean([r['train_seconds'] for r in group]):.0f}"
                      f" | {np.mean([r['train_seconds'] / e for r, e in zip(group, epochs)]):.0f}"
-                     f" | {sum(bool(r.get('stopped_by_time')) for r in group)}/{len(group)} |")
+                     f" | {sum(bool(r.get('stopped_by_time')) for r in group)}/{len(group)}"
+                     f" | {converged_text(group)} | {stop_reasons_text(group)} |")
     lines += ["", "### Test set, base vs +LCENet", "", results_table(records, n_resamples=2000), ""]
     lines += target_lines(records)
     if len({r.get("variant") for r in records}) > 2:
@@ -60,22 +73,24 @@ def epochs_trained(record: dict) -> float:
 
 
 def target_lines(records: list[dict]) -> list[str]:
-    """Whether each model's LCENet variant meets the target, from the means over seeds."""
-    means: dict[tuple[str, str, str], list[float]] = {}
+    """Whether each model's LCENet variant meets the target, from the means over seeds; flagged in bold when the
+    base did not converge (or may not have), so the Δ measures early training rather than LCENet."""
+    runs: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         variant = r.get("variant") or ("base" if r["lcenet"] is None else "lcenet")
-        for metric in ("P@1", "nDCG@5"):
-            means.setdefault((r.get("grid_model") or r["model"], variant, metric), []).append(r["test"][metric])
+        runs.setdefault((r.get("grid_model") or r["model"], variant), []).append(r)
     lines = []
-    for model in sorted({key[0] for key in means}):
+    for model in sorted({key[0] for key in runs}):
+        base, enhanced = runs.get((model, "base")), runs.get((model, "lcenet"))
+        if not (base and enhanced):
+            continue
         verdicts = []
         for metric in ("P@1", "nDCG@5"):
-            base, enhanced = means.get((model, "base", metric)), means.get((model, "lcenet", metric))
-            if base and enhanced:
-                delta = 100 * (np.mean(enhanced) - np.mean(base))
-                verdicts.append(f"{metric} {delta:+.2f} points ({'met' if delta >= TARGET_POINTS else 'missed'})")
-        if verdicts:
-            lines.append(f"- Target (+{TARGET_POINTS:.1f} P@1 and nDCG@5), {model}: " + ", ".join(verdicts) + ".")
+            delta = 100 * (np.mean([r["test"][metric] for r in enhanced]) - np.mean([r["test"][metric] for r in base]))
+            verdicts.append(f"{metric} {delta:+.2f} points ({'met' if delta >= TARGET_POINTS else 'missed'})")
+        flag = convergence_flag(base)
+        lines.append(f"- Target (+{TARGET_POINTS:.1f} P@1 and nDCG@5), {model}: " + ", ".join(verdicts)
+                     + (f" **(base {flag})**" if flag else "") + ".")
     return lines + [""] if lines else []
 
 
@@ -84,26 +99,31 @@ def step_time_section(paths: list[Path]) -> list[str]:
         return []
     lines = ["## Step time and throughput: base vs +LCENet", "",
              "Synthetic batches, identical for both models; training steps (forward, backward, Adam) timed in "
-             "interleaved repeats, median per model and median of the per-repeat ratios. bf16 autocast on CUDA.", "",
-             "| device | family | L | batch × T | LCENet | base ms/step | +LCENet ms/step | median ratio | "
-             "train docs/s (base / +LCENet) | infer docs/s (base / +LCENet) |",
-             "|:--|:--|--:|:--|:--|--:|--:|--:|--:|--:|"]
-    for path in paths:
-        record = json.loads(path.read_text())
+             "interleaved repeats, median per model and median of the per-repeat ratios. bf16 autocast on CUDA. "
+             "Batch path: `host` slices each batch on the host and copies it to the device, `resident` keeps the "
+             "split on the device and gathers batches there (records from before the paths were timed apart: "
+             "host); resident vs host is the median per-repeat speed-up of the resident path.", "",
+             "| device | family | L | batch × T | LCENet | batch path | base ms/step | +LCENet ms/step | "
+             "median ratio | train docs/s (base / +LCENet) | infer docs/s (base / +LCENet) | "
+             "resident vs host (base / +LCENet) |",
+             "|:--|:--|--:|:--|:--|:--|--:|--:|--:|--:|--:|--:|"]
+    records = [json.loads(path.read_text()) for path in paths]
+    for record in records:
         for case in record["cases"]:
-            base, enhanced = case["base"], case["lcenet"]
             # Records from before lcenet_settings existed ran with the script's defaults (no --rank/--blocks).
             settings = case.get("lcenet_settings") or {"rank": 1000, "blocks": 2}
             lcenet = f"R={settings['rank']}, {settings['blocks']} blocks"
-            lines.append(f"| {record['device_name']} | {case['family']} | {case['num_labels']:,} | "
-                         f"{case['batch']} × {case['max_length']} | {lcenet} | {1000 * base['median_step_s']:.1f} | "
-                         f"{1000 * enhanced['median_step_s']:.1f} | ×{case['median_ratio']:.3f} | "
-                         f"{base['train_docs_per_s']:,.0f} / {enhanced['train_docs_per_s']:,.0f} | "
-                         f"{base['infer_docs_per_s']:,.0f} / {enhanced['infer_docs_per_s']:,.0f} |")
+            for path, base, enhanced, ratio in timed_paths(case):
+                speedup = case.get("resident_speedup") if path == "resident" else None
+                lines.append(f"| {record['device_name']} | {case['family']} | {case['num_labels']:,} | "
+                             f"{case['batch']} × {case['max_length']} | {lcenet} | {path} | "
+                             f"{1000 * base['median_step_s']:.1f} | {1000 * enhanced['median_step_s']:.1f} | "
+                             f"×{ratio:.3f} | {base['train_docs_per_s']:,.0f} / {enhanced['train_docs_per_s']:,.0f} | "
+                             f"{base['infer_docs_per_s']:,.0f} / {enhanced['infer_docs_per_s']:,.0f} | "
+                             + (f"×{speedup['base']:.2f} / ×{speedup['lcenet']:.2f} |" if speedup else "— |"))
     lines.append("")
-    lines += [f"- `{p.name}`: `{json.loads(p.read_text())['command']}` "
-              f"({json.loads(p.read_text())['wall_seconds']:.0f} s, torch {json.loads(p.read_text())['torch']})"
-              for p in paths]
+    lines += [f"- `{path.name}`: `{record['command']}` ({record['wall_seconds']:.0f} s, {provenance_text(record)})"
+              for path, record in zip(paths, records)]
     return lines + [""]
 
 
@@ -129,6 +149,26 @@ def serve_load_section(paths: list[Path]) -> list[str]:
                      f"{(record['git_commit'] or 'unknown')[:8]}, {record['wall_seconds']:.0f} s). Targets: {met}."
                      + (f" {record['note']}" if record["note"] else ""))
     return lines + [""] + notes + [""]
+
+
+def timed_paths(case: dict) -> list[tuple[str, dict, dict, float]]:
+    """(batch path, base timings, +LCENet timings, median ratio) per path a step-time case timed. Cases from
+    before the paths were timed apart hold one ``base``/``lcenet`` pair and a float ratio: the host path."""
+    if "paths" not in case:
+        return [("host", case["base"], case["lcenet"], case["median_ratio"])]
+    return [(path, case[f"base/{path}"], case[f"lcenet/{path}"], case["median_ratio"][path]) for path in case["paths"]]
+
+
+def provenance_text(record: dict) -> str:
+    """``"torch 2.13.0+cpu, git 6a11421..., 2026-11-26"``; older records name torch only."""
+    parts = [f"torch {record.get('torch_version') or record.get('torch')}"]
+    if record.get("git_commit"):
+        parts.append(f"git `{record['git_commit'][:10]}`" + (" (uncommitted changes)" if record.get("git_dirty")
+                                                             else ""))
+    if record.get("date"):
+        parts.append(str(record["date"])[:10])
+    return ", ".join(parts)
+
 
 def main() -> None:
     lines = ["# Results", "",

@@ -1,12 +1,15 @@
 """Step-time and throughput benchmark: each model family with and without LCENet, side by side.
 
     python benchmarks/step_time.py                          # CPU, the default cases
-    python benchmarks/step_time.py --device cuda --repeats 20
+    python benchmarks/step_time.py --device cuda --repeats 20 --paths host resident
 
-For every case (family, number of labels L) the base model and base+LCENet get identical synthetic
-batches; their training steps (forward + backward + Adam) are timed in interleaved repeats, so machine
-noise hits both alike, and the median ratio is reported. Inference docs/s comes from the same models in
-eval mode. Writes a JSON record to benchmarks/results/step_time_<device>.json and prints a table.
+Every timed step is the Trainer's own ``optimizer_step`` (batch gathering, autocast, BCE, the auxiliary loss
+when set, gradient clipping, gradient accumulation, fused Adam), on a synthetic split of random token ids and
+labels. For every case (family, number of labels L) the base model and base+LCENet, on each batch path (``host``:
+slice on the host and copy each batch; ``resident``: the split lives on the device and batches are gathered
+there), get identical batches; their steps are timed in interleaved repeats, so machine noise hits all alike,
+and the median ratios are reported. Inference docs/s comes from the same models in eval mode. Writes a JSON
+record to benchmarks/results/step_time_<device>.json and prints a table.
 """
 
 from __future__ import annotations
@@ -14,17 +17,22 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 from lcenet import with_lcenet
+from lcenet.config import TrainSettings
+from lcenet.inference import SplitTensors, TokenInputs, autocast
 from lcenet.io import atomic_write_json
 from lcenet.models import build_model
 from lcenet.pipeline import device_name
-from lcenet.train import autocast, resolve_device
+from lcenet.provenance import provenance
+from lcenet.train import Trainer, resolve_device
 
 # (family, L, batch, T, model_args); vocab is synthetic.
 CASES = {
@@ -43,39 +51,58 @@ def tiny_bert_args() -> dict:
                                "max_position_embeddings": 512}}
 
 
-def make_model(family: str, num_labels: int, args: dict, lcenet: dict | None, device) -> torch.nn.Module:
+def make_model(family: str, num_labels: int, args: dict, lcenet: dict | None) -> torch.nn.Module:
     torch.manual_seed(0)
     if family == "bert":
         args = {**tiny_bert_args(), **args}
     model = build_model(family, num_labels, VOCAB, **args)
-    if lcenet is not None:
-        model = with_lcenet(model, num_labels, **lcenet)
-    return model.to(device)
+    return model if lcenet is None else with_lcenet(model, num_labels, **lcenet)
 
 
-def time_step(model, optimizer, ids, mask, targets, device) -> float:
-    sync(device)
-    started = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(device, True):
-        logits = model(ids, mask)
-    loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
-    loss.backward()
-    optimizer.step()
-    sync(device)
-    return time.perf_counter() - started
+def synthetic_split(num_docs: int, length: int, vocab: int, num_labels: int) -> SplitTensors:
+    """Full-length random documents with about 5 labels each."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, vocab, size=(num_docs, length), dtype=np.int32)
+    labels = sp.csr_matrix((np.ones(num_docs * 5, dtype=np.float32),
+                            (np.repeat(np.arange(num_docs), 5), rng.integers(0, num_labels, size=num_docs * 5))),
+                           shape=(num_docs, num_labels))
+    labels.data[:] = 1
+    return SplitTensors(TokenInputs(ids, 0), labels)
 
 
-@torch.no_grad()
-def time_inference(model, ids, mask, device) -> float:
-    model.eval()
-    sync(device)
-    started = time.perf_counter()
-    with autocast(device, True):
-        model(ids, mask)
-    sync(device)
-    model.train()
-    return time.perf_counter() - started
+class Timed:
+    """One model on one batch path, stepping through its epoch order batch by batch."""
+
+    def __init__(self, model, split, num_labels, settings: TrainSettings, run_dir: Path):
+        self.trainer = Trainer(model, settings, split, split, num_labels, run_dir, progress=False)
+        self.order = np.random.default_rng(0).permutation(len(split))
+        self.trainer.batches.start_epoch(self.order)
+        self.position = 0
+
+    def step(self) -> float:
+        per_step = self.trainer.settings.batch_size
+        if self.position + per_step > len(self.order):
+            self.position = 0
+        device = self.trainer.device
+        sync(device)
+        started = time.perf_counter()
+        self.trainer.optimizer_step(self.position, self.position + per_step)
+        sync(device)
+        self.position += per_step
+        return time.perf_counter() - started
+
+    @torch.no_grad()
+    def infer(self) -> float:
+        trainer = self.trainer
+        inputs, _ = trainer.batches.get(0)
+        trainer.model.eval()
+        sync(trainer.device)
+        started = time.perf_counter()
+        with autocast(trainer.device, trainer.settings.bf16):
+            trainer.model(*inputs)
+        sync(trainer.device)
+        trainer.model.train()
+        return time.perf_counter() - started
 
 
 def sync(device) -> None:
@@ -83,35 +110,41 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_case(name: str, repeats: int, warmup: int, device, lcenet: dict) -> dict:
+def run_case(name: str, repeats: int, warmup: int, device, lcenet: dict, paths: list[str], run_dir: Path) -> dict:
     family, num_labels, batch, length, args = CASES[name]
-    generator = torch.Generator().manual_seed(0)
     vocab = 30522 if family == "bert" else VOCAB
-    ids = torch.randint(1, vocab, (batch, length), generator=generator).to(device)
-    mask = torch.ones_like(ids, dtype=torch.bool)
-    targets = (torch.rand(batch, num_labels, generator=generator) < 5 / num_labels).float().to(device)
-    models = {"base": make_model(family, num_labels, args, None, device),
-              "lcenet": make_model(family, num_labels, args, lcenet, device)}
-    optimizers = {k: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for k, m in models.items()}  # as the trainer
+    split = synthetic_split(batch * (warmup + repeats + 1), length, vocab, num_labels)
+    timed = {}
+    for path in paths:
+        settings = TrainSettings(batch_size=batch, device=str(device), resident_batches=path == "resident")
+        for variant, head in (("base", None), ("lcenet", lcenet)):
+            timed[f"{variant}/{path}"] = Timed(make_model(family, num_labels, args, head), split, num_labels,
+                                               settings, run_dir / f"{variant}-{path}")
     for _ in range(warmup):
-        for key in models:
-            time_step(models[key], optimizers[key], ids, mask, targets, device)
-    step = {k: [] for k in models}
-    infer = {k: [] for k in models}
-    for _ in range(repeats):  # interleaved: base, lcenet, base, lcenet, ...
-        for key in models:
-            step[key].append(time_step(models[key], optimizers[key], ids, mask, targets, device))
-            infer[key].append(time_inference(models[key], ids, mask, device))
-    ratios = [b / a for a, b in zip(step["base"], step["lcenet"])]
+        for item in timed.values():
+            item.step()
+    step = {key: [] for key in timed}
+    infer = {key: [] for key in timed}
+    for _ in range(repeats):  # interleaved, so machine noise hits every variant alike
+        for key, item in timed.items():
+            step[key].append(item.step())
+            infer[key].append(item.infer())
+    first = paths[0]
     result = {"family": family, "num_labels": num_labels, "batch": batch, "max_length": length,
-              "lcenet_settings": lcenet, "repeats": repeats,
-              "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
-              "median_ratio": statistics.median(ratios)}
-    for key in models:
+              "lcenet_settings": lcenet, "repeats": repeats, "paths": paths,
+              "parameters": {v: sum(p.numel() for p in timed[f"{v}/{first}"].trainer.model.parameters())
+                             for v in ("base", "lcenet")},
+              "median_ratio": {path: statistics.median(b / a for a, b in zip(step[f"base/{path}"],
+                                                                              step[f"lcenet/{path}"]))
+                               for path in paths}}
+    if len(paths) == 2:
+        result["resident_speedup"] = {v: statistics.median(a / b for a, b in zip(step[f"{v}/host"],
+                                                                                 step[f"{v}/resident"]))
+                                      for v in ("base", "lcenet")}
+    for key in timed:
         median_step = statistics.median(step[key])
-        median_infer = statistics.median(infer[key])
         result[key] = {"median_step_s": median_step, "train_docs_per_s": batch / median_step,
-                       "infer_docs_per_s": batch / median_infer}
+                       "infer_docs_per_s": batch / statistics.median(infer[key])}
     return result
 
 
@@ -123,21 +156,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rank", type=int, default=1000, help="LCENet rank R (default: CorNet's 1000)")
     parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--paths", nargs="+", default=["host", "resident"], choices=["host", "resident"],
+                        help="batch paths to time side by side (the trainer's default: resident on CUDA only)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     device = resolve_device(args.device)
     lcenet = {"rank": args.rank, "blocks": args.blocks}
     record = {"benchmark": "step_time", "device": str(device), "device_name": device_name(device),
-              "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), "cases": []}
+              "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), **provenance(), "cases": []}
     started = time.perf_counter()
-    for name in args.cases:
-        result = run_case(name, args.repeats, args.warmup, device, lcenet)
-        record["cases"].append(result)
-        print(f"{name:18s} base {result['base']['median_step_s'] * 1000:9.1f} ms/step "
-              f"({result['base']['train_docs_per_s']:8.1f} train docs/s, {result['base']['infer_docs_per_s']:9.1f} "
-              f"infer docs/s) | +LCENet {result['lcenet']['median_step_s'] * 1000:9.1f} ms/step "
-              f"({result['lcenet']['train_docs_per_s']:8.1f} / {result['lcenet']['infer_docs_per_s']:9.1f}) | "
-              f"median ratio {result['median_ratio']:.3f}", flush=True)
+    with tempfile.TemporaryDirectory() as run_dir:
+        for name in args.cases:
+            result = run_case(name, args.repeats, args.warmup, device, lcenet, args.paths, Path(run_dir) / name)
+            record["cases"].append(result)
+            for path in args.paths:
+                base, head = result[f"base/{path}"], result[f"lcenet/{path}"]
+                print(f"{name:16s} {path:8s} base {base['median_step_s'] * 1000:8.1f} ms/step "
+                      f"({base['train_docs_per_s']:8.1f} train docs/s, {base['infer_docs_per_s']:9.1f} infer) | "
+                      f"+LCENet {head['median_step_s'] * 1000:8.1f} ms/step ({head['train_docs_per_s']:8.1f} / "
+                      f"{head['infer_docs_per_s']:9.1f}) | ratio {result['median_ratio'][path]:.3f}", flush=True)
     record["wall_seconds"] = time.perf_counter() - started
     output = args.output or Path(__file__).parent / "results" / f"step_time_{device.type}.json"
     atomic_write_json(output, record)

@@ -89,6 +89,16 @@ def test_config_file_and_flags_override(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["lcenet_parameters"] == 0
 
+    result = runner.invoke(app, ["train", "--data", str(data), "--config", str(config), "--no-lcenet", "--output",
+                                 str(tmp_path / "r3"), "--epochs", "1", "--no-progress", "--set",
+                                 "capacity_control=true", "--set", "capacity_control.rank=3"])
+    assert result.exit_code == 0, result.output
+    wide = json.loads((tmp_path / "r3" / "metrics.json").read_text())
+    assert wide["model_args"]["hidden_dim"] > 8 and wide["config"]["capacity_control"] == {"rank": 3}
+    result = runner.invoke(app, ["train", "--data", str(data), "--config", str(config), "--output",
+                                 str(tmp_path / "r4"), "--set", "capacity_control=true"])
+    one_line_error(result, "capacity_control is a base without LCENet")
+
 
 def one_line_error(result, *fragments):
     assert result.exit_code == 2, result.output

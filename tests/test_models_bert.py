@@ -80,7 +80,7 @@ def test_parameter_names_and_no_pooler(pretrained):
 def test_saved_args_rebuild_without_the_checkpoint(pretrained, tmp_path):
     model = with_lcenet(make(pretrained, num_cls_layers=2, dropout=0.3), L, rank=3).eval()
     args = model.base.saved_args()
-    assert set(args) == {"encoder_config", "num_cls_layers", "dropout"} and args["num_cls_layers"] == 2
+    assert set(args) == {"encoder_config", "num_cls_layers", "dropout", "head_hidden"} and args["num_cls_layers"] == 2
     assert "_name_or_path" not in args["encoder_config"]
     args = json.loads(json.dumps(args))  # as written to config.json
     save_file(model.state_dict(), tmp_path / "model.safetensors")

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import re
 import shutil
@@ -10,16 +11,24 @@ from matplotlib import image
 from typer.testing import CliRunner
 
 from conftest import write_tiny_dataset
-from lcenet import report
 from lcenet.cli import app
-from lcenet.report import ablation_table, curve_variants, group_records, own_overrides, results_table, write_report
+from lcenet.report import (
+    ablation_table,
+    curve_variants,
+    data_lines,
+    group_records,
+    own_overrides,
+    results_table,
+    write_report,
+)
+from lcenet.report.figures import sweep_points
 from lcenet.stats import per_document_from_hits
 
 NUM_DOCS = 300
 
 
 def fake_record(variant, lcenet, seed, hit_rate, speed, parameters=1000, lcenet_parameters=0, step_ms=10.0,
-                curve=True, documents=True, with_variant=True, dev_best=0.5):
+                curve=True, documents=True, with_variant=True, dev_best=0.5, converged=True, stop_reason="epochs"):
     """A record as the experiment runner writes it, with per-document hits drawn at ``hit_rate`` and a dev
     curve ``dev_best * (1 - exp(-speed * step / 100))``."""
     rng = np.random.default_rng([seed, int(hit_rate * 1000)])
@@ -35,7 +44,8 @@ def fake_record(variant, lcenet, seed, hit_rate, speed, parameters=1000, lcenet_
     record = {
         "dataset": "toy", "model": "xmlcnn", "lcenet": lcenet, "seed": seed, "profile": "unit", "device": "cpu",
         "device_name": "test cpu", "epochs": 4, "epochs_completed": 4, "steps": 200, "best_step": 200,
-        "stopped_early": False, "train_seconds": 200 * step_ms / 1000, "wall_seconds": 30.0,
+        "stopped_early": False, "stop_reason": stop_reason, "converged": converged,
+        "train_seconds": 200 * step_ms / 1000, "wall_seconds": 30.0,
         "parameters": parameters, "lcenet_parameters": lcenet_parameters,
         "command": f"lcenet train --data data/toy --seed {seed} --set lcenet={'null' if lcenet is None else 'true'}",
         "test": test, "dev": test, "dev_curve": dev_curve if curve else [],
@@ -125,8 +135,10 @@ def test_report_on_fabricated_experiment(tmp_path):
     ablation = text.split("## Ablation")[1].split("##")[0]
     for name in VARIANTS:
         assert f"| toy | xmlcnn | {name} |" in ablation
-    rank16 = table_row(ablation, "toy", "xmlcnn", "rank16")
-    assert rank16[3] == "rank=16" and "300" in rank16 and "1,300" in rank16 and rank16[-2:] == ["11.00", "×1.10"]
+    rank16 = dict(zip(table_row(ablation, "data set"), table_row(ablation, "toy", "xmlcnn", "rank16")))
+    assert rank16["setting"] == "rank=16" and rank16["LCENet params"] == "300" and rank16["params"] == "1,300"
+    assert (rank16["step time (ms)"], rank16["× base"]) == ("11.00", "×1.10")
+    assert (rank16["converged"], rank16["stop reasons"]) == ("2/2", "epochs ×2")
 
     # convergence: LCENet's curve rises twice as fast, so it needs about half the steps
     convergence = text.split("## Convergence")[1]
@@ -223,8 +235,17 @@ def test_experiment_end_to_end(finished_experiment):
     assert record["variant"] == "lcenet" and record["lcenet"] == {"rank": 4} and record["test_documents"]
     assert len(record["dev_curve"]) >= 2
     text = (out / "report.md").read_text(encoding="utf-8")
-    assert "Δ (LCENet − base)" in text and "p (paired bootstrap)" in text and "## Convergence" in text
-    assert f"{100 * record['test']['nDCG@5']:.2f}" in table_row(text, "tiny", "xmlcnn", "+ LCENet")
+    assert "Δ (LCENet − base" in text and "p (paired bootstrap)" in text and "## Convergence" in text
+    header = table_row(text, "data set", "model", "variant")
+    enhanced = dict(zip(header, table_row(text, "tiny", "xmlcnn", "+ LCENet")))
+    assert f"{100 * record['test']['nDCG@5']:.2f}" == enhanced["nDCG@5"]
+    # how the run ended, from the trainer through the record to the table: 2 epochs, no patience
+    assert record["stop_reason"] == "epochs" and isinstance(record["converged"], bool)
+    assert enhanced["converged"] == f"{int(record['converged'])}/1" and enhanced["stop reasons"] == "epochs ×1"
+    assert "- data: tiny: full splits (train " in text
+    import torch
+
+    assert f"torch {torch.__version__}" in text.split("- code: ")[1].splitlines()[0]  # provenance of the runs
     assert {f.name for f in assert_figures_ok(out / "report.md")} >= {"tiny__xmlcnn__curves.png"}
 
     rerun = CliRunner().invoke(app, ["experiment", str(root / "experiment.yaml"), "--output", str(out)], env=env)
@@ -313,7 +334,7 @@ def test_report_settings_time_budget_and_shared_reference(tmp_path):
 
     # the sweep: lcenet and rank4 differ only in rank; lcenet_lr has another learning rate, stuck another setting
     group = group_records(records)[("toy", "xmlcnn")]
-    points = report._sweep_points(group, own_overrides(records)[0])
+    points = sweep_points(group, own_overrides(records)[0])
     assert [p["label"] for p in points] == ["base", "R=1000*/B=2", "R=4*/B=2"]
     assert "## LCENet rank / blocks sweep" in text and "R as built (capped at L" in text
     assert {f.name for f in assert_figures_ok(directory / "report.md")} == {
@@ -337,3 +358,140 @@ def test_device_name_thread_count(monkeypatch):
     assert device_name(torch.device("cpu")).endswith("(1 thread)")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     assert device_name(torch.device("cpu")).endswith("(4 threads)")
+
+
+# ---- how runs ended, capacity control, RESULTS.md --------------------------------------------------------------
+def load_make_results():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "make_results.py"
+    spec = importlib.util.spec_from_file_location("make_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unconverged_base_flags_every_delta(tmp_path):
+    make_results = load_make_results()
+    base = [fake_record("base", None, seed, 0.4, 1.0, converged=seed != 1, stop_reason=reason)
+            for seed, reason in ((0, "patience"), (1, "max_seconds"), (2, "patience"))]
+    enhanced = [fake_record("lcenet", {}, seed, 0.55, 2.0, stop_reason="epochs") for seed in (0, 1, 2)]
+    table = results_table(base + enhanced, n_resamples=200)
+    header = table_row(table, "data set")
+    base_row = dict(zip(header, table_row(table, "toy", "xmlcnn", "base")))
+    assert (base_row["converged"], base_row["stop reasons"]) == ("2/3", "patience ×2, max_seconds ×1")
+    assert table_row(table, "toy", "xmlcnn", "**Δ (LCENet − base; base not converged: early training)**")
+    assert "| Δ (LCENet − base) |" not in table
+    target = make_results.target_lines(base + enhanced)[0]
+    assert target.endswith("**(base not converged)**.") and "P@1 +" in target
+
+    # records from before converged / stop_reason existed: unknown, flagged too, never counted as converged
+    for record in base + enhanced:
+        del record["converged"], record["stop_reason"]
+    table = results_table(base + enhanced, n_resamples=200)
+    base_row = dict(zip(header, table_row(table, "toy", "xmlcnn", "base")))
+    assert (base_row["converged"], base_row["stop reasons"]) == ("?", "?")
+    assert table_row(table, "toy", "xmlcnn", "**Δ (LCENet − base; base convergence unknown)**")
+    assert make_results.target_lines(base + enhanced)[0].endswith("**(base convergence unknown)**.")
+
+    # a converged base: a plain Δ row and verdict; mixed knowledge shows the unknown count
+    base = [fake_record("base", None, seed, 0.4, 1.0, stop_reason="patience") for seed in (0, 1, 2)]
+    enhanced[0]["converged"] = True
+    table = results_table(base + enhanced, n_resamples=200)
+    assert table_row(table, "toy", "xmlcnn", "Δ (LCENet − base)")
+    assert dict(zip(header, table_row(table, "toy", "xmlcnn", "+ LCENet")))["converged"] == "1/3 (2 ?)"
+    assert "base not" not in make_results.target_lines(base + enhanced)[0]
+
+
+def test_capacity_control_row_and_deltas(tmp_path):
+    records = []
+    for seed in (0, 1):
+        records.append(fake_record("base", None, seed, 0.40, 1.0))
+        records.append(fake_record("lcenet", {}, seed, 0.55, 2.0, parameters=1600, lcenet_parameters=600))
+        capacity = fake_record("capacity", None, seed, 0.45, 1.5, parameters=1600, converged=False,
+                               stop_reason="max_seconds")
+        capacity["config"].update(capacity_control={}, model_args={"hidden_dim": 16, "num_filters": 8})
+        capacity["model_args"] = {"hidden_dim": 40, "num_filters": 8}  # as built: widened
+        capacity["command"] += " --set capacity_control=true"
+        records.append(capacity)
+    text = write_report(write_experiment(tmp_path / "exp", records), n_resamples=500).read_text(encoding="utf-8")
+    main = text.split("## Main results")[1].split("## Ablation")[0]
+    header = table_row(main, "data set")
+    rows = [line.split("|")[3].strip() for line in main.splitlines() if line.startswith("| toy |")]
+    assert rows == ["base", "+ LCENet", "capacity control", "Δ (LCENet − base)", "p (paired bootstrap)",
+                    "p (Wilcoxon)", "**Δ (LCENet − capacity control; capacity control not converged: early training)**",
+                    "p vs capacity (paired bootstrap)", "p vs capacity (Wilcoxon)"]
+    capacity_row = dict(zip(header, table_row(main, "toy", "xmlcnn", "capacity control")))
+    assert (capacity_row["converged"], capacity_row["stop reasons"]) == ("0/2", "max_seconds ×2")
+    delta = dict(zip(header, table_row(main, "toy", "xmlcnn", rows[6])))
+    p1 = {v: np.mean([r["test"]["P@1"] for r in records if r["variant"] == v]) for v in ("lcenet", "capacity")}
+    assert delta["P@1"] == f"{100 * (p1['lcenet'] - p1['capacity']):+.2f}"
+    p_capacity = dict(zip(header, table_row(main, "toy", "xmlcnn", "p vs capacity (paired bootstrap)")))
+    assert p_capacity["seeds"] == "2" and p_capacity["P@1"] not in ("", "n/a")
+
+    # the ablation setting names what it matches and what it widened (not the capacity_control override)
+    ablation = text.split("## Ablation")[1].split("##")[0]
+    assert table_row(ablation, "toy", "xmlcnn", "capacity")[3] == "capacity control (LCENet defaults): hidden_dim=40"
+
+    # a capacity control under another name is found by its config
+    for record in records:
+        if record["variant"] == "capacity":
+            record["variant"] = "equal_params"
+    assert "| capacity control |" in results_table(records, n_resamples=200)
+    assert "capacity control" not in results_table([r for r in records if r["variant"] != "equal_params"])
+
+
+def test_data_restrictions_in_headers(tmp_path):
+    make_results = load_make_results()
+    records = [fake_record(name, lcenet, 0, rate, 1.0) for name, lcenet, rate in (("base", None, 0.4),
+                                                                                   ("lcenet", {}, 0.5))]
+    records[0]["data_restrictions"] = {"max_docs": {"train": 5000, "dev": 1000}, "sample_seed": 0}
+    records[1]["config"]["data"] = {"max_docs": {"train": 5000, "dev": 1000}, "sample_seed": 0}  # older record
+    for record in records:
+        record["docs"] = {"train": 5000, "dev": 1000, "test": 6000}
+        record["config"]["train"]["batch_size"] = 50  # 200 steps: 2 epochs
+    directory = write_experiment(tmp_path / "exp", records)
+    text = write_report(directory, n_resamples=200).read_text(encoding="utf-8")
+    assert ("- data: toy: train 5,000, dev 1,000 documents at most (random, sample seed 0); test full "
+            "(train 5,000, dev 1,000, test 6,000 documents)") in text
+    section = "\n".join(make_results.experiment_section(directory))
+    assert "Data: toy: train 5,000, dev 1,000 documents at most (random, sample seed 0); test full" in section
+    assert "| xmlcnn | base | 2.00 | 200 | 2 | 1 | 0/1 | 1/1 | epochs ×1 |" in section
+
+    # runs cut differently: one line each, with how many runs
+    records[1]["config"]["data"] = {"max_docs": {"test": 1000}, "sample_seed": None}
+    (directory / "records" / f"{records[1]['cell']}.json").write_text(json.dumps(records[1]))
+    text = write_report(directory, n_resamples=200).read_text(encoding="utf-8")
+    assert ("  - toy: test 1,000 documents at most (the first in file order); train and dev full "
+            "(train 5,000, dev 1,000, test 6,000 documents; 1 of 2 runs)") in text
+
+    records[1]["config"]["data"] = {"max_docs": None}
+    del records[1]["docs"]
+    assert data_lines(records[1:]) == ["toy: full splits"]
+    del records[1]["config"]["data"]
+    assert data_lines(records[1:]) == ["toy: not recorded"]
+
+
+def test_step_time_section_old_and_new_formats(tmp_path):
+    make_results = load_make_results()
+    timing = {"median_step_s": 0.01, "train_docs_per_s": 6400.0, "infer_docs_per_s": 20000.0}
+    slower = {"median_step_s": 0.012, "train_docs_per_s": 5333.0, "infer_docs_per_s": 18000.0}
+    case = {"family": "xmlcnn", "num_labels": 4271, "batch": 64, "max_length": 500, "repeats": 3}
+    old = {"device_name": "old cpu", "command": "python benchmarks/step_time.py", "wall_seconds": 10.0,
+           "torch": "2.4.0", "cases": [{**case, "base": timing, "lcenet": slower, "median_ratio": 1.2}]}
+    new = {"device_name": "new gpu", "command": "python benchmarks/step_time.py --device cuda", "wall_seconds": 20.0,
+           "torch": "2.13.0", "torch_version": "2.13.0", "git_commit": "6a1142158f56142835285b2bf64b22c636642488",
+           "git_dirty": True, "date": "2026-11-26T10:00:00+00:00",
+           "cases": [{**case, "lcenet_settings": {"rank": 64, "blocks": 1}, "paths": ["host", "resident"],
+                      "base/host": timing, "lcenet/host": slower, "base/resident": slower, "lcenet/resident": timing,
+                      "median_ratio": {"host": 1.2, "resident": 0.9},
+                      "resident_speedup": {"base": 1.5, "lcenet": 2.25}}]}
+    paths = [tmp_path / "step_time_cpu.json", tmp_path / "step_time_cuda.json"]
+    for path, record in zip(paths, (old, new)):
+        path.write_text(json.dumps(record))
+    text = "\n".join(make_results.step_time_section(paths))
+    assert "| old cpu | xmlcnn | 4,271 | 64 × 500 | R=1000, 2 blocks | host | 10.0 | 12.0 | ×1.200 | 6,400 / 5,333 " \
+           "| 20,000 / 18,000 | — |" in text
+    assert "| new gpu | xmlcnn | 4,271 | 64 × 500 | R=64, 1 blocks | host | 10.0 | 12.0 | ×1.200 |" in text
+    assert "| new gpu | xmlcnn | 4,271 | 64 × 500 | R=64, 1 blocks | resident | 12.0 | 10.0 | ×0.900 | 5,333 / 6,400 " \
+           "| 18,000 / 20,000 | ×1.50 / ×2.25 |" in text
+    assert "(10 s, torch 2.4.0)" in text
+    assert "(20 s, torch 2.13.0, git `6a1142158f` (uncommitted changes), 2026-11-26)" in text

@@ -94,8 +94,9 @@ def test_save_load_gives_identical_predictions(tiny_data, tmp_path, lcenet):
 
 
 def test_aux_loss_supervises_the_base_logits(tiny_data, tmp_path):
+    from lcenet.inference import SplitTensors, TokenInputs
     from lcenet.pipeline import build
-    from lcenet.train import SplitTensors, Trainer
+    from lcenet.train import Trainer
 
     torch.manual_seed(0)
     config = tiny_config(lcenet=True)
@@ -104,13 +105,59 @@ def test_aux_loss_supervises_the_base_logits(tiny_data, tmp_path):
     ids = np.random.default_rng(0).integers(1, 30, size=(8, 10))
     import scipy.sparse as sp
     labels = sp.csr_matrix(np.eye(6, dtype=np.float32)[np.arange(8) % 6])
-    trainer = Trainer(model, config.train, SplitTensors(ids, labels), SplitTensors(ids, labels), 6, 0,
-                      tmp_path / "aux", progress=False)
+    split = SplitTensors(TokenInputs(ids, 0), labels)
+    trainer = Trainer(model, config.train, split, split, 6, tmp_path / "aux", progress=False)
     model.eval()  # no dropout: the three forward passes must see the same network
     input_ids, mask = torch.from_numpy(ids), torch.from_numpy(ids != 0)
     targets = torch.from_numpy(labels.toarray())
-    with_aux = trainer._loss(input_ids, mask, targets)
+    with_aux = trainer._loss((input_ids, mask), targets)
     model.lcenet.aux_loss_weight = 0.0
-    without = trainer._loss(input_ids, mask, targets)
+    without = trainer._loss((input_ids, mask), targets)
     base_loss = torch.nn.functional.binary_cross_entropy_with_logits(model.base(input_ids, mask), targets)
     assert torch.allclose(with_aux, without + 0.5 * base_loss, atol=1e-6)
+
+
+@pytest.mark.parametrize("scores, reason, expected", [
+    ([0.1, 0.2, 0.3], "patience", True),  # early stopping fired
+    ([0.1, 0.3, 0.3005, 0.3008], "epochs", True),  # the last two evaluations gained < 0.1 points
+    ([0.1, 0.3, 0.3005, 0.302], "epochs", False),  # still improving by 0.15 points
+    ([0.1, 0.2], "max_seconds", False),  # too few evaluations to tell
+])
+def test_convergence_rule(scores, reason, expected):
+    from lcenet.train import convergence
+
+    assert convergence(scores, reason) is expected
+
+
+def test_runs_record_why_they_stopped_and_where_they_came_from(tiny_data, tmp_path):
+    patient = run_training(tiny_config(epochs=30, lr=5e-2, patience=1), tiny_data, tmp_path / "p",
+                           cache_dir=tmp_path / "c", progress=False)
+    assert patient["stop_reason"] == "patience" and patient["converged"] is True and patient["steps"] < 30 * 8
+    capped = run_training(tiny_config(epochs=3, max_steps=5), tiny_data, tmp_path / "s", cache_dir=tmp_path / "c",
+                          progress=False)
+    assert capped["stop_reason"] == "max_steps" and capped["converged"] is False  # one evaluation only
+    full = run_training(tiny_config(epochs=1), tiny_data, tmp_path / "e", cache_dir=tmp_path / "c", progress=False)
+    assert full["stop_reason"] == "epochs"
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["torch_version"] == torch.__version__ and metrics["date"].startswith("20")
+    assert metrics["git_commit"] is None or len(metrics["git_commit"]) == 40
+    assert metrics["data_restrictions"] == {"max_docs": None, "sample_seed": None}
+
+
+@pytest.mark.parametrize("model", ["xmlcnn", "attentionxml", "bert"])
+def test_capacity_control_adds_as_many_parameters_as_lcenet(model, tiny_bert):
+    from lcenet.lcenet import LCENet
+    from lcenet.pipeline import build, effective_model_args
+
+    config = tiny_config(model)
+    if model == "bert":
+        config.model_args = {"pretrained": str(tiny_bert), "num_cls_layers": 2}
+    num_labels, vocab = 40, 50
+    base = build(config.model, config.model_args, None, num_labels, vocab)
+    config.capacity_control = {"rank": 30, "blocks": 2}
+    wide = build(config.model, effective_model_args(config, num_labels, vocab), None, num_labels, vocab)
+    extra = LCENet(num_labels, rank=30, blocks=2).num_parameters()
+    added = sum(p.numel() for p in wide.parameters()) - sum(p.numel() for p in base.parameters())
+    # within one hidden unit: each costs (its inputs + 1 + L) for xmlcnn/bert, (inputs + 2) for attentionxml
+    per_unit = {"xmlcnn": 2 * 8 * 2 + 1 + num_labels, "attentionxml": 8 + 2, "bert": 32 + 1 + num_labels}[model]
+    assert abs(added - extra) <= per_unit

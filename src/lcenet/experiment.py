@@ -13,6 +13,7 @@ skips finished cells and resumes killed ones from their checkpoints.
       lcenet: {lcenet: {}}
       rank16: {lcenet: {rank: 16}}
       wide_base: {lcenet: null, set: [model_args.hidden_dim=1024]}
+      capacity: {capacity_control: {}}      # the base + as many parameters as LCENet's defaults add
     seeds: [0, 1, 2]
     set: [train.epochs=5]                  # overrides shared by every cell
     parallel: 1                            # cells run at once (useful on a GPU)
@@ -49,6 +50,7 @@ class Cell:
     lcenet: dict | None
     seed: int
     overrides: list[str] = field(default_factory=list)
+    capacity_control: dict | None = None
 
     @property
     def name(self) -> str:
@@ -65,6 +67,9 @@ class Cell:
         """The cell's ``--set`` overrides of its config: LCENet on/off and its arguments, then the grid's."""
         switch = ["lcenet=null"] if self.lcenet is None else ["lcenet=true"]
         arguments = [f"lcenet.{key}={json.dumps(value)}" for key, value in (self.lcenet or {}).items()]
+        if self.capacity_control is not None:
+            switch.append("capacity_control=true")
+            arguments += [f"capacity_control.{key}={json.dumps(value)}" for key, value in self.capacity_control.items()]
         return switch + arguments + self.overrides
 
 
@@ -100,12 +105,15 @@ def load_experiment(path: str | Path, data_overrides: dict[str, str] | None = No
             model_set = _string_list(model_spec.get("set", []), path, f"models.{model}.set")
             for variant, variant_spec in spec["variants"].items():
                 variant_spec = dict(variant_spec or {})
-                if not set(variant_spec) <= {"lcenet", "set"}:
-                    raise UserError(f"{path}: variants.{variant} takes only 'lcenet' and 'set'")
+                if not set(variant_spec) <= {"lcenet", "capacity_control", "set"}:
+                    raise UserError(f"{path}: variants.{variant} takes only 'lcenet', 'capacity_control' and 'set'")
+                if variant_spec.get("lcenet") is not None and variant_spec.get("capacity_control") is not None:
+                    raise UserError(f"{path}: variants.{variant}: capacity_control is a base without LCENet")
                 variant_set = _string_list(variant_spec.get("set", []), path, f"variants.{variant}.set")
                 for seed in spec["seeds"]:
                     cells.append(Cell(dataset, str(data_dir), model, config, variant, variant_spec.get("lcenet"),
-                                      int(seed), shared + model_set + variant_set))
+                                      int(seed), shared + model_set + variant_set,
+                                      variant_spec.get("capacity_control")))
     return Experiment(spec.get("name", path.stem), str(spec.get("profile", "default")), cells,
                       int(spec.get("parallel", 1)))
 
@@ -142,7 +150,8 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
     atomic_write_json(output / "experiment.json", {
         "name": experiment.name, "profile": experiment.profile,
         "cells": [{"name": c.name, "dataset": c.dataset, "model": c.model, "variant": c.variant, "seed": c.seed,
-                   "lcenet": c.lcenet, "overrides": c.overrides} for c in experiment.cells]})
+                   "lcenet": c.lcenet, "capacity_control": c.capacity_control, "overrides": c.overrides}
+                  for c in experiment.cells]})
 
     def run_cell(cell: Cell) -> str:
         run_dir = output / "runs" / cell.name

@@ -18,10 +18,12 @@ from tokenizers import Tokenizer
 from lcenet import data, metrics, text
 from lcenet.config import RunConfig, TrainSettings
 from lcenet.errors import UserError
+from lcenet.inference import SplitTensors, TokenInputs, evaluate_model, predict_top_k
 from lcenet.io import atomic_write_json, read_model_dir, write_model_dir
-from lcenet.lcenet import with_lcenet
+from lcenet.lcenet import LCENet, with_lcenet
 from lcenet.models import build_model, model_class
-from lcenet.train import SplitTensors, Trainer, evaluate_model, predict_top_k, resolve_device
+from lcenet.provenance import provenance
+from lcenet.train import Trainer, resolve_device
 
 log = logging.getLogger("lcenet")
 
@@ -30,6 +32,19 @@ def build(model: str, model_args: dict, lcenet: dict | None, num_labels: int, vo
     """The base model from the registry, wrapped with LCENet when ``lcenet`` (its keyword arguments) is set."""
     network = build_model(model, num_labels, vocab_size, **model_args)
     return network if lcenet is None else with_lcenet(network, num_labels, **lcenet)
+
+
+def effective_model_args(config: RunConfig, num_labels: int, vocab_size: int) -> dict:
+    """The model arguments to build with: the config's, widened by the family's ``widened_args`` to hold as
+    many extra parameters as LCENet with ``capacity_control``'s settings would add (an equal-parameter base)."""
+    if config.capacity_control is None:
+        return dict(config.model_args)
+    with torch.device("meta"):  # count parameters without allocating them
+        extra = LCENet(num_labels, **config.capacity_control).num_parameters()
+    base = build_model(config.model, num_labels, vocab_size, **config.model_args)
+    if not hasattr(base, "widened_args"):
+        raise UserError(f"model {config.model!r} has no capacity control (no widened_args)")
+    return {**config.model_args, **base.widened_args(extra)}
 
 
 def base_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -70,8 +85,9 @@ def prepare(config: RunConfig, data_dir: str | Path, cache_dir: Path
     dataset = data.load_dataset(data_dir, dev_fraction=config.data.dev_fraction, dev_seed=config.data.dev_seed,
                                 max_docs=config.data.max_docs, sample_seed=config.data.sample_seed)
     tokenizer = make_tokenizer(config, dataset.train.texts, cache_dir, dataset.source_hash)
-    splits = {name: SplitTensors(encode_split(tokenizer, split.texts, config.data.max_length, cache_dir,
-                                              dataset.source_hash, name), split.labels)
+    pad_id = text.pad_token_id(tokenizer)
+    splits = {name: SplitTensors(TokenInputs(encode_split(tokenizer, split.texts, config.data.max_length, cache_dir,
+                                                          dataset.source_hash, name), pad_id), split.labels)
               for name, split in (("train", dataset.train), ("dev", dataset.dev), ("test", dataset.test))}
     return dataset, tokenizer, splits
 
@@ -89,27 +105,28 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
     preprocess_seconds = time.perf_counter() - started
 
     num_labels = dataset.num_labels
+    model_args = effective_model_args(config, num_labels, tokenizer.get_vocab_size())
     torch.manual_seed(config.train.seed)  # initial weights depend on the seed alone
-    model = build(config.model, config.model_args, config.lcenet, num_labels, tokenizer.get_vocab_size())
+    model = build(config.model, model_args, config.lcenet, num_labels, tokenizer.get_vocab_size())
     embedding_stats = (load_embeddings_into(base_of(model), config.train.embeddings, tokenizer)
                        if config.train.embeddings else None)
     inv_propensity = inverse_propensity_for(dataset.num_truth_columns, dataset.label_frequency,
                                             len(dataset.train), config.train.propensity_a, config.train.propensity_b)
-    trainer = Trainer(model, config.train, splits["train"], splits["dev"], num_labels, pad_id, output,
+    trainer = Trainer(model, config.train, splits["train"], splits["dev"], num_labels, output,
                       inv_propensity=inv_propensity, progress=progress)
     state = trainer.fit(resume=resume)
     trainer.load_best()
 
-    results = {"dev": evaluate_model(trainer.model, splits["dev"], pad_id, trainer.device, inv_propensity,
+    results = {"dev": evaluate_model(trainer.model, splits["dev"], trainer.device, inv_propensity,
                                      config.train.eval_batch_size, config.train.bf16)}
-    top, _ = predict_top_k(trainer.model, splits["test"].ids, pad_id, max(metrics.DEFAULT_KS), trainer.device,
+    top, _ = predict_top_k(trainer.model, splits["test"].inputs, max(metrics.DEFAULT_KS), trainer.device,
                            config.train.eval_batch_size, config.train.bf16)
     results["test"] = metrics.evaluate(top, splits["test"].labels, inv_propensity=inv_propensity)
     atomic_write_json(output / "test_documents.json", document_hits(top, splits["test"].labels))
     base = base_of(model)
     saved_config = {
         "model": config.model,
-        "model_args": base.saved_args() if hasattr(base, "saved_args") else config.model_args,
+        "model_args": base.saved_args() if hasattr(base, "saved_args") else model_args,
         "lcenet": model.lcenet.config if config.lcenet is not None else None,
         "num_labels": num_labels,
         "vocab_size": tokenizer.get_vocab_size(),
@@ -124,16 +141,21 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
         "dev": results["dev"], "test": results["test"],
         "best_step": state["best_step"], "steps": state["step"], "epochs_completed": state["epoch"],
         "stopped_early": state["stopped_early"], "stopped_by_time": state["stopped_by_time"],
+        "stop_reason": state["stop_reason"], "converged": state["converged"],
+        # What the data was cut to: the whole split unless data.max_docs says otherwise.
+        "data_restrictions": {"max_docs": config.data.max_docs, "sample_seed": config.data.sample_seed},
         "train_seconds": state["train_seconds"],
         "preprocess_seconds": preprocess_seconds, "wall_seconds": time.perf_counter() - started,
         "device": str(trainer.device), "device_name": device_name(trainer.device),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "model_args": model_args,
         "lcenet_parameters": model.lcenet.num_parameters() if config.lcenet is not None else 0,
         "lcenet_settings": model.lcenet.config if config.lcenet is not None else None,  # as built (rank capped)
         "num_labels": num_labels, "unseen_test_labels": len(dataset.unseen_labels),
         "word_vectors": embedding_stats,
         "train_docs": len(dataset.train), "dev_docs": len(dataset.dev), "test_docs": len(dataset.test),
         "config": config.to_dict(),
+        **provenance(),
     }
     atomic_write_json(output / "metrics.json", summary)
     return summary
@@ -223,5 +245,5 @@ def evaluate_directory(model_dir: str | Path, data_dir: str | Path, split: str =
     ids = text.encode(loaded.tokenizer, texts, loaded.config["max_length"])
     inv_propensity = inverse_propensity_for(truth.shape[1], loaded.label_frequency, loaded.config["num_train_docs"],
                                             propensity_a, propensity_b)
-    return evaluate_model(loaded.model, SplitTensors(ids, sp.csr_matrix(truth)), loaded.pad_id, loaded.device,
-                          inv_propensity, batch_size, trained["bf16"])
+    return evaluate_model(loaded.model, SplitTensors(TokenInputs(ids, loaded.pad_id), sp.csr_matrix(truth)),
+                          loaded.device, inv_propensity, batch_size, trained["bf16"])

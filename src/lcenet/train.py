@@ -1,5 +1,9 @@
-"""Training loop: mini-batches of token ids + CSR label rows -> model -> logits -> BCE; dev evaluation,
-early stopping on dev nDCG@5, atomic checkpoints that make a killed run resumable bit-for-bit on CPU."""
+"""Training loop: mini-batches of model inputs + CSR label rows -> model -> logits -> BCE; dev evaluation,
+early stopping on dev nDCG@5, atomic checkpoints that make a killed run resumable bit-for-bit on CPU.
+
+A run knows why it stopped (``stop_reason``: patience, epochs, max_steps or max_seconds) and whether it
+converged: early stopping fired on dev nDCG@5, or the last ``CONVERGENCE_WINDOW`` evaluations raised the best
+dev nDCG@5 by less than ``CONVERGENCE_TOLERANCE`` (0.1 points)."""
 
 from __future__ import annotations
 
@@ -9,18 +13,16 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lcenet import metrics
 from lcenet.config import TrainSettings
 from lcenet.errors import UserError
+from lcenet.inference import Batch, EpochBatches, SplitTensors, autocast, evaluate_model
 from lcenet.io import atomic_write_text, load_tensors, save_tensors
 from lcenet.lcenet import LCENetWrapped
 
@@ -29,6 +31,20 @@ log = logging.getLogger("lcenet")
 SELECTION_METRIC = "nDCG@5"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best.safetensors"
+CONVERGENCE_WINDOW = 2  # evaluations
+CONVERGENCE_TOLERANCE = 0.001  # nDCG@5 as a fraction: 0.1 points
+STOP_REASONS = ("patience", "epochs", "max_steps", "max_seconds")
+
+
+def convergence(dev_scores: list[float], stop_reason: str) -> bool:
+    """Converged = early stopping fired, or the last ``CONVERGENCE_WINDOW`` dev evaluations raised the best
+    score before them by less than ``CONVERGENCE_TOLERANCE``. Too few evaluations to tell: not converged."""
+    if stop_reason == "patience":
+        return True
+    if len(dev_scores) <= CONVERGENCE_WINDOW:
+        return False
+    before = max(dev_scores[:-CONVERGENCE_WINDOW])
+    return max(dev_scores[-CONVERGENCE_WINDOW:]) - before < CONVERGENCE_TOLERANCE
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -41,61 +57,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r}: CUDA is not available here; use --device cpu or auto")
     return device
-
-
-@dataclass
-class SplitTensors:
-    """Token ids [N, T] (numpy, possibly memory-mapped) and ground truth CSR [N, L(+unseen)]."""
-
-    ids: np.ndarray
-    labels: sp.csr_matrix
-
-
-def batch_inputs(ids: np.ndarray, rows: np.ndarray, pad_id: int, device: torch.device):
-    """Token ids and mask for some rows, trimmed to the longest document in the batch (models are
-    padding-invariant, so trimming only saves time)."""
-    batch = np.asarray(ids[rows])
-    mask = batch != pad_id
-    length = max(int(mask.sum(axis=1).max()), 1)
-    input_ids = torch.from_numpy(batch[:, :length].astype(np.int64)).to(device, non_blocking=True)
-    return input_ids, torch.from_numpy(mask[:, :length]).to(device, non_blocking=True)
-
-
-def dense_targets(labels: sp.csr_matrix, rows: np.ndarray, num_labels: int, device: torch.device) -> torch.Tensor:
-    """Dense [B, L] targets for one batch only; the full matrix stays sparse."""
-    block = labels[rows]
-    if block.shape[1] != num_labels:  # truth with extra columns for unseen labels: those are never targets
-        block = block[:, :num_labels]
-    return torch.from_numpy(block.toarray().astype(np.float32, copy=False)).to(device, non_blocking=True)
-
-
-def autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
-
-
-@torch.no_grad()
-def predict_top_k(model: torch.nn.Module, ids: np.ndarray, pad_id: int, k: int, device: torch.device,
-                  batch_size: int = 256, bf16: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k label indices and sigmoid scores, [N, k] each; never materialises [N, L]."""
-    model.eval()
-    indices, scores = [], []
-    for start in range(0, len(ids), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(ids)))
-        input_ids, mask = batch_inputs(ids, rows, pad_id, device)
-        with autocast(device, bf16):
-            logits = model(input_ids, mask).float()
-        top = torch.topk(logits, min(k, logits.shape[1]), dim=1)
-        indices.append(top.indices.cpu().numpy())
-        scores.append(torch.sigmoid(top.values).cpu().numpy())
-    if not indices:
-        return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
-    return np.concatenate(indices), np.concatenate(scores)
-
-
-def evaluate_model(model, split: SplitTensors, pad_id: int, device, inv_propensity: np.ndarray | None,
-                   batch_size: int = 256, bf16: bool = True, ks=metrics.DEFAULT_KS) -> dict[str, float]:
-    top, _ = predict_top_k(model, split.ids, pad_id, max(ks), device, batch_size, bf16)
-    return metrics.evaluate(top, split.labels, ks=ks, inv_propensity=inv_propensity)
 
 
 def parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[dict]:
@@ -123,20 +84,22 @@ class Trainer:
     """
 
     def __init__(self, model: torch.nn.Module, settings: TrainSettings, train: SplitTensors, dev: SplitTensors,
-                 num_labels: int, pad_id: int, run_dir: str | Path, inv_propensity: np.ndarray | None = None,
+                 num_labels: int, run_dir: str | Path, inv_propensity: np.ndarray | None = None,
                  progress: bool = True):
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.model = model.to(self.device)
         self.train, self.dev = train, dev
         self.num_labels = num_labels
-        self.pad_id = pad_id
+        # On a GPU the split lives on the device and batches are gathered there (no per-step host work).
+        resident = settings.resident_batches if settings.resident_batches is not None else self.device.type == "cuda"
+        self.batches = EpochBatches(train, num_labels, settings.batch_size, self.device, resident)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.inv_propensity = inv_propensity
         self.progress = progress
         self.log_path = self.run_dir / "log.jsonl"
-        self.steps_per_epoch = math.ceil(len(train.ids) / settings.batch_size / settings.grad_accum_steps)
+        self.steps_per_epoch = math.ceil(len(train) / settings.batch_size / settings.grad_accum_steps)
         self.total_steps = settings.epochs * self.steps_per_epoch
         if settings.max_steps is not None:
             self.total_steps = min(self.total_steps, settings.max_steps)
@@ -148,7 +111,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_score": -1.0, "best_step": 0,
                       "evals_without_improvement": 0, "train_seconds": 0.0, "stopped_early": False,
-                      "stopped_by_time": False}
+                      "stopped_by_time": False, "dev_scores": []}
 
     def _lr_factor(self, step: int) -> float:
         settings = self.settings
@@ -176,12 +139,13 @@ class Trainer:
                    disable=not (self.progress and sys.stderr.isatty()), dynamic_ncols=True, mininterval=0.5)
         loss_sum, loss_count = 0.0, 0
         while not self._finished():
-            order = np.random.default_rng([settings.seed, self.state["epoch"]]).permutation(len(self.train.ids))
+            order = np.random.default_rng([settings.seed, self.state["epoch"]]).permutation(len(self.train))
+            self.batches.start_epoch(order)
             per_step = settings.batch_size * settings.grad_accum_steps
             self.model.train()
             for batch_start in range(self.state["batch_in_epoch"] * per_step, len(order), per_step):
                 step_started = time.perf_counter()
-                loss = self._optimizer_step(order[batch_start:batch_start + per_step])
+                loss = self.optimizer_step(batch_start, min(batch_start + per_step, len(order)))
                 # Training time only: dev evaluations and checkpoint writes are not counted.
                 self.state["train_seconds"] += time.perf_counter() - step_started
                 loss_sum, loss_count = loss_sum + loss, loss_count + 1
@@ -212,7 +176,18 @@ class Trainer:
                 self._evaluate_dev()
             self._save_checkpoint()
         bar.close()
-        return dict(self.state)
+        return {**self.state, "stop_reason": self.stop_reason(),
+                "converged": convergence(self.state["dev_scores"], self.stop_reason())}
+
+    def stop_reason(self) -> str:
+        state, settings = self.state, self.settings
+        if state["stopped_early"]:
+            return "patience"
+        if state["stopped_by_time"]:
+            return "max_seconds"
+        if settings.max_steps is not None and state["step"] >= settings.max_steps:
+            return "max_steps"
+        return "epochs"
 
     def _epochs_done(self) -> float:
         """Epochs completed, fractional inside an epoch (the same clock for train and eval records)."""
@@ -225,18 +200,17 @@ class Trainer:
         return (state["stopped_early"] or state["stopped_by_time"] or state["epoch"] >= settings.epochs
                 or state["step"] >= self.total_steps)
 
-    def _optimizer_step(self, rows: np.ndarray) -> torch.Tensor:
-        """One optimizer step over ``rows``; returns the loss as a tensor, so that the GPU is not waited for
-        (reading it every step would stall the launch queue of small, latency-bound models)."""
+    def optimizer_step(self, start: int, stop: int) -> torch.Tensor:
+        """One optimizer step over the epoch's rows ``start:stop`` (micro-batches of ``batch_size``); returns the
+        loss as a tensor, so that the GPU is not waited for (reading it every step would stall the launch queue
+        of small, latency-bound models)."""
         settings = self.settings
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
-        micro_batches = [rows[i:i + settings.batch_size] for i in range(0, len(rows), settings.batch_size)]
-        for micro in micro_batches:
-            input_ids, mask = batch_inputs(self.train.ids, micro, self.pad_id, self.device)
-            targets = dense_targets(self.train.labels, micro, self.num_labels, self.device)
+        for micro_start in range(start, stop, settings.batch_size):
+            inputs, targets = self.batches.get(micro_start)
             with autocast(self.device, settings.bf16):
-                loss = self._loss(input_ids, mask, targets) * (len(micro) / len(rows))
+                loss = self._loss(inputs, targets) * (len(targets) / (stop - start))
             loss.backward()
             total += loss.detach()
         if settings.grad_clip:
@@ -245,20 +219,21 @@ class Trainer:
         self.scheduler.step()
         return total
 
-    def _loss(self, input_ids, mask, targets) -> torch.Tensor:
+    def _loss(self, inputs: Batch, targets: torch.Tensor) -> torch.Tensor:
         model = self.model
         if isinstance(model, LCENetWrapped) and model.lcenet.aux_loss_weight > 0:
-            base_logits = model.base(input_ids, mask)
+            base_logits = model.base(*inputs)
             enhanced = model.lcenet(base_logits)
             return (F.binary_cross_entropy_with_logits(enhanced.float(), targets)
                     + model.lcenet.aux_loss_weight * F.binary_cross_entropy_with_logits(base_logits.float(), targets))
-        return F.binary_cross_entropy_with_logits(model(input_ids, mask).float(), targets)
+        return F.binary_cross_entropy_with_logits(model(*inputs).float(), targets)
 
     def _evaluate_dev(self) -> None:
         started = time.perf_counter()
-        scores = evaluate_model(self.model, self.dev, self.pad_id, self.device, self.inv_propensity,
+        scores = evaluate_model(self.model, self.dev, self.device, self.inv_propensity,
                                 self.settings.eval_batch_size, self.settings.bf16)
         state = self.state
+        state["dev_scores"].append(scores[SELECTION_METRIC])
         improved = scores[SELECTION_METRIC] > state["best_score"]
         if improved:
             state.update(best_score=scores[SELECTION_METRIC], best_step=state["step"], evals_without_improvement=0)
@@ -315,7 +290,7 @@ class Trainer:
         self.optimizer.load_state_dict({"state": optimizer_state,
                                         "param_groups": json.loads(metadata["optimizer_param_groups"])})
         self.scheduler.load_state_dict(json.loads(metadata["scheduler"]))
-        self.state = json.loads(metadata["trainer"])
+        self.state = {"dev_scores": [], **json.loads(metadata["trainer"])}  # checkpoints before dev_scores
         torch.set_rng_state(tensors["rng.torch"])
         cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
         if cuda_states and torch.cuda.is_available():

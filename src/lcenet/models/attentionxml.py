@@ -78,6 +78,17 @@ class AttentionXML(nn.Module):
         for layer in (*self.linears, self.output):
             nn.init.xavier_uniform_(layer.weight)
 
+    def widened_args(self, extra_parameters: int) -> dict:
+        """Model arguments that add ``extra_parameters`` (to within one unit) in the last shared FC layer: each of
+        its units costs its input weights, a bias and one output weight. Its compute grows with it (the layer
+        runs once per label), so an equal-parameter control is far slower than LCENet at large L."""
+        if not self.linears:
+            raise UserError("attentionxml: a capacity control widens the shared FC layer; linear_sizes is empty")
+        last = self.linears[-1]
+        sizes = [layer.out_features for layer in self.linears]
+        sizes[-1] += round(extra_parameters / (last.in_features + 2))
+        return {"linear_sizes": sizes}
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         batch, positions = input_ids.shape
         lengths = attention_mask.sum(dim=1).clamp(min=1)

@@ -29,7 +29,8 @@ class BertClassifier(nn.Module):
     uses_pretrained_tokenizer = True
 
     def __init__(self, num_labels: int, vocab_size: int | None = None, pretrained: str | None = None,
-                 encoder_config: dict | None = None, num_cls_layers: int = 5, dropout: float = 0.5):
+                 encoder_config: dict | None = None, num_cls_layers: int = 5, dropout: float = 0.5,
+                 head_hidden: int | None = None):
         super().__init__()
         del vocab_size  # the encoder's own vocabulary is used
         if (pretrained is None) == (encoder_config is None):
@@ -45,7 +46,11 @@ class BertClassifier(nn.Module):
         self.num_cls_layers = num_cls_layers
         self.dropout_rate = dropout
         self.dropout = nn.Dropout(dropout)
-        self.output = nn.Linear(num_cls_layers * self.encoder.config.hidden_size, num_labels)
+        features = num_cls_layers * self.encoder.config.hidden_size
+        # head_hidden: a hidden layer in the head (features -> H -> L), the capacity control's extra capacity.
+        self.head_hidden = head_hidden
+        self.hidden = nn.Linear(features, head_hidden) if head_hidden else None
+        self.output = nn.Linear(head_hidden or features, num_labels)
 
     @staticmethod
     def tokenizer_file(pretrained: str | Path) -> Path:
@@ -64,11 +69,23 @@ class BertClassifier(nn.Module):
         config = json.loads(self.encoder.config.to_json_string(use_diff=False))
         for key in _UNSAVED_CONFIG_KEYS:
             config.pop(key, None)
-        return {"encoder_config": config, "num_cls_layers": self.num_cls_layers, "dropout": self.dropout_rate}
+        return {"encoder_config": config, "num_cls_layers": self.num_cls_layers, "dropout": self.dropout_rate,
+                "head_hidden": self.head_hidden}
+
+    def widened_args(self, extra_parameters: int) -> dict:
+        """Model arguments whose head holds ``extra_parameters`` more (to within one hidden unit) through a hidden
+        layer features -> H -> L: H (features + 1 + L) + L = (today's head) + extra."""
+        features = self.num_cls_layers * self.encoder.config.hidden_size
+        labels = self.output.out_features
+        head = sum(p.numel() for p in self.output.parameters())
+        head += sum(p.numel() for p in self.hidden.parameters()) if self.hidden is not None else 0
+        return {"head_hidden": round((head + extra_parameters - labels) / (features + 1 + labels))}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask.long(), output_hidden_states=True)
         cls = torch.cat([h[:, 0] for h in out.hidden_states[-self.num_cls_layers:]], dim=-1)
+        if self.hidden is not None:
+            cls = torch.relu(self.hidden(self.dropout(cls)))
         return self.output(self.dropout(cls))
 
 

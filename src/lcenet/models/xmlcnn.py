@@ -42,6 +42,12 @@ class XMLCNN(nn.Module):
         hidden = F.relu(self.hidden(torch.cat(pooled, dim=1)))
         return self.output(self.dropout(hidden))
 
+    def widened_args(self, extra_parameters: int) -> dict:
+        """Model arguments that add ``extra_parameters`` (to within one hidden unit) in the hidden layer, the
+        capacity this design holds: each hidden unit costs its input weights, a bias and L output weights."""
+        per_unit = self.hidden.in_features + 1 + self.output.out_features
+        return {"hidden_dim": self.hidden.out_features + round(extra_parameters / per_unit)}
+
     def _dynamic_max_pool(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Max over p equal chunks of each document's valid positions: [B, C, T'] -> [B, C * p]."""
         batch, channels, positions = features.shape

@@ -1,0 +1,108 @@
+"""XML-CNN training throughput, lcenet vs LibMultiLabel, in one run on the same machine.
+
+    make bench-env        # .venv-bench: lcenet + LibMultiLabel (not one of lcenet's dependencies)
+    OMP_NUM_THREADS=2 .venv-bench/bin/python benchmarks/vs_libmultilabel.py
+
+Both networks get the published XML-CNN shape (T = 500 tokens, batch 64, L = 4,271 labels, 300-d embeddings,
+widths 2/4/8 with 128 filters each, 8 pooled chunks, a 512-unit hidden layer) and the same random batches.
+lcenet's step is the Trainer's own ``optimizer_step`` (host batches from a token-id array, BCE, gradient
+clipping, fused Adam); LibMultiLabel's is its network's forward, BCE and the Adam step its trainer uses.
+Steps alternate between the two so machine noise hits both alike; docs/s is batch / median step time.
+Writes benchmarks/results/vs_libmultilabel_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lcenet.config import TrainSettings
+from lcenet.io import atomic_write_json
+from lcenet.models import build_model
+from lcenet.pipeline import device_name
+from lcenet.provenance import provenance
+from lcenet.train import Trainer, resolve_device
+
+sys.path.insert(0, str(Path(__file__).parent))
+from step_time import synthetic_split  # noqa: E402
+
+LABELS, BATCH, LENGTH, VOCAB, EMBEDDING = 4271, 64, 500, 50_000, 300
+
+
+def libmultilabel_step(network, optimizer, ids: torch.Tensor, targets: torch.Tensor) -> float:
+    started = time.perf_counter()
+    optimizer.zero_grad()
+    logits = network({"text": ids})["logits"]
+    F.binary_cross_entropy_with_logits(logits, targets).backward()
+    optimizer.step()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    from libmultilabel.nn.networks.xml_cnn import XMLCNN as LibMultiLabelXMLCNN
+
+    device = resolve_device("cpu")
+    split = synthetic_split(BATCH * (args.warmup + args.repeats + 1), LENGTH, VOCAB, LABELS)
+    torch.manual_seed(0)
+    ours = build_model("xmlcnn", LABELS, VOCAB, embedding_dim=EMBEDDING, filter_sizes=[2, 4, 8], num_filters=128,
+                       pool_chunks=8, hidden_dim=512)
+    theirs = LibMultiLabelXMLCNN(torch.randn(VOCAB, EMBEDDING), LABELS, filter_sizes=[2, 4, 8], hidden_dim=512,
+                                 num_filter_per_size=128, num_pool=8, embed_dropout=0.2, post_encoder_dropout=0.5)
+    their_optimizer = torch.optim.Adam(theirs.parameters(), lr=1e-3)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(ours, TrainSettings(batch_size=BATCH, device="cpu"), split, split, LABELS, run_dir,
+                          progress=False)
+        order = np.arange(len(split))
+        trainer.batches.start_epoch(order)
+        times = {"lcenet": [], "libmultilabel": []}
+        for repeat in range(args.warmup + args.repeats):
+            start = repeat * BATCH
+            inputs, targets = trainer.batches.get(start)
+            started = time.perf_counter()
+            trainer.optimizer_step(start, start + BATCH)
+            ours_seconds = time.perf_counter() - started
+            theirs_seconds = libmultilabel_step(theirs, their_optimizer, inputs[0], targets)
+            if repeat >= args.warmup:
+                times["lcenet"].append(ours_seconds)
+                times["libmultilabel"].append(theirs_seconds)
+    docs_per_s = {name: BATCH / statistics.median(values) for name, values in times.items()}
+    import libmultilabel
+
+    record = {"benchmark": "vs_libmultilabel", "device": str(device), "device_name": device_name(device),
+              "command": " ".join(["python", *sys.argv]), **provenance(),
+              "libmultilabel_version": getattr(libmultilabel, "__version__", None) or _version("libmultilabel"),
+              "shape": {"labels": LABELS, "batch": BATCH, "max_length": LENGTH, "embedding_dim": EMBEDDING,
+                        "filter_sizes": [2, 4, 8], "num_filters": 128, "pool_chunks": 8, "hidden_dim": 512},
+              "repeats": args.repeats, "median_step_s": {k: statistics.median(v) for k, v in times.items()},
+              "train_docs_per_s": docs_per_s,
+              "speedup_vs_libmultilabel": docs_per_s["lcenet"] / docs_per_s["libmultilabel"]}
+    output = args.output or Path(__file__).parent / "results" / f"vs_libmultilabel_{device.type}.json"
+    atomic_write_json(output, record)
+    print(f"lcenet {docs_per_s['lcenet']:.1f} docs/s, LibMultiLabel {docs_per_s['libmultilabel']:.1f} docs/s: "
+          f"x{record['speedup_vs_libmultilabel']:.2f} ({device_name(device)}); wrote {output}")
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    main()
