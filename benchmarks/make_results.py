@@ -3,8 +3,9 @@
     python benchmarks/make_results.py
 
 Reads every experiment directory (benchmarks/results/<experiment>/records/*.json, written by
-`lcenet experiment`) and every step-time record (benchmarks/results/step_time_*.json, written by
-benchmarks/step_time.py). All numbers in the output come from those files.
+`lcenet experiment`), every step-time record (benchmarks/results/step_time_*.json, written by
+benchmarks/step_time.py) and every serving load test (benchmarks/results/serve_load_*.json, written by
+benchmarks/load_test.py). All numbers in the output come from those files.
 """
 
 from __future__ import annotations
@@ -126,6 +127,30 @@ def step_time_section(paths: list[Path]) -> list[str]:
     return lines + [""]
 
 
+def serve_load_section(paths: list[Path]) -> list[str]:
+    if not paths:
+        return []
+    lines = ["## Serving: `lcenet serve` under load", "",
+             "Single-document requests (k = 5) from concurrent clients in another process on the same machine; "
+             "micro-batching as configured in the record.", "",
+             "| record | model | device (cores) | clients | requests | errors | docs/s | p50 ms | p95 ms | p99 ms | "
+             "mean batch |", "|:--|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    notes = []
+    for path in paths:
+        record = json.loads(path.read_text())
+        model = f"{record['model']}{' + LCENet' if record['lcenet'] else ''}, L = {record['num_labels']:,}"
+        for level in record["levels"]:
+            lines.append(f"| `{path.name}` | {model} | {record['device']} ({record['cpu_cores']}) | "
+                         f"{level['concurrency']} | {level['requests']:,} | {level['errors']} | "
+                         f"{level['docs_per_s']:,.0f} | {level['p50_ms']:.1f} | {level['p95_ms']:.1f} | "
+                         f"{level['p99_ms']:.1f} | {level['mean_batch_docs']:.1f} |")
+        met = ", ".join(f"{name} {'met' if ok else 'missed'}" for name, ok in record["targets_met"].items())
+        notes.append(f"- `{path.name}`: `{record['command']}` ({record['date']}, commit "
+                     f"{(record['git_commit'] or 'unknown')[:8]}, {record['wall_seconds']:.0f} s). Targets: {met}."
+                     + (f" {record['note']}" if record["note"] else ""))
+    return lines + [""] + notes + [""]
+
+
 def timed_paths(case: dict) -> list[tuple[str, dict, dict, float]]:
     """(batch path, base timings, +LCENet timings, median ratio) per path a step-time case timed. Cases from
     before the paths were timed apart hold one ``base``/``lcenet`` pair and a float ratio: the host path."""
@@ -152,6 +177,7 @@ def main() -> None:
     for directory in sorted(p for p in RESULTS.iterdir() if (p / "records").is_dir()):
         lines += experiment_section(directory)
     lines += step_time_section(sorted(RESULTS.glob("step_time_*.json")))
+    lines += serve_load_section(sorted(RESULTS.glob("serve_load_*.json")))
     atomic_write_text(Path(__file__).parent / "RESULTS.md", "\n".join(lines))
     print(Path(__file__).parent / "RESULTS.md")
 

@@ -1,4 +1,5 @@
 import json
+import socket
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +13,10 @@ XMLCNN_SMALL = ["--set", "model_args.embedding_dim=16", "--set", "model_args.num
                 "--set", "model_args.hidden_dim=16", "--set", "data.vocab_size=200", "--set", "data.min_frequency=1",
                 "--set", "train.batch_size=8", "--set", "train.lr=0.01"]
 
+# Evaluation settings that differ from the defaults, so `evaluate` must read them from the model directory.
+NON_DEFAULT_EVAL = ["--set", "train.propensity_a=0.3", "--set", "train.propensity_b=4.0",
+                    "--set", "train.eval_batch_size=7"]
+
 
 @pytest.fixture
 def trained(tmp_path, monkeypatch):
@@ -20,7 +25,7 @@ def trained(tmp_path, monkeypatch):
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", "--data", str(data), "--model", "xmlcnn", "--lcenet", "--output", str(run),
                                  "--epochs", "3", "--seed", "1", "--max-length", "24", "--device", "cpu",
-                                 "--no-progress", *XMLCNN_SMALL])
+                                 "--no-progress", *XMLCNN_SMALL, *NON_DEFAULT_EVAL])
     assert result.exit_code == 0, result.output
     return data, run
 
@@ -37,6 +42,14 @@ def test_train_evaluate_predict_end_to_end(trained, tmp_path):
     scores = json.loads(result.stdout)
     assert scores["P@1"] == pytest.approx(metrics["test"]["P@1"])
     assert scores["nDCG@5"] == pytest.approx(metrics["test"]["nDCG@5"])
+    for metric in ("PSP@1", "PSP@3", "PSP@5"):  # the run's propensity constants, not the defaults
+        assert scores[metric] == pytest.approx(metrics["test"][metric])
+    result = runner.invoke(app, ["evaluate", str(run / "model"), "--data", str(data), "--device", "cpu",
+                                 "--propensity-a", "0.55", "--propensity-b", "1.5", "--batch-size", "3"])
+    assert result.exit_code == 0, result.output
+    overridden = json.loads(result.stdout)
+    assert overridden["P@1"] == pytest.approx(scores["P@1"])
+    assert overridden["PSP@3"] != pytest.approx(scores["PSP@3"])
 
     texts = "milk cheese cow\nfishing quota sea\n\nwine grape vineyard\n"
     result = runner.invoke(app, ["predict", str(run / "model"), "-k", "2", "--device", "cpu"], input=texts)
@@ -117,6 +130,12 @@ def test_user_errors_are_one_line(trained, tmp_path):
     one_line_error(runner.invoke(app, ["train", "--data", str(data), "--output", str(out), "--set", "train.nope=1"]),
                    "train.nope")
     one_line_error(runner.invoke(app, ["predict", str(tmp_path / "missing_model")]), "missing_model")
+    one_line_error(runner.invoke(app, ["serve", str(tmp_path / "missing_model")]), "missing_model")
+    one_line_error(runner.invoke(app, ["serve", str(run / "model"), "--max-texts", "0"]), "--max-texts")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        one_line_error(runner.invoke(app, ["serve", str(run / "model"), "--port", str(port)]),
+                       f"127.0.0.1:{port}: cannot listen")
     one_line_error(runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu"], input=b"ok\n\xff\xfe\n"),
                    "<stdin>:2", "UTF-8")
 
@@ -141,8 +160,52 @@ def test_model_dir_with_pickle_or_malformed_files_is_refused(trained, tmp_path):
     one_line_error(runner.invoke(app, ["predict", str(truncated)], input="x\n"), "model.safetensors")
 
 
+def test_model_dir_records_format_version_and_checksums(trained, tmp_path):
+    import hashlib
+    import shutil
+
+    _, run = trained
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["format_version"] == 2
+    assert config["files"] == {name: hashlib.sha256((run / "model" / name).read_bytes()).hexdigest()
+                               for name in ("model.safetensors", "tokenizer.json", "labels.tsv")}
+    expected = runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu"], input="milk cheese\n")
+    assert expected.exit_code == 0, expected.output
+
+    def copy(name: str, config_changes: dict | None = None):
+        directory = tmp_path / name
+        shutil.copytree(run / "model", directory)
+        if config_changes is not None:
+            changed = {**config, **config_changes}
+            (directory / "config.json").write_text(json.dumps({k: v for k, v in changed.items() if v is not None}))
+        return directory
+
+    # Version 1 (as written before checksums: no format_version, no files) still loads.
+    old = copy("v1", {"format_version": None, "files": None})
+    result = runner.invoke(app, ["predict", str(old), "--device", "cpu"], input="milk cheese\n")
+    assert result.exit_code == 0 and result.stdout == expected.stdout, result.output
+
+    future = copy("future", {"format_version": 99})
+    one_line_error(runner.invoke(app, ["predict", str(future)], input="x\n"),
+                   f"{future}/config.json: model format version 99 is not supported by lcenet", "(supports ≤ 2)")
+
+    for name in ("model.safetensors", "labels.tsv", "tokenizer.json"):
+        changed = copy(f"changed_{name}")
+        content = bytearray((changed / name).read_bytes())
+        content[len(content) // 2] ^= 1  # one flipped bit
+        (changed / name).write_bytes(bytes(content))
+        one_line_error(runner.invoke(app, ["predict", str(changed)], input="x\n"),
+                       f"{changed}/{name}: sha256 mismatch (the file is corrupt or was changed after saving)")
+
+    truncated = copy("truncated_v1", {"format_version": None, "files": None})  # no checksum to catch it first
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[:len(weights) - 100])
+    one_line_error(runner.invoke(app, ["predict", str(truncated)], input="x\n"),
+                   f"{truncated}/model.safetensors: truncated ({len(weights) - 100} bytes, its header needs "
+                   f"{len(weights)})")
+
 def test_every_command_has_help():
-    for command in ([], ["train"], ["evaluate"], ["predict"], ["demo"]):
+    for command in ([], ["train"], ["evaluate"], ["predict"], ["serve"], ["demo"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
 
@@ -173,3 +236,11 @@ def test_predict_keeps_input_order_across_batches(trained):
     single = [runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu"], input=line + "\n").stdout
               for line in texts.splitlines()]
     assert "".join(single) == whole.stdout  # each line's prediction does not depend on its neighbours
+
+
+def test_serve_without_its_extra_is_a_one_line_error(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "lcenet.serve", raising=False)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if `pip install lcenet` without [serve]
+    one_line_error(runner.invoke(app, ["serve", str(tmp_path)]), "needs fastapi and uvicorn", "lcenet[serve]")

@@ -1,4 +1,4 @@
-"""Command line: ``lcenet train | evaluate | predict | demo``. User errors print one line and exit 2."""
+"""Command line: ``lcenet train | evaluate | predict | serve | demo``. User errors print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -118,13 +118,22 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="Data set directory.")],
     split: Annotated[str, typer.Option(help="Split to score: train, dev or test.")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int | None, typer.Option(help="Documents per forward pass (default: the model's "
+                                                   "train.eval_batch_size).")] = None,
+    propensity_a: Annotated[float | None, typer.Option(help="PSP@k propensity constant A (default: the model's "
+                                                       "train.propensity_a).")] = None,
+    propensity_b: Annotated[float | None, typer.Option(help="PSP@k propensity constant B (default: the model's "
+                                                       "train.propensity_b).")] = None,
 ):
-    """Print P@k, nDCG@k and PSP@k of a saved model on one split, as JSON."""
+    """Print P@k, nDCG@k and PSP@k of a saved model on one split, as JSON (settings as in training)."""
     from lcenet.pipeline import evaluate_directory
 
     if split not in ("train", "dev", "test"):
         raise UserError(f"--split must be train, dev or test (got {split!r})")
-    typer.echo(json.dumps(evaluate_directory(model_dir, data, split, device), indent=2))
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
+    typer.echo(json.dumps(evaluate_directory(model_dir, data, split, device, batch_size, propensity_a, propensity_b),
+                          indent=2))
 
 
 @app.command()
@@ -161,6 +170,41 @@ def _write_predictions(results: list[dict]) -> None:
     sys.stdout.write("".join(json.dumps(result, ensure_ascii=False) + "\n" for result in results))
     sys.stdout.flush()
 
+
+@app.command()
+@user_errors
+def serve(
+    model_dir: Annotated[Path, typer.Argument(help="A saved model directory (RUN_DIR/model).")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port; the log line names it).")] = 8000,
+    names: Annotated[Path | None, typer.Option(help="Label id -> name file (TSV or JSON) to add names.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Torch threads (default: the usable cores but one).")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Documents per forward pass, across requests.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more requests while the server "
+                                               "is busy.")] = 5.0,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body (larger: 413).")] = 1_000_000,
+    max_texts: Annotated[int, typer.Option(help="Texts per request (more: 422).")] = 64,
+    max_text_chars: Annotated[int, typer.Option(help="Characters per text (more: 422).")] = 100_000,
+    max_k: Annotated[int, typer.Option(help="Largest k a request may ask for (also capped at the labels).")] = 100,
+):
+    """Serve a model over HTTP: POST /predict, GET /health, GET /model, a page at /, API docs at /docs."""
+    try:
+        from lcenet.serve import ServeSettings
+        from lcenet.serve import serve as run_server
+    except ModuleNotFoundError as error:
+        if error.name not in ("fastapi", "uvicorn", "starlette", "pydantic"):
+            raise
+        raise UserError(f"lcenet serve needs fastapi and uvicorn ({error.name} is missing): "
+                        "pip install 'lcenet[serve]'") from None
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be >= 1 (got {threads})")
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535 (got {port})")
+    settings = ServeSettings(model_dir, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                             max_body_bytes=max_body_bytes, max_texts=max_texts, max_text_chars=max_text_chars,
+                             max_k=max_k)
+    run_server(settings, host, port, names, device, threads)
 
 @app.command()
 @user_errors

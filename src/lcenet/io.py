@@ -2,13 +2,18 @@
 
 A model directory holds exactly:
   model.safetensors   weights (safetensors; no pickle anywhere)
-  config.json         architecture, LCENet settings, training settings, data settings, versions
+  config.json         architecture, LCENet settings, training settings, data settings, versions,
+                      ``format_version`` and the sha256 of each other file (``files``)
   tokenizer.json      the HF `tokenizers` tokenizer that produced the ids
   labels.tsv          one label per line (index order) with its training frequency: ``name<TAB>count``
+
+Format versions: 1 had no ``format_version`` key and no checksums (still read); 2 adds both, so a file
+corrupted or edited after saving is refused instead of silently giving wrong predictions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -25,8 +30,9 @@ import torch
 from lcenet.errors import UserError
 
 MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "labels.tsv")
+CHECKSUMMED_FILES = ("model.safetensors", "tokenizer.json", "labels.tsv")  # config.json holds their sha256
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -65,7 +71,29 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except Exception as error:  # safetensors raises its own error types for corrupt headers
-        raise UserError(f"{path}: not a valid safetensors file ({error})") from None
+        raise UserError(f"{path}: {_truncation(path) or 'not a valid safetensors file'} ({error})") from None
+
+
+def _truncation(path: Path) -> str | None:
+    """'truncated: ...' when the header is readable but the file ends before the tensor data it lists."""
+    try:
+        with open(path, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_size))
+        needed = 8 + header_size + max((entry["data_offsets"][1] for name, entry in header.items()
+                                        if name != "__metadata__"), default=0)
+    except (OSError, ValueError, TypeError, KeyError, IndexError):
+        return None
+    size = path.stat().st_size
+    return f"truncated ({size} bytes, its header needs {needed})" if size < needed else None
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -82,10 +110,12 @@ def write_model_dir(directory: str | Path, model: torch.nn.Module, config: dict[
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         save_tensors(tmp / "model.safetensors", model.state_dict())
-        atomic_write_json(tmp / "config.json", {**config, "versions": versions()})
         atomic_write_text(tmp / "tokenizer.json", tokenizer_json)
         atomic_write_text(tmp / "labels.tsv", "".join(
             f"{name}\t{int(count)}\n" for name, count in zip(label_names, label_frequency)))
+        files = {name: sha256_file(tmp / name) for name in CHECKSUMMED_FILES}
+        atomic_write_json(tmp / "config.json", {**config, "format_version": FORMAT_VERSION, "files": files,
+                                                "versions": versions()})
         old = directory.with_name(f".{directory.name}.old")
         if directory.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -116,6 +146,7 @@ def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, tor
         raise UserError(f"{config_path}: malformed JSON ({error})") from None
     if not isinstance(config, dict) or "model" not in config or "num_labels" not in config:
         raise UserError(f"{config_path}: not an lcenet model config (needs 'model' and 'num_labels')")
+    check_files(directory, config)
     state, _ = load_tensors(directory / "model.safetensors")
     tokenizer_json = (directory / "tokenizer.json").read_text(encoding="utf-8")
     names, counts = [], []
@@ -129,3 +160,22 @@ def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, tor
     if len(names) != config["num_labels"]:
         raise UserError(f"{labels_path}: {len(names)} labels, but config.json says {config['num_labels']}")
     return config, state, tokenizer_json, names, np.asarray(counts, dtype=np.int64)
+
+
+def check_files(directory: Path, config: dict[str, Any]) -> None:
+    """Refuse a format version this lcenet cannot read, and any file whose sha256 differs from config.json's."""
+    import lcenet
+
+    config_path = directory / "config.json"
+    version = config.get("format_version", 1)  # version 1 wrote no format_version
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise UserError(f"{config_path}: model format version {version} is not supported by lcenet "
+                        f"{lcenet.__version__} (supports ≤ {FORMAT_VERSION})")
+    if version == 1:
+        return
+    files = config.get("files")
+    if not isinstance(files, dict) or any(not isinstance(files.get(name), str) for name in CHECKSUMMED_FILES):
+        raise UserError(f"{config_path}: 'files' must give the sha256 of {', '.join(CHECKSUMMED_FILES)}")
+    for name in CHECKSUMMED_FILES:
+        if sha256_file(directory / name) != files[name]:
+            raise UserError(f"{directory / name}: sha256 mismatch (the file is corrupt or was changed after saving)")

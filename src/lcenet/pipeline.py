@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 
 from lcenet import data, metrics, text
-from lcenet.config import RunConfig
+from lcenet.config import RunConfig, TrainSettings
 from lcenet.errors import UserError
 from lcenet.inference import SplitTensors, TokenInputs, evaluate_model, predict_top_k
 from lcenet.io import atomic_write_json, read_model_dir, write_model_dir
@@ -220,9 +220,17 @@ def load_model(model_dir: str | Path, device: str = "auto") -> LoadedModel:
 
 
 def evaluate_directory(model_dir: str | Path, data_dir: str | Path, split: str = "test", device: str = "auto",
-                       batch_size: int = 256, propensity_a: float = 0.55, propensity_b: float = 1.5) -> dict:
-    """Score a saved model on one split of a data set, in the model's own label space."""
+                       batch_size: int | None = None, propensity_a: float | None = None,
+                       propensity_b: float | None = None) -> dict:
+    """Score a saved model on one split of a data set, in the model's own label space.
+
+    Propensity constants, eval batch size and bf16 default to those the model was trained with (its
+    config.json's run_config), so PSP@k matches the run's metrics.json; the arguments override them."""
     loaded = load_model(model_dir, device)
+    trained = {**asdict(TrainSettings()), **(loaded.config.get("run_config") or {}).get("train", {})}
+    batch_size = batch_size or trained["eval_batch_size"]
+    propensity_a = trained["propensity_a"] if propensity_a is None else propensity_a
+    propensity_b = trained["propensity_b"] if propensity_b is None else propensity_b
     label_index = {name: i for i, name in enumerate(loaded.label_names)}
     texts, label_lists = [], []
     for doc_text, labels in data.iter_split(data_dir, split):
@@ -238,4 +246,4 @@ def evaluate_directory(model_dir: str | Path, data_dir: str | Path, split: str =
     inv_propensity = inverse_propensity_for(truth.shape[1], loaded.label_frequency, loaded.config["num_train_docs"],
                                             propensity_a, propensity_b)
     return evaluate_model(loaded.model, SplitTensors(TokenInputs(ids, loaded.pad_id), sp.csr_matrix(truth)),
-                          loaded.device, inv_propensity, batch_size)
+                          loaded.device, inv_propensity, batch_size, trained["bf16"])
