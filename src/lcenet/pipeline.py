@@ -21,7 +21,7 @@ from lcenet.errors import UserError
 from lcenet.inference import SplitTensors, TokenInputs, evaluate_model, predict_top_k
 from lcenet.io import atomic_write_json, read_model_dir, write_model_dir
 from lcenet.lcenet import LCENet, with_lcenet
-from lcenet.models import build_model, model_class
+from lcenet.models import XMTCModel, build_model, model_class
 from lcenet.provenance import provenance
 from lcenet.train import Trainer, resolve_device
 
@@ -42,8 +42,6 @@ def effective_model_args(config: RunConfig, num_labels: int, vocab_size: int) ->
     with torch.device("meta"):  # count parameters without allocating them
         extra = LCENet(num_labels, **config.capacity_control).num_parameters()
     base = build_model(config.model, num_labels, vocab_size, **config.model_args)
-    if not hasattr(base, "widened_args"):
-        raise UserError(f"model {config.model!r} has no capacity control (no widened_args)")
     return {**config.model_args, **base.widened_args(extra)}
 
 
@@ -53,7 +51,7 @@ def base_of(model: torch.nn.Module) -> torch.nn.Module:
 
 def make_tokenizer(config: RunConfig, train_texts: list[str], cache_dir: Path, source_hash: str) -> Tokenizer:
     cls = model_class(config.model)
-    if getattr(cls, "uses_pretrained_tokenizer", False):
+    if cls.uses_pretrained_tokenizer:
         pretrained = config.model_args.get("pretrained")
         if not pretrained:
             raise UserError(f"model {config.model!r} needs model_args.pretrained (a local checkpoint directory)")
@@ -126,7 +124,7 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
     base = base_of(model)
     saved_config = {
         "model": config.model,
-        "model_args": base.saved_args() if hasattr(base, "saved_args") else model_args,
+        "model_args": base.saved_args(),
         "lcenet": model.lcenet.config if config.lcenet is not None else None,
         "num_labels": num_labels,
         "vocab_size": tokenizer.get_vocab_size(),
@@ -169,17 +167,18 @@ def document_hits(top: np.ndarray, truth: sp.csr_matrix) -> dict:
     return {"k": int(hits.shape[1]), "hits": masks.tolist(), "num_true": np.diff(truth.indptr).tolist()}
 
 
-def load_embeddings_into(model: torch.nn.Module, source: str, tokenizer: Tokenizer) -> dict:
+def load_embeddings_into(model: XMTCModel, source: str, tokenizer: Tokenizer) -> dict:
     from lcenet.embeddings import load_word_vectors
 
-    if not hasattr(model, "embedding"):
-        raise UserError(f"train.embeddings: model {type(model).__name__} has no word embedding layer")
+    embedding = model.word_embedding()
+    if embedding is None:
+        raise UserError(f"train.embeddings: model {model.registry_name!r} has no word embedding layer")
     vectors, stats = load_word_vectors(source, tokenizer.get_vocab())
-    if vectors.shape[1] != model.embedding.weight.shape[1]:
+    if vectors.shape[1] != embedding.weight.shape[1]:
         raise UserError(f"{source}: vectors have dimension {vectors.shape[1]} but the model's embedding_dim is "
-                        f"{model.embedding.weight.shape[1]}; set model_args.embedding_dim={vectors.shape[1]}")
+                        f"{embedding.weight.shape[1]}; set model_args.embedding_dim={vectors.shape[1]}")
     with torch.no_grad():
-        model.embedding.weight.copy_(torch.from_numpy(vectors))
+        embedding.weight.copy_(torch.from_numpy(vectors))
     return stats
 
 

@@ -1,39 +1,71 @@
-"""Base architectures, by name. Every model maps ``(input_ids [B, T], attention_mask [B, T]) -> logits [B, L]``.
+"""Base architectures, by name. Every family subclasses ``XMTCModel``: it maps the tensors its input store
+yields (``input_kind``; see :mod:`lcenet.inference`) to logits ``[B, L]``, and declares its hooks there once.
 
 A model class takes ``num_labels`` and ``vocab_size`` plus its own keyword hyper-parameters (saved in the
-model directory's config.json), and may define ``param_groups(lr, weight_decay)`` for per-part learning rates.
+model directory's config.json through ``saved_args``).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from torch import nn
 
 from lcenet.errors import UserError
 
-MODELS: dict[str, type[nn.Module]] = {}
+
+class XMTCModel(nn.Module):
+    """What the pipeline asks of a model family; every hook has a default a family may override."""
+
+    registry_name: ClassVar[str]
+    # "tokens": model(input_ids [B, T], attention_mask [B, T]);
+    # "tfidf": model(indices [nnz], offsets [B], weights [nnz]), nn.EmbeddingBag's arguments.
+    input_kind: ClassVar[str] = "tokens"
+    # True: the tokenizer is the pretrained checkpoint's (``tokenizer_file``), not one trained on the data.
+    uses_pretrained_tokenizer: ClassVar[bool] = False
+
+    def saved_args(self) -> dict:
+        """Keyword arguments that rebuild this model without any outside file (config.json's model_args)."""
+        return dict(self.init_args)
+
+    def word_embedding(self) -> nn.Embedding | None:
+        """The word-embedding layer that ``train.embeddings`` (GloVe, word2vec) fills; None if the family has none."""
+        return None
+
+    def widened_args(self, extra_parameters: int) -> dict:
+        """Model arguments that add ``extra_parameters`` where the family's design holds capacity (the
+        equal-parameter capacity control for LCENet)."""
+        raise UserError(f"model {self.registry_name!r} has no capacity control")
+
+
+MODELS: dict[str, type[XMTCModel]] = {}
 
 
 def register(name: str):
-    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+    def decorator(cls: type[XMTCModel]) -> type[XMTCModel]:
+        if not issubclass(cls, XMTCModel):
+            raise TypeError(f"{cls.__name__} must subclass lcenet.models.XMTCModel")
         MODELS[name] = cls
         cls.registry_name = name
         return cls
     return decorator
 
 
-def model_class(name: str) -> type[nn.Module]:
+def model_class(name: str) -> type[XMTCModel]:
     _import_builtin_models()
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
     return MODELS[name]
 
 
-def build_model(name: str, num_labels: int, vocab_size: int, **model_args) -> nn.Module:
+def build_model(name: str, num_labels: int, vocab_size: int, **model_args) -> XMTCModel:
     cls = model_class(name)
     try:
-        return cls(num_labels=num_labels, vocab_size=vocab_size, **model_args)
+        model = cls(num_labels=num_labels, vocab_size=vocab_size, **model_args)
     except TypeError as error:  # an unknown or missing hyper-parameter in the user's config
         raise UserError(f"model {name!r}: {error}") from None
+    model.init_args = dict(model_args)
+    return model
 
 
 def _import_builtin_models() -> None:

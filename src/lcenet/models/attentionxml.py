@@ -46,11 +46,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lcenet.errors import UserError
-from lcenet.models import register
+from lcenet.models import XMTCModel, register
 
 
 @register("attentionxml")
-class AttentionXML(nn.Module):
+class AttentionXML(XMTCModel):
     def __init__(self, num_labels: int, vocab_size: int, embedding_dim: int = 300, hidden_size: int = 256,
                  num_layers: int = 1, linear_sizes=(256,), dropout: float = 0.5, embedding_dropout: float = 0.2,
                  freeze_embeddings: bool = False, label_chunk_size: int | None = 1024,
@@ -77,6 +77,9 @@ class AttentionXML(nn.Module):
         self.output = nn.Linear(sizes[-1], 1)
         for layer in (*self.linears, self.output):
             nn.init.xavier_uniform_(layer.weight)
+
+    def word_embedding(self) -> nn.Embedding:
+        return self.embedding
 
     def widened_args(self, extra_parameters: int) -> dict:
         """Model arguments that add ``extra_parameters`` (to within one unit) in the last shared FC layer: each of

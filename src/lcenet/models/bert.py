@@ -18,14 +18,14 @@ import torch
 from torch import nn
 
 from lcenet.errors import UserError
-from lcenet.models import register
+from lcenet.models import XMTCModel, register
 
 # Config entries that describe where or when a config was made, not the architecture.
 _UNSAVED_CONFIG_KEYS = ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash")
 
 
 @register("bert")
-class BertClassifier(nn.Module):
+class BertClassifier(XMTCModel):
     uses_pretrained_tokenizer = True
 
     def __init__(self, num_labels: int, vocab_size: int | None = None, pretrained: str | None = None,

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcenet.models import register
+from lcenet.models import XMTCModel, register
 
 
 @register("xmlcnn")
-class XMLCNN(nn.Module):
+class XMLCNN(XMTCModel):
     def __init__(self, num_labels: int, vocab_size: int, embedding_dim: int = 300, filter_sizes=(2, 4, 8),
                  num_filters: int = 128, pool_chunks: int = 8, hidden_dim: int = 512, dropout: float = 0.5,
                  embedding_dropout: float = 0.2, freeze_embeddings: bool = False):
@@ -41,6 +41,9 @@ class XMLCNN(nn.Module):
             pooled.append(self._dynamic_max_pool(features, (lengths - width + 1).clamp(min=1)))
         hidden = F.relu(self.hidden(torch.cat(pooled, dim=1)))
         return self.output(self.dropout(hidden))
+
+    def word_embedding(self) -> nn.Embedding:
+        return self.embedding
 
     def widened_args(self, extra_parameters: int) -> dict:
         """Model arguments that add ``extra_parameters`` (to within one hidden unit) in the hidden layer, the
