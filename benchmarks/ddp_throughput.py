@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -124,7 +125,7 @@ def main() -> None:
         run["speedup_vs_1"] = run["train_docs_per_s"] / baseline if baseline else None
     device = runs[0]["device"].split(":")[0]
     record = {"benchmark": "ddp_throughput", "device": device, "device_name": runs[0]["device_name"],
-              "command": " ".join(["python", *sys.argv]), "omp_num_threads": env["OMP_NUM_THREADS"],
+              "command": shlex.join(["python", *sys.argv]), "omp_num_threads": env["OMP_NUM_THREADS"],
               "cpu_count": os.cpu_count(), "load_average_at_end": list(os.getloadavg()),
               "shape": {"model": "xmlcnn+lcenet", "global_batch": args.batch, "max_length": args.length,
                         "num_labels": args.labels, "lcenet_rank": args.rank, "timed_steps": args.steps,
