@@ -82,12 +82,16 @@ def no_dropout_config(**train):
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     """57 train documents, global batch 8, 2 micro-batches a step: the epoch's last step holds 8 + 1 rows,
-    so one rank has a row and the other only padding. Trained in 1 process and in 2."""
+    so one rank has a row and the other only padding. Trained in 1 process and in 2. The same 2 processes
+    (one start-up) also train ``time_limit/`` with a clock that runs 1000x fast in rank 1."""
     root = tmp_path_factory.mktemp("ddp")
     data = write_tiny_dataset(root / "data", docs=(57, 20, 20))
     config = no_dropout_config(grad_accum_steps=2)
     run_training(config, data, root / "one", cache_dir=root / "cache", progress=False)
-    train_in_processes(2, [{"config": config, "data": data, "output": root / "two", "cache": root / "cache"}])
+    common = {"data": data, "cache": root / "cache"}
+    train_in_processes(2, [{**common, "config": config, "output": root / "two"},
+                           {**common, "config": tiny_config(epochs=3, max_seconds=0.5), "output": root / "time_limit",
+                            "fast_clock_rank": 1}])
     return root
 
 
@@ -134,12 +138,8 @@ def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path):
     assert not torch.equal(checkpoint["rng.rank0.torch"], checkpoint["rng.rank1.torch"])  # ranks' own dropout
 
 
-def test_the_time_limit_stops_every_rank_at_the_same_step(tmp_path):
-    data = write_tiny_dataset(tmp_path / "data")
-    config = tiny_config(epochs=3, max_seconds=0.5)
-    train_in_processes(2, [{"config": config, "data": data, "cache": tmp_path / "cache", "output": tmp_path / "run",
-                            "fast_clock_rank": 1}])
-    steps = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text())["step"] for r in (0, 1)]
+def test_the_time_limit_stops_every_rank_at_the_same_step(ddp_run):
+    steps = [json.loads((ddp_run / "time_limit" / f"rank{r}.json").read_text())["step"] for r in (0, 1)]
     assert steps[0] == steps[1] > 1  # rank 1's fast clock alone would have stopped it after one step
 
 

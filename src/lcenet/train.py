@@ -352,10 +352,12 @@ class Trainer:
         return states
 
     def _restore_rank_rng_states(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Each rank restores the generators it saved. A rank the checkpoint has none for (it was written by
-        fewer processes) reseeds from (seed, rank, step): training continues correctly, but its dropout masks
-        differ from those of an uninterrupted run."""
+        """Each rank restores the generators it saved (rank 0 those of a single-process checkpoint). A rank the
+        checkpoint has none for (it was written by fewer processes) reseeds from (seed, rank, step): training
+        continues correctly, but its dropout masks differ from those of an uninterrupted run."""
         prefix = f"rng.rank{self.rank}."
+        if self.rank == 0 and prefix + "torch" not in tensors and "rng.torch" in tensors:
+            prefix = "rng."  # a single-process checkpoint: its generators continue in rank 0
         if prefix + "torch" not in tensors:
             log.warning("rank %d: the checkpoint holds no RNG state for this rank (it was written by fewer "
                         "processes); dropout masks will differ from an uninterrupted run", self.rank)
