@@ -177,7 +177,7 @@ class Trainer:
                 bar.update(1)
                 step = self.state["step"]
                 if step % settings.log_every_steps == 0:
-                    # the only host sync of the loss; each rank holds its share of the global batch's mean
+                    # the only host sync of the loss; summed over ranks / world_size: the global batches' mean
                     mean_loss = float(distributed.all_sum(loss_sum)) / self.world_size / loss_count
                     bar.set_postfix(epoch=self.state["epoch"] + 1, loss=f"{mean_loss:.4f}")
                     self._log({"event": "train", "step": step, "epoch": self._epochs_done(),
@@ -233,7 +233,7 @@ class Trainer:
         mean over all ``stop - start`` rows. Under DDP a rank holds ``rows`` of them and DDP averages gradients
         over ranks, hence the factor ``world_size``: the all-reduced mean is again the mean over all rows, also
         when the epoch's last batch splits unevenly (a rank with no rows has weight 0). The returned loss is
-        this rank's share of the step's mean (``world_size`` times it, summed over ranks, is the mean)."""
+        this rank's weighted loss: summed over ranks and divided by ``world_size``, the step's mean BCE."""
         settings = self.settings
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
