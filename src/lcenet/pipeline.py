@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 from tokenizers import Tokenizer
 
-from lcenet import data, metrics, text
+from lcenet import data, distributed, metrics, text
 from lcenet.config import RunConfig, TrainSettings
 from lcenet.errors import UserError
 from lcenet.inference import SplitTensors, TokenInputs, evaluate_model, predict_top_k
@@ -92,13 +92,23 @@ def prepare(config: RunConfig, data_dir: str | Path, cache_dir: Path
 
 def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, resume: bool = False,
                  cache_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Train, select on dev, evaluate on dev and test; write ``output/{model/, log.jsonl, metrics.json}``."""
+    """Train, select on dev, evaluate on dev and test; write ``output/{model/, log.jsonl, metrics.json}``.
+
+    Under torchrun every process calls this: all train (:mod:`lcenet.distributed`), rank 0 alone evaluates
+    and writes, and every rank returns rank 0's summary."""
+    with distributed.process_group(config.train.device):
+        return _run_training(config, data_dir, output, resume, cache_dir, progress)
+
+
+def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, resume: bool,
+                  cache_dir: str | Path | None, progress: bool) -> dict:
     output = Path(output)
     cache_dir = Path(cache_dir) if cache_dir else text.default_cache_dir()
     started = time.perf_counter()
     if not resume and (output / "checkpoint.safetensors").exists():
         raise UserError(f"{output}: holds an unfinished run; pass --resume to continue it or choose a new --output")
-    dataset, tokenizer, splits = prepare(config, data_dir, cache_dir)
+    with distributed.main_first():  # the others read the tokenization cache rank 0 filled
+        dataset, tokenizer, splits = prepare(config, data_dir, cache_dir)
     pad_id = text.pad_token_id(tokenizer)
     preprocess_seconds = time.perf_counter() - started
 
@@ -113,6 +123,8 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
     trainer = Trainer(model, config.train, splits["train"], splits["dev"], num_labels, output,
                       inv_propensity=inv_propensity, progress=progress)
     state = trainer.fit(resume=resume)
+    if not distributed.is_main():
+        return distributed.broadcast_object(None)
     trainer.load_best()
 
     results = {"dev": evaluate_model(trainer.model, splits["dev"], trainer.device, inv_propensity,
@@ -145,6 +157,7 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
         "train_seconds": state["train_seconds"],
         "preprocess_seconds": preprocess_seconds, "wall_seconds": time.perf_counter() - started,
         "device": str(trainer.device), "device_name": device_name(trainer.device),
+        "processes": trainer.world_size,  # torchrun processes (DDP ranks); rank 0's device is the one named
         "parameters": sum(p.numel() for p in model.parameters()),
         "model_args": model_args,
         "lcenet_parameters": model.lcenet.num_parameters() if config.lcenet is not None else 0,
@@ -156,7 +169,7 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
         **provenance(),
     }
     atomic_write_json(output / "metrics.json", summary)
-    return summary
+    return distributed.broadcast_object(summary)
 
 
 def document_hits(top: np.ndarray, truth: sp.csr_matrix) -> dict:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lcenet import distributed
 from lcenet.config import TrainSettings
 from lcenet.errors import UserError
 from lcenet.inference import Batch, EpochBatches, SplitTensors, autocast, evaluate_model
@@ -32,6 +33,8 @@ BEST_FILE = "best.safetensors"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    if distributed.world_size() > 1:
+        return distributed.rank_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -60,11 +63,37 @@ def parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[di
     return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
 
 
+def training_loss(model: torch.nn.Module, inputs: Batch, targets: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over the batch's ``[B, L]`` targets (plus the weighted BCE of the base logits with aux loss)."""
+    if isinstance(model, LCENetWrapped) and model.lcenet.aux_loss_weight > 0:
+        base_logits = model.base(*inputs)
+        enhanced = model.lcenet(base_logits)
+        return (F.binary_cross_entropy_with_logits(enhanced.float(), targets)
+                + model.lcenet.aux_loss_weight * F.binary_cross_entropy_with_logits(base_logits.float(), targets))
+    return F.binary_cross_entropy_with_logits(model(*inputs).float(), targets)
+
+
+class TrainingLoss(torch.nn.Module):
+    """The loss as a module's forward, for DistributedDataParallel: DDP prepares its gradient all-reduce in
+    forward, so the whole loss (with aux loss, both calls of the model) must run inside one DDP forward."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Batch, targets: torch.Tensor) -> torch.Tensor:
+        return training_loss(self.model, inputs, targets)
+
+
 class Trainer:
     """Trains ``model`` on ``train`` and selects the best dev checkpoint by nDCG@5 (never looks at test).
 
     Everything needed to continue after a kill lives in ``run_dir/checkpoint.safetensors``: weights,
     optimizer and scheduler state, RNG states and the position in the epoch.
+
+    Under torchrun (:mod:`lcenet.distributed`) every rank trains on its shard of each global batch through
+    DistributedDataParallel; ``self.model`` stays the plain module (its state_dict has no ``module.`` prefix),
+    rank 0 alone evaluates dev and writes files, and every rank takes rank 0's decisions to stop.
     """
 
     def __init__(self, model: torch.nn.Module, settings: TrainSettings, train: SplitTensors, dev: SplitTensors,
@@ -77,7 +106,13 @@ class Trainer:
         self.num_labels = num_labels
         # On a GPU the split lives on the device and batches are gathered there (no per-step host work).
         resident = settings.resident_batches if settings.resident_batches is not None else self.device.type == "cuda"
-        self.batches = EpochBatches(train, num_labels, settings.batch_size, self.device, resident)
+        self.world_size, self.rank = distributed.world_size(), distributed.rank()
+        local_batch = distributed.local_batch_size(settings.batch_size, self.world_size)
+        self.batches = EpochBatches(train, num_labels, local_batch, self.device, resident)
+        self.rows_per_batch = np.zeros(0, dtype=np.int64)  # this rank's real rows in each global batch
+        # The DDP module computes the loss (gradients averaged over ranks); one process calls the loss directly.
+        self.loss = (self._loss if self.world_size == 1
+                     else distributed.wrap(TrainingLoss(self.model), self.device))
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.inv_propensity = inv_propensity
@@ -116,15 +151,19 @@ class Trainer:
             self._load_checkpoint()
             log.info("resumed at step %d (epoch %d)", self.state["step"], self.state["epoch"] + 1)
         else:
-            torch.manual_seed(settings.seed)
-            self.log_path.unlink(missing_ok=True)
+            torch.manual_seed(self._rank_seed())
+            if distributed.is_main():
+                self.log_path.unlink(missing_ok=True)
         # Only on a terminal: in logs a bar floods; there the per-evaluation log lines tell progress.
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step",
-                   disable=not (self.progress and sys.stderr.isatty()), dynamic_ncols=True, mininterval=0.5)
+                   disable=not (self.progress and sys.stderr.isatty() and distributed.is_main()),
+                   dynamic_ncols=True, mininterval=0.5)
         loss_sum, loss_count = 0.0, 0
         while not self._finished():
             order = np.random.default_rng([settings.seed, self.state["epoch"]]).permutation(len(self.train))
-            self.batches.start_epoch(order)
+            local_order, self.rows_per_batch = distributed.shard_epoch(order, settings.batch_size, self.rank,
+                                                                       self.world_size)
+            self.batches.start_epoch(local_order)
             per_step = settings.batch_size * settings.grad_accum_steps
             self.model.train()
             for batch_start in range(self.state["batch_in_epoch"] * per_step, len(order), per_step):
@@ -138,7 +177,8 @@ class Trainer:
                 bar.update(1)
                 step = self.state["step"]
                 if step % settings.log_every_steps == 0:
-                    mean_loss = float(loss_sum) / loss_count  # the only host sync of the loss
+                    # the only host sync of the loss; summed over ranks / world_size: the global batches' mean
+                    mean_loss = float(distributed.all_sum(loss_sum)) / self.world_size / loss_count
                     bar.set_postfix(epoch=self.state["epoch"] + 1, loss=f"{mean_loss:.4f}")
                     self._log({"event": "train", "step": step, "epoch": self._epochs_done(),
                                "loss": mean_loss, "lr": self.scheduler.get_last_lr()[0],
@@ -168,25 +208,43 @@ class Trainer:
         """Epochs completed, fractional inside an epoch (the same clock for train and eval records)."""
         return round(self.state["epoch"] + self.state["batch_in_epoch"] / self.steps_per_epoch, 4)
 
+    def _rank_seed(self) -> int:
+        """The dropout seed of this rank: ``train.seed`` in rank 0 (and in a single process); others draw
+        different masks, as different rows of a single-process batch would."""
+        if self.rank == 0:
+            return self.settings.seed
+        return int(np.random.SeedSequence([self.settings.seed, self.rank]).generate_state(1)[0])
+
     def _finished(self) -> bool:
         state, settings = self.state, self.settings
-        if settings.max_seconds is not None and state["train_seconds"] >= settings.max_seconds:
-            state["stopped_by_time"] = True
+        # Ranks' clocks differ: rank 0's decides, so all stop after the same step.
+        if settings.max_seconds is not None:
+            if distributed.main_decides(state["train_seconds"] >= settings.max_seconds):
+                state["stopped_by_time"] = True
         return (state["stopped_early"] or state["stopped_by_time"] or state["epoch"] >= settings.epochs
                 or state["step"] >= self.total_steps)
 
     def optimizer_step(self, start: int, stop: int) -> torch.Tensor:
         """One optimizer step over the epoch's rows ``start:stop`` (micro-batches of ``batch_size``); returns the
         loss as a tensor, so that the GPU is not waited for (reading it every step would stall the launch queue
-        of small, latency-bound models)."""
+        of small, latency-bound models).
+
+        Each micro-batch's mean BCE is weighted by its share of the step's rows, so the gradient is that of the
+        mean over all ``stop - start`` rows. Under DDP a rank holds ``rows`` of them and DDP averages gradients
+        over ranks, hence the factor ``world_size``: the all-reduced mean is again the mean over all rows, also
+        when the epoch's last batch splits unevenly (a rank with no rows has weight 0). The returned loss is
+        this rank's weighted loss: summed over ranks and divided by ``world_size``, the step's mean BCE."""
         settings = self.settings
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for micro_start in range(start, stop, settings.batch_size):
-            inputs, targets = self.batches.get(micro_start)
-            with autocast(self.device, settings.bf16):
-                loss = self._loss(inputs, targets) * (len(targets) / (stop - start))
-            loss.backward()
+            index = micro_start // settings.batch_size
+            inputs, targets = self.batches.get(index * self.batches.batch_size)
+            share = int(self.rows_per_batch[index]) / (stop - start) * self.world_size
+            with distributed.gradient_sync(self.loss, micro_start + settings.batch_size >= stop):
+                with autocast(self.device, settings.bf16):
+                    loss = self.loss(inputs, targets) * share
+                loss.backward()
             total += loss.detach()
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
@@ -195,15 +253,16 @@ class Trainer:
         return total
 
     def _loss(self, inputs: Batch, targets: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        if isinstance(model, LCENetWrapped) and model.lcenet.aux_loss_weight > 0:
-            base_logits = model.base(*inputs)
-            enhanced = model.lcenet(base_logits)
-            return (F.binary_cross_entropy_with_logits(enhanced.float(), targets)
-                    + model.lcenet.aux_loss_weight * F.binary_cross_entropy_with_logits(base_logits.float(), targets))
-        return F.binary_cross_entropy_with_logits(model(*inputs).float(), targets)
+        return training_loss(self.model, inputs, targets)
 
     def _evaluate_dev(self) -> None:
+        """Rank 0 scores dev (the other ranks wait) and every rank takes its trainer state: the best score, the
+        early-stopping decision and rank 0's train clock, so all ranks stop together."""
+        if distributed.is_main():
+            self._score_dev()
+        self.state = distributed.broadcast_object(self.state)
+
+    def _score_dev(self) -> None:
         started = time.perf_counter()
         scores = evaluate_model(self.model, self.dev, self.device, self.inv_propensity,
                                 self.settings.eval_batch_size, self.settings.bf16)
@@ -231,6 +290,12 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
+        """Rank 0 writes the checkpoint (weights and optimizer state are the same on every rank). RNG states
+        differ per rank (dropout): under DDP each rank's CPU generator and its own GPU's generator are gathered
+        and saved as ``rng.rank{R}.torch`` / ``rng.rank{R}.cuda``, beside rank 0's as ``rng.torch``."""
+        rng_states = distributed.all_gather_object(self._rank_rng_states()) if self.world_size > 1 else []
+        if not distributed.is_main():
+            return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         optimizer_state = self.optimizer.state_dict()
         plain_state: dict[str, dict] = {}
@@ -241,7 +306,10 @@ class Trainer:
                 else:
                     plain_state.setdefault(str(index), {})[key] = value
         tensors["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
+        if self.world_size > 1:
+            for rank, states in enumerate(rng_states):
+                tensors.update({f"rng.rank{rank}.{kind}": state for kind, state in states.items()})
+        elif torch.cuda.is_available():
             for index, rng in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{index}"] = rng
         metadata = {
@@ -266,11 +334,39 @@ class Trainer:
                                         "param_groups": json.loads(metadata["optimizer_param_groups"])})
         self.scheduler.load_state_dict(json.loads(metadata["scheduler"]))
         self.state = {"dev_scores": [], **json.loads(metadata["trainer"])}  # checkpoints before dev_scores
-        torch.set_rng_state(tensors["rng.torch"])
-        cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
-        if cuda_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_states)
-        self._truncate_log(self.state["step"])
+        if self.world_size > 1:
+            self._restore_rank_rng_states(tensors)
+        else:
+            torch.set_rng_state(tensors["rng.torch"])
+            cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())
+                           if f"rng.cuda.{i}" in tensors]
+            if cuda_states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(cuda_states)
+        if distributed.is_main():
+            self._truncate_log(self.state["step"])
+
+    def _rank_rng_states(self) -> dict[str, torch.Tensor]:
+        states = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
+
+    def _restore_rank_rng_states(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Each rank restores the generators it saved (rank 0 those of a single-process checkpoint). A rank the
+        checkpoint has none for (it was written by fewer processes) reseeds from (seed, rank, step): training
+        continues correctly, but its dropout masks differ from those of an uninterrupted run."""
+        prefix = f"rng.rank{self.rank}."
+        if self.rank == 0 and prefix + "torch" not in tensors and "rng.torch" in tensors:
+            prefix = "rng."  # a single-process checkpoint: its generators continue in rank 0
+        if prefix + "torch" not in tensors:
+            log.warning("rank %d: the checkpoint holds no RNG state for this rank (it was written by fewer "
+                        "processes); dropout masks will differ from an uninterrupted run", self.rank)
+            seed = np.random.SeedSequence([self.settings.seed, self.rank, self.state["step"]]).generate_state(1)[0]
+            torch.manual_seed(int(seed))
+            return
+        torch.set_rng_state(tensors[prefix + "torch"])
+        if self.device.type == "cuda" and prefix + "cuda" in tensors:
+            torch.cuda.set_rng_state(tensors[prefix + "cuda"], self.device)
 
     def _truncate_log(self, step: int) -> None:
         """Drop log records written after the checkpoint, so a resumed run's log has no repeats."""
@@ -281,5 +377,7 @@ class Trainer:
         atomic_write_text(self.log_path, "".join(kept))
 
     def _log(self, record: dict) -> None:
+        if not distributed.is_main():
+            return
         with self.log_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
