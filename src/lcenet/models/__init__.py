@@ -1,4 +1,6 @@
-"""Base architectures, by name. Every model maps ``(input_ids [B, T], attention_mask [B, T]) -> logits [B, L]``.
+"""Base architectures, by name. Every model maps its batch to logits [B, L]: token models take
+``(input_ids [B, T], attention_mask [B, T])``; the sparse family (``uses_tfidf_features``) takes the
+``nn.EmbeddingBag`` arguments ``(indices [nnz], offsets [B], weights [nnz])`` of TF-IDF rows.
 
 A model class takes ``num_labels`` and ``vocab_size`` plus its own keyword hyper-parameters (saved in the
 model directory's config.json), and may define ``param_groups(lr, weight_decay)`` for per-part learning rates.
@@ -37,7 +39,7 @@ def build_model(name: str, num_labels: int, vocab_size: int, **model_args) -> nn
 
 
 def _import_builtin_models() -> None:
-    from lcenet.models import xmlcnn  # noqa: F401  (registers itself)
+    from lcenet.models import sparse, xmlcnn  # noqa: F401  (register themselves)
     for optional in ("attentionxml", "bert"):
         try:
             __import__(f"lcenet.models.{optional}")
