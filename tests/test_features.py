@@ -57,6 +57,8 @@ def test_bad_settings_and_files_are_refused(tmp_path):
         TfidfFeatures.fit(TRAIN, max_df=0.5)
     with pytest.raises(UserError, match="min_df"):
         TfidfFeatures.fit(TRAIN, min_df=0)
+    with pytest.raises(UserError, match="min_df must be an integer"):
+        TfidfFeatures.fit(TRAIN, min_df=0.5)
     with pytest.raises(UserError, match="TF-IDF features"):
         TfidfFeatures.fit(["one two", "three four"], min_df=2)  # nothing left
     with pytest.raises(UserError, match="not found"):

@@ -64,6 +64,9 @@ class TfidfFeatures:
             raise UserError(f"unknown TF-IDF setting(s) {', '.join(unknown)}; choose from "
                             f"{', '.join(DEFAULT_SETTINGS)}")
         settings = {**DEFAULT_SETTINGS, **settings}
+        for name in ("ngram_max", "min_df", "max_features"):  # scikit-learn reads a float min_df as a fraction
+            if isinstance(settings[name], bool) or not isinstance(settings[name], int):
+                raise UserError(f"TF-IDF {name} must be an integer (got {settings[name]!r})")
         if settings["ngram_max"] < 1 or settings["min_df"] < 1 or settings["max_features"] < 1:
             raise UserError(f"TF-IDF ngram_max, min_df and max_features must be >= 1 (got {settings['ngram_max']}, "
                             f"{settings['min_df']}, {settings['max_features']})")
