@@ -9,10 +9,29 @@ A stack of residual blocks over label logits z (shape [B, L]):
 With R << L the block learns label correlations with 2RL + R + L parameters instead of L^2.
 Defaults follow CorNet's published setting (R = 1000 capped at L, 2 blocks, sigmoid in, ELU hidden,
 residual, xavier-uniform weights).
+
+``init="cooccurrence"`` starts the first block from the labels' co-occurrence (:func:`cooccurrence_init_`,
+called by the pipeline with the train label matrix Y [N, L] once the network is built; until then, and in
+every later block, the correction starts at zero as with ``init="identity"``). With D = diag(label counts)
+and Ŷ = Y D^(-1/2), C = ŶᵀŶ is the labels' cosine co-occurrence. Its top-k eigenpairs (λ_1 >= ... >= λ_k,
+vectors V_k: L x k) come from randomized subspace iteration that applies C as Ŷᵀ(Ŷ ·) in row chunks, so C
+is never formed and memory stays O(R·L + nnz(Y)). The first block gets
+
+    W1 = V_kᵀ (each vector's sign chosen so its entries sum >= 0),   b1 = 0
+    W2 = scale · V_k · diag(λ_i / λ_1),                               b2 = 0
+
+so, were the hidden activation linear, the correction would be scale · C_k σ(z) / λ_1 (C_k: C's best rank-k
+approximation): every label's logit is raised by the probabilities of the labels that go with it.
+‖W1‖ = 1 and ‖W2‖ = scale, so for any 1-Lipschitz hidden activation with act(0) = 0 (ELU, ReLU)
+‖correction‖ <= scale · ‖input_activation(z)‖ per document: the block starts within ``scale`` (default 0.1)
+of the identity map. k <= min(R, N, L) and eigenvalues under 1e-10 · λ_1 (past rank(Y)) are dropped; the
+other R - k rows of W1 are xavier-uniform and the matching columns of W2 are zero, which keeps the bound.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -20,7 +39,7 @@ from lcenet.errors import UserError
 
 INPUT_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "none": nn.Identity}
 HIDDEN_ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "gelu": nn.GELU, "none": nn.Identity}
-INITS = ("xavier", "identity")
+INITS = ("xavier", "identity", "cooccurrence")
 
 # A full-rank block holds an L x L weight; refuse it past this size (fp32 weights + Adam's two moments).
 FULL_RANK_MEMORY_LIMIT_BYTES = 8 * 2**30
@@ -43,9 +62,10 @@ class LCENetBlock(nn.Module):
         for layer in (self.down, self.up):
             if layer is not None:
                 nn.init.xavier_uniform_(layer.weight)
-        if init == "identity":
+        if init in ("identity", "cooccurrence"):
             # Zero last layer: the correction starts at 0, so the block starts as the identity map
-            # (needs residual=True to be the identity; otherwise it starts at zero output).
+            # (needs residual=True to be the identity; otherwise it starts at zero output). With
+            # "cooccurrence", cooccurrence_init_ then fills the first block.
             nn.init.zeros_(self.up.weight)
             nn.init.zeros_(self.up.bias)
 
@@ -123,6 +143,67 @@ class LCENetWrapped(nn.Module):
 def with_lcenet(model: nn.Module, num_labels: int, **lcenet_kwargs) -> LCENetWrapped:
     """Wrap ``model`` (anything returning ``[B, num_labels]`` logits) with an LCENet head."""
     return LCENetWrapped(model, LCENet(num_labels, **lcenet_kwargs))
+
+
+def cooccurrence_init_(lcenet: LCENet, labels: sp.spmatrix, scale: float = 0.1, seed: int = 0) -> int:
+    """Start ``lcenet``'s first block from the train labels' co-occurrence (formula in the module docstring).
+
+    ``labels`` is the train label matrix [N, L] (sparse, binary). Deterministic for a seed. Returns k, the
+    number of rank slots filled from eigenvectors (the rest of R is xavier-uniform in W1, zero in W2).
+    """
+    block = lcenet.blocks[0]
+    if block.down is None:
+        raise UserError("LCENet init 'cooccurrence' needs the bottleneck (bottleneck=True)")
+    num_labels, rank = lcenet.num_labels, block.down.out_features
+    labels = sp.csr_matrix(labels, dtype=np.float64)
+    if labels.shape[1] != num_labels:
+        raise UserError(f"LCENet init 'cooccurrence': the label matrix has {labels.shape[1]} columns, "
+                        f"the network {num_labels} labels")
+    counts = np.asarray(labels.getnnz(axis=0), dtype=np.float64)
+    normalised = labels @ sp.diags(np.divide(1.0, np.sqrt(counts), out=np.zeros_like(counts), where=counts > 0))
+    eigenvalues, vectors = _top_eigenvectors(normalised.tocsr(), min(rank, *normalised.shape), seed)
+    vectors *= np.where(vectors.sum(axis=1, keepdims=True) < 0, -1.0, 1.0)
+    k = len(vectors)
+    generator = torch.Generator().manual_seed(seed)
+    bound = (6.0 / (num_labels + rank)) ** 0.5  # xavier-uniform, as nn.init.xavier_uniform_
+    with torch.no_grad():
+        down = torch.empty(rank, num_labels).uniform_(-bound, bound, generator=generator)
+        down[:k] = torch.from_numpy(vectors)
+        up = torch.zeros(num_labels, rank)
+        if k:
+            up[:, :k] = torch.from_numpy(scale * vectors.T * (eigenvalues / eigenvalues[0]))
+        block.down.weight.copy_(down)
+        block.up.weight.copy_(up)
+        block.down.bias.zero_()
+        block.up.bias.zero_()
+    return k
+
+
+def _top_eigenvectors(matrix: sp.csr_matrix, k: int, seed: int, iterations: int = 4,
+                      oversample: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k eigenpairs of ``matrixᵀ matrix`` (eigenvalues descending, vectors as rows [k, L]) by randomized
+    subspace iteration, applying the Gram matrix in row chunks (memory O((k + oversample) · L)). Eigenvalues
+    below 1e-10 of the largest (the null space past the matrix's rank) are dropped."""
+    if k < 1 or matrix.nnz == 0:
+        return np.zeros(0), np.zeros((0, matrix.shape[1]))
+    basis = np.random.default_rng(seed).standard_normal((matrix.shape[1], min(k + oversample, matrix.shape[1])))
+    for _ in range(iterations):
+        basis, _ = np.linalg.qr(_gram_times(matrix, basis))
+    values, small = np.linalg.eigh(basis.T @ _gram_times(matrix, basis))
+    order = np.argsort(values)[::-1][:k]
+    values, vectors = values[order], (basis @ small[:, order]).T
+    keep = values > values[0] * 1e-10
+    return values[keep], vectors[keep]
+
+
+def _gram_times(matrix: sp.csr_matrix, block: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """``matrixᵀ (matrix block)`` without forming the Gram matrix, nor more than ``chunk`` rows of
+    ``matrix block`` at once."""
+    out = np.zeros_like(block)
+    for start in range(0, matrix.shape[0], chunk):
+        rows = matrix[start:start + chunk]
+        out += rows.T @ (rows @ block)
+    return out
 
 
 def _check_choice(name: str, value: str, choices) -> None:

@@ -69,7 +69,7 @@ def build_model(name: str, num_labels: int, vocab_size: int, **model_args) -> XM
 
 
 def _import_builtin_models() -> None:
-    from lcenet.models import xmlcnn  # noqa: F401  (registers itself)
+    from lcenet.models import sparse, xmlcnn  # noqa: F401  (register themselves)
     for optional in ("attentionxml", "bert"):
         try:
             __import__(f"lcenet.models.{optional}")

@@ -1,0 +1,216 @@
+"""TF-IDF document features for the sparse model family, saved without pickle, and batches for EmbeddingBag.
+
+* :class:`TfidfFeatures` fits scikit-learn's ``TfidfVectorizer`` on the train texts and saves the vocabulary
+  (``features.json``, a term list in index order, plus the settings) and the idf vector
+  (``features_idf.safetensors``). Loading rebuilds a vectorizer from those two files, so a reloaded object
+  transforms new text exactly as the fitted one did (no pickle anywhere).
+* :func:`fit_cached` / :func:`transform_cached` keep results in a cache directory (as text.py does for token
+  ids), keyed by the caller with :func:`lcenet.text.cache_key` and :meth:`TfidfFeatures.fingerprint`.
+* :func:`csr_batch` turns some rows of a CSR feature matrix into the ``(indices, offsets, per_sample_weights)``
+  arguments of ``nn.EmbeddingBag(mode="sum")``: the model inputs of the sparse family.
+
+Tokens are runs of two or more word characters (``TOKEN_PATTERN``, scikit-learn's default): punctuation and
+one-letter words are dropped, numbers are kept. Features are word unigrams and bigrams (``ngram_max=2``)
+seen in at least ``min_df`` train documents, the ``max_features`` most frequent kept; values are
+``(1 + log tf) * idf``, each row l2-normalised, float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from lcenet.errors import UserError
+from lcenet.io import atomic_write, atomic_write_json, load_tensors, save_tensors
+
+__all__ = ["TOKEN_PATTERN", "TfidfFeatures", "csr_batch", "fit_cached", "transform_cached"]
+
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+FEATURES_FILE = "features.json"
+IDF_FILE = "features_idf.safetensors"
+TRAIN_FILE = "train.npz"
+DEFAULT_SETTINGS = {"ngram_max": 2, "min_df": 2, "max_features": 200_000, "lowercase": True, "sublinear_tf": True}
+
+
+class TfidfFeatures:
+    """A fitted TF-IDF vocabulary: ``transform(texts)`` gives float32 CSR ``[N, num_features]``."""
+
+    def __init__(self, settings: dict, terms: list[str], idf: np.ndarray):
+        if len(terms) != len(idf):
+            raise UserError(f"TF-IDF features: {len(terms)} terms but {len(idf)} idf values")
+        self.settings = dict(settings)
+        self.terms = list(terms)
+        self.idf = np.asarray(idf, dtype=np.float32)
+        self._vectorizer = _vectorizer(self.settings, vocabulary=self.terms)
+        self._vectorizer.idf_ = self.idf  # scikit-learn's public setter; also checks the vocabulary
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], **settings) -> TfidfFeatures:
+        """Fit on ``texts`` (the train split); ``settings`` override :data:`DEFAULT_SETTINGS`."""
+        return cls.fit_transform(texts, **settings)[0]
+
+    @classmethod
+    def fit_transform(cls, texts: Sequence[str], **settings) -> tuple[TfidfFeatures, sp.csr_matrix]:
+        """:meth:`fit` and the features of ``texts`` in one pass (about half the time of fit + transform)."""
+        unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
+        if unknown:
+            raise UserError(f"unknown TF-IDF setting(s) {', '.join(unknown)}; choose from "
+                            f"{', '.join(DEFAULT_SETTINGS)}")
+        settings = {**DEFAULT_SETTINGS, **settings}
+        for name in ("ngram_max", "min_df", "max_features"):  # scikit-learn reads a float min_df as a fraction
+            if isinstance(settings[name], bool) or not isinstance(settings[name], int):
+                raise UserError(f"TF-IDF {name} must be an integer (got {settings[name]!r})")
+        if settings["ngram_max"] < 1 or settings["min_df"] < 1 or settings["max_features"] < 1:
+            raise UserError(f"TF-IDF ngram_max, min_df and max_features must be >= 1 (got {settings['ngram_max']}, "
+                            f"{settings['min_df']}, {settings['max_features']})")
+        vectorizer = _vectorizer(settings)
+        try:
+            matrix = vectorizer.fit_transform(texts)
+        except ValueError as error:  # "empty vocabulary" when min_df prunes every term
+            raise UserError(f"TF-IDF features: {error}") from None
+        terms = vectorizer.get_feature_names_out().tolist()
+        return cls(settings, terms, vectorizer.idf_), _csr32(matrix)
+
+    @property
+    def num_features(self) -> int:
+        return len(self.terms)
+
+    def transform(self, texts: Iterable[str]) -> sp.csr_matrix:
+        return _csr32(self._vectorizer.transform(texts))
+
+    def fingerprint(self) -> str:
+        """A short hash of the settings, terms and idf values (for cache keys)."""
+        digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode("utf-8"))
+        digest.update("\n".join(self.terms).encode("utf-8"))
+        digest.update(self.idf.tobytes())
+        return digest.hexdigest()[:24]
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        atomic_write_json(directory / FEATURES_FILE, {"settings": self.settings, "terms": self.terms})
+        save_tensors(directory / IDF_FILE, {"idf": torch.from_numpy(self.idf)})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TfidfFeatures:
+        directory = Path(directory)
+        path = directory / FEATURES_FILE
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{path}: file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UserError(f"{path}: malformed JSON ({error})") from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict) \
+                or not isinstance(saved.get("terms"), list):
+            raise UserError(f"{path}: not a TF-IDF features file (needs 'settings' and 'terms')")
+        tensors, _ = load_tensors(directory / IDF_FILE)
+        if "idf" not in tensors:
+            raise UserError(f"{directory / IDF_FILE}: no 'idf' tensor")
+        return cls({**DEFAULT_SETTINGS, **saved["settings"]}, saved["terms"], tensors["idf"].numpy())
+
+
+def _vectorizer(settings: dict, vocabulary: list[str] | None = None) -> TfidfVectorizer:
+    return TfidfVectorizer(
+        lowercase=settings["lowercase"], token_pattern=TOKEN_PATTERN, ngram_range=(1, settings["ngram_max"]),
+        min_df=settings["min_df"], max_features=settings["max_features"], sublinear_tf=settings["sublinear_tf"],
+        norm="l2", use_idf=True, smooth_idf=True, dtype=np.float32, vocabulary=vocabulary)
+
+
+def _csr32(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """CSR, float32 values, int32 indices (the smallest that EmbeddingBag batches are cut from)."""
+    matrix = sp.csr_matrix(matrix, dtype=np.float32)
+    matrix.sort_indices()
+    return matrix
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cache
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _save_csr(path: Path, matrix: sp.csr_matrix) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: save_npz would append ".npz" to a bare path
+            # Uncompressed: zlib would halve the file but make every cache hit several seconds slower.
+            sp.save_npz(handle, matrix, compressed=False)
+
+    atomic_write(path, write)
+
+
+def _load_csr(path: Path, n_rows: int, n_cols: int) -> sp.csr_matrix | None:
+    """The cached matrix if present, well-formed and of the expected shape; None otherwise (recompute)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:  # np.load, not load_npz: pickle is visibly off
+            if saved["format"].item() not in (b"csr", "csr"):
+                return None
+            matrix = sp.csr_matrix((saved["data"], saved["indices"], saved["indptr"]),
+                                   shape=tuple(saved["shape"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    if matrix.shape != (n_rows, n_cols) or matrix.dtype != np.float32:
+        return None
+    return matrix
+
+
+def transform_cached(features: TfidfFeatures, texts: Sequence[str], cache_dir: str | Path,
+                     key: str) -> sp.csr_matrix:
+    """:meth:`TfidfFeatures.transform` with a cache: ``{cache_dir}/{key}.tfidf.npz`` is read when present.
+
+    The key must identify the texts and the features (see :func:`lcenet.text.cache_key` and
+    :meth:`TfidfFeatures.fingerprint`). A damaged cached file or one of the wrong shape is recomputed.
+    """
+    path = Path(cache_dir) / f"{key}.tfidf.npz"
+    cached = _load_csr(path, len(texts), features.num_features)
+    if cached is not None:
+        return cached
+    matrix = features.transform(texts)
+    _save_csr(path, matrix)
+    return matrix
+
+
+def fit_cached(texts: Sequence[str], cache_dir: str | Path, key: str, **settings
+               ) -> tuple[TfidfFeatures, sp.csr_matrix]:
+    """:meth:`TfidfFeatures.fit_transform` with a cache: the folder ``{cache_dir}/{key}.tfidf`` (the saved
+    features and ``train.npz``, the features of ``texts``) is read when present.
+
+    The key must cover the texts and ``settings``. Other splits go through :func:`transform_cached`.
+    """
+    directory = Path(cache_dir) / f"{key}.tfidf"
+    if (directory / FEATURES_FILE).is_file() and (directory / IDF_FILE).is_file():
+        try:
+            features = TfidfFeatures.load(directory)
+        except UserError:
+            features = None  # a damaged cache entry: fit again and overwrite it
+        if features is not None:
+            matrix = _load_csr(directory / TRAIN_FILE, len(texts), features.num_features)
+            if matrix is not None:
+                return features, matrix
+    features, matrix = TfidfFeatures.fit_transform(texts, **settings)
+    features.save(directory)
+    _save_csr(directory / TRAIN_FILE, matrix)
+    return features, matrix
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model inputs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def csr_batch(features: sp.csr_matrix, rows: np.ndarray | Sequence[int], device: torch.device | str = "cpu"
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of a CSR matrix as ``nn.EmbeddingBag(mode="sum")`` arguments: ``(indices int64 [nnz],
+    offsets int64 [B], per_sample_weights float32 [nnz])``. A row without features is an empty bag (zeros)."""
+    block = features[np.asarray(rows)]
+    indices = torch.from_numpy(block.indices.astype(np.int64))
+    offsets = torch.from_numpy(block.indptr[:-1].astype(np.int64))
+    weights = torch.from_numpy(block.data.astype(np.float32, copy=False))
+    return tuple(t.to(device, non_blocking=True) for t in (indices, offsets, weights))
