@@ -28,7 +28,10 @@ FAMILIES = {
     "attentionxml": ["--set", "model_args.embedding_dim=16", "--set", "model_args.hidden_size=8",
                      "--set", "model_args.linear_sizes=[8]"],
     "bert": ["--set", "model_args.num_cls_layers=2", "--set", "train.encoder_lr=0.001"],
+    "sparse": ["--set", "model_args.hidden_dims=[16]", "--set", "data.tfidf_min_df=1"],
 }
+ENCODER_FILES = {"xmlcnn": {"tokenizer.json"}, "attentionxml": {"tokenizer.json"}, "bert": {"tokenizer.json"},
+                 "sparse": {"features.json", "features_idf.safetensors"}}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -45,7 +48,9 @@ def test_train_then_predict(family, lcenet, data, tmp_path, request):
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["model"] == family and (config["lcenet"] is not None) == (lcenet == "--lcenet")
     assert "pretrained" not in config["model_args"]  # the saved directory never needs the original checkpoint
-    assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in (run / "model").iterdir())
+    assert {p.name for p in (run / "model").iterdir()} == {"model.safetensors", "config.json", "labels.tsv",
+                                                           *ENCODER_FILES[family]}
+    assert set(config["files"]) == {"model.safetensors", "labels.tsv", *ENCODER_FILES[family]}  # all checksummed
 
     result = runner.invoke(app, ["predict", str(run / "model"), "-k", "3", "--device", "cpu"],
                            input="\n".join(TEXTS) + "\n")
@@ -84,3 +89,13 @@ def test_word_vectors_from_a_file(data, tmp_path):
     result = runner.invoke(app, ["train", "--data", str(data), "--output", str(tmp_path / "r2"), "--epochs", "1",
                                  "--no-progress", "--embeddings", str(bad), *FAMILIES["xmlcnn"]])
     assert result.exit_code == 2 and "bad.txt:2" in result.stderr and "Traceback" not in result.output
+
+
+def test_cooccurrence_initialised_lcenet_trains_and_reloads(data, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(data), "--model", "sparse", "--lcenet", "--output", str(run),
+                                 "--epochs", "2", "--device", "cpu", "--no-progress", *FAMILIES["sparse"],
+                                 "--set", "lcenet.init=cooccurrence", "--set", "lcenet.rank=4"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "metrics.json").read_text())["lcenet_settings"]["init"] == "cooccurrence"
+    assert len(Predictor.load(run / "model", device="cpu").predict(TEXTS, k=2)) == len(TEXTS)

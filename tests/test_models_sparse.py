@@ -39,7 +39,7 @@ def test_output_equals_dense_reference():
 
 
 def test_registered_saved_args_rebuild_the_same_network():
-    assert model_class("sparse").uses_tfidf_features
+    assert model_class("sparse").input_kind == "tfidf"
     torch.manual_seed(0)
     model = build_model("sparse", num_labels=4, vocab_size=20, hidden_dims=[8])
     assert model.saved_args() == {"hidden_dims": [8], "activation": "relu", "dropout": 0.5}

@@ -100,7 +100,7 @@ def build_config(config: Path | None, model: str | None, lcenet: bool | None, as
 def preprocess(
     data: Annotated[Path, typer.Option(help="Data set directory.")],
     config: Annotated[Path | None, typer.Option(help="YAML run config (its model and data settings count).")] = None,
-    model: Annotated[str | None, typer.Option(help="Base architecture (decides the tokenizer).")] = None,
+    model: Annotated[str | None, typer.Option(help="Base architecture (decides the encoder).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting (repeatable).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Cache directory (default $LCENET_CACHE or "
                                                    "~/.cache/lcenet).")] = None,
@@ -110,10 +110,10 @@ def preprocess(
     from lcenet.text import default_cache_dir
 
     run_config = build_config(config, model, None, set_)
-    dataset, tokenizer, splits = prepare(run_config, data, cache_dir or default_cache_dir())
-    typer.echo(json.dumps({name: {"docs": len(split.ids), "truth_columns": split.labels.shape[1]}
+    dataset, encoder, splits = prepare(run_config, data, cache_dir or default_cache_dir())
+    typer.echo(json.dumps({name: {"docs": len(split), "truth_columns": split.labels.shape[1]}
                            for name, split in splits.items()} | {"labels": dataset.num_labels,
-                                                                 "vocab": tokenizer.get_vocab_size()}))
+                                                                 "vocab": encoder.vocab_size}))
 
 
 @app.command()

@@ -24,6 +24,11 @@ class DataSettings:
     max_docs: dict[str, int] | None = None  # e.g. {train: 5000, test: 1000} for quick profiles
     # With max_docs: None = the first n documents; a seed = n drawn at random (for files sorted by date or id).
     sample_seed: int | None = None
+    # TF-IDF features (the sparse family): word n-grams up to tfidf_ngram_max seen in >= tfidf_min_df train
+    # documents, the tfidf_max_features most frequent kept; sublinear tf, l2-normalised rows.
+    tfidf_ngram_max: int = 2
+    tfidf_min_df: int = 2
+    tfidf_max_features: int = 200_000
 
 
 @dataclass

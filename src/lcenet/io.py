@@ -4,8 +4,10 @@ A model directory holds exactly:
   model.safetensors   weights (safetensors; no pickle anywhere)
   config.json         architecture, LCENet settings, training settings, data settings, versions,
                       ``format_version`` and the sha256 of each other file (``files``)
-  tokenizer.json      the HF `tokenizers` tokenizer that produced the ids
   labels.tsv          one label per line (index order) with its training frequency: ``name<TAB>count``
+and the files of the encoder that turns text into the model's inputs (:mod:`lcenet.encoders`):
+  tokenizer.json      the HF `tokenizers` tokenizer that produced the ids (token families), or
+  features.json + features_idf.safetensors   TF-IDF vocabulary and idf (the sparse family)
 
 Format versions: 1 had no ``format_version`` key and no checksums (still read); 2 adds both, so a file
 corrupted or edited after saving is refused instead of silently giving wrong predictions.
@@ -29,8 +31,9 @@ import torch
 
 from lcenet.errors import UserError
 
-MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json", "labels.tsv")
-CHECKSUMMED_FILES = ("model.safetensors", "tokenizer.json", "labels.tsv")  # config.json holds their sha256
+MODEL_FILES = ("model.safetensors", "config.json", "labels.tsv")
+CHECKSUMMED_FILES = ("model.safetensors", "labels.tsv")  # at least; config.json holds every other file's sha256
+VERSION_1_FILES = ("tokenizer.json",)  # format 1 had token families only
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 FORMAT_VERSION = 2
 
@@ -102,18 +105,19 @@ def versions() -> dict[str, str]:
             "python": platform.python_version(), "format": str(FORMAT_VERSION)}
 
 
-def write_model_dir(directory: str | Path, model: torch.nn.Module, config: dict[str, Any], tokenizer_json: str,
-                    label_names: list[str], label_frequency: np.ndarray) -> None:
-    """Write all files into a temp dir beside ``directory``, then swap it into place."""
+def write_model_dir(directory: str | Path, model: torch.nn.Module, config: dict[str, Any],
+                    write_encoder: Callable[[Path], None], label_names: list[str], label_frequency: np.ndarray) -> None:
+    """Write all files (``write_encoder(folder)`` adds the encoder's) into a temp dir beside ``directory``,
+    then swap it into place."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         save_tensors(tmp / "model.safetensors", model.state_dict())
-        atomic_write_text(tmp / "tokenizer.json", tokenizer_json)
+        write_encoder(tmp)
         atomic_write_text(tmp / "labels.tsv", "".join(
             f"{name}\t{int(count)}\n" for name, count in zip(label_names, label_frequency)))
-        files = {name: sha256_file(tmp / name) for name in CHECKSUMMED_FILES}
+        files = {path.name: sha256_file(path) for path in sorted(tmp.iterdir()) if path.name != "config.json"}
         atomic_write_json(tmp / "config.json", {**config, "format_version": FORMAT_VERSION, "files": files,
                                                 "versions": versions()})
         old = directory.with_name(f".{directory.name}.old")
@@ -127,8 +131,9 @@ def write_model_dir(directory: str | Path, model: torch.nn.Module, config: dict[
         raise
 
 
-def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], str, list[str], np.ndarray]:
-    """Return (config, state_dict, tokenizer_json, label_names, label_frequency); refuse anything unsafe."""
+def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str], np.ndarray]:
+    """Return (config, state_dict, label_names, label_frequency) after checking every file (the encoder's
+    files are checked here and loaded by :mod:`lcenet.encoders`); refuse anything unsafe."""
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"{directory}: model directory not found")
@@ -148,7 +153,6 @@ def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, tor
         raise UserError(f"{config_path}: not an lcenet model config (needs 'model' and 'num_labels')")
     check_files(directory, config)
     state, _ = load_tensors(directory / "model.safetensors")
-    tokenizer_json = (directory / "tokenizer.json").read_text(encoding="utf-8")
     names, counts = [], []
     labels_path = directory / "labels.tsv"
     for number, line in enumerate(labels_path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -159,7 +163,7 @@ def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, tor
         counts.append(int(count))
     if len(names) != config["num_labels"]:
         raise UserError(f"{labels_path}: {len(names)} labels, but config.json says {config['num_labels']}")
-    return config, state, tokenizer_json, names, np.asarray(counts, dtype=np.int64)
+    return config, state, names, np.asarray(counts, dtype=np.int64)
 
 
 def check_files(directory: Path, config: dict[str, Any]) -> None:
@@ -172,10 +176,18 @@ def check_files(directory: Path, config: dict[str, Any]) -> None:
         raise UserError(f"{config_path}: model format version {version} is not supported by lcenet "
                         f"{lcenet.__version__} (supports ≤ {FORMAT_VERSION})")
     if version == 1:
+        for name in VERSION_1_FILES:
+            if not (directory / name).is_file():
+                raise UserError(f"{directory / name}: missing (a version-1 model directory needs it)")
         return
     files = config.get("files")
-    if not isinstance(files, dict) or any(not isinstance(files.get(name), str) for name in CHECKSUMMED_FILES):
-        raise UserError(f"{config_path}: 'files' must give the sha256 of {', '.join(CHECKSUMMED_FILES)}")
-    for name in CHECKSUMMED_FILES:
+    if (not isinstance(files, dict) or any(not isinstance(files.get(name), str) for name in CHECKSUMMED_FILES)
+            or not all(isinstance(name, str) and isinstance(digest, str) and "/" not in name
+                       for name, digest in files.items())):
+        raise UserError(f"{config_path}: 'files' must give the sha256 of {', '.join(CHECKSUMMED_FILES)} and of "
+                        "every other file")
+    for name in files:
+        if not (directory / name).is_file():
+            raise UserError(f"{directory / name}: missing (config.json lists it)")
         if sha256_file(directory / name) != files[name]:
             raise UserError(f"{directory / name}: sha256 mismatch (the file is corrupt or was changed after saving)")

@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tokenizers import Tokenizer
 
 from lcenet import data, distributed, metrics, text
 from lcenet.config import RunConfig, TrainSettings
+from lcenet.encoders import Encoder, TfidfEncoder, TokenEncoder, load_encoder
 from lcenet.errors import UserError
-from lcenet.inference import SplitTensors, TokenInputs, evaluate_model, predict_top_k
+from lcenet.features import fit_cached
+from lcenet.inference import SplitTensors, evaluate_model, predict_top_k
 from lcenet.io import atomic_write_json, read_model_dir, write_model_dir
-from lcenet.lcenet import LCENet, with_lcenet
+from lcenet.lcenet import LCENet, cooccurrence_init_, with_lcenet
 from lcenet.models import XMTCModel, build_model, model_class
 from lcenet.provenance import provenance
 from lcenet.train import Trainer, resolve_device
@@ -49,24 +50,27 @@ def base_of(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "base", model)
 
 
-def make_tokenizer(config: RunConfig, train_texts: list[str], cache_dir: Path, source_hash: str) -> Tokenizer:
+def make_encoder(config: RunConfig, train_texts: list[str], cache_dir: Path, source_hash: str) -> Encoder:
+    """The family's encoder: TF-IDF features or a word tokenizer fitted on train (cached), or a pretrained
+    checkpoint's tokenizer."""
     cls = model_class(config.model)
+    settings = config.data
+    if cls.input_kind == "tfidf":
+        tfidf = {"ngram_max": settings.tfidf_ngram_max, "min_df": settings.tfidf_min_df,
+                 "max_features": settings.tfidf_max_features, "lowercase": settings.lowercase}
+        key = text.cache_key(source_hash, "tfidf", *(f"{k}={v}" for k, v in sorted(tfidf.items())))
+        features, _ = fit_cached(train_texts, cache_dir, key, **tfidf)
+        return TfidfEncoder(features)
     if cls.uses_pretrained_tokenizer:
         pretrained = config.model_args.get("pretrained")
         if not pretrained:
             raise UserError(f"model {config.model!r} needs model_args.pretrained (a local checkpoint directory)")
-        return text.load_tokenizer(cls.tokenizer_file(pretrained))
-    settings = config.data
+        return TokenEncoder(text.load_tokenizer(cls.tokenizer_file(pretrained)), settings.max_length)
     key = text.cache_key(source_hash, "word", str(settings.vocab_size), str(settings.min_frequency),
                          str(settings.lowercase))
-    return text.word_tokenizer_cached(train_texts, cache_dir, key, vocab_size=settings.vocab_size,
-                                      min_frequency=settings.min_frequency, lowercase=settings.lowercase)
-
-
-def encode_split(tokenizer: Tokenizer, texts: list[str], max_length: int, cache_dir: Path, source_hash: str,
-                 split: str) -> np.ndarray:
-    key = text.cache_key(source_hash, split, text.tokenizer_fingerprint(tokenizer), str(max_length))
-    return text.encode_cached(tokenizer, texts, max_length, cache_dir, key)
+    tokenizer = text.word_tokenizer_cached(train_texts, cache_dir, key, vocab_size=settings.vocab_size,
+                                           min_frequency=settings.min_frequency, lowercase=settings.lowercase)
+    return TokenEncoder(tokenizer, settings.max_length)
 
 
 def inverse_propensity_for(truth_columns: int, label_frequency: np.ndarray, num_train_docs: int,
@@ -78,16 +82,15 @@ def inverse_propensity_for(truth_columns: int, label_frequency: np.ndarray, num_
 
 
 def prepare(config: RunConfig, data_dir: str | Path, cache_dir: Path
-            ) -> tuple[data.Dataset, Tokenizer, dict[str, SplitTensors]]:
-    """Read the data set and tokenize every split (both cached on disk, keyed by data + settings)."""
+            ) -> tuple[data.Dataset, Encoder, dict[str, SplitTensors]]:
+    """Read the data set and encode every split (both cached on disk, keyed by data + settings)."""
     dataset = data.load_dataset(data_dir, dev_fraction=config.data.dev_fraction, dev_seed=config.data.dev_seed,
                                 max_docs=config.data.max_docs, sample_seed=config.data.sample_seed)
-    tokenizer = make_tokenizer(config, dataset.train.texts, cache_dir, dataset.source_hash)
-    pad_id = text.pad_token_id(tokenizer)
-    splits = {name: SplitTensors(TokenInputs(encode_split(tokenizer, split.texts, config.data.max_length, cache_dir,
-                                                          dataset.source_hash, name), pad_id), split.labels)
+    encoder = make_encoder(config, dataset.train.texts, cache_dir, dataset.source_hash)
+    splits = {name: SplitTensors(encoder.encode_cached(split.texts, cache_dir, dataset.source_hash, name),
+                                 split.labels)
               for name, split in (("train", dataset.train), ("dev", dataset.dev), ("test", dataset.test))}
-    return dataset, tokenizer, splits
+    return dataset, encoder, splits
 
 
 def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, resume: bool = False,
@@ -105,18 +108,20 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
     output = Path(output)
     cache_dir = Path(cache_dir) if cache_dir else text.default_cache_dir()
     started = time.perf_counter()
+    origin = provenance()  # the code that trains, even if the checkout changes before the run ends
     if not resume and (output / "checkpoint.safetensors").exists():
         raise UserError(f"{output}: holds an unfinished run; pass --resume to continue it or choose a new --output")
     with distributed.main_first():  # the others read the tokenization cache rank 0 filled
-        dataset, tokenizer, splits = prepare(config, data_dir, cache_dir)
-    pad_id = text.pad_token_id(tokenizer)
+        dataset, encoder, splits = prepare(config, data_dir, cache_dir)
     preprocess_seconds = time.perf_counter() - started
 
     num_labels = dataset.num_labels
-    model_args = effective_model_args(config, num_labels, tokenizer.get_vocab_size())
+    model_args = effective_model_args(config, num_labels, encoder.vocab_size)
     torch.manual_seed(config.train.seed)  # initial weights depend on the seed alone
-    model = build(config.model, model_args, config.lcenet, num_labels, tokenizer.get_vocab_size())
-    embedding_stats = (load_embeddings_into(base_of(model), config.train.embeddings, tokenizer)
+    model = build(config.model, model_args, config.lcenet, num_labels, encoder.vocab_size)
+    if config.lcenet is not None and model.lcenet.config["init"] == "cooccurrence":
+        cooccurrence_init_(model.lcenet, splits["train"].labels[:, :num_labels], seed=config.train.seed)
+    embedding_stats = (load_embeddings_into(base_of(model), config.train.embeddings, encoder)
                        if config.train.embeddings else None)
     inv_propensity = inverse_propensity_for(dataset.num_truth_columns, dataset.label_frequency,
                                             len(dataset.train), config.train.propensity_a, config.train.propensity_b)
@@ -139,13 +144,12 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
         "model_args": base.saved_args(),
         "lcenet": model.lcenet.config if config.lcenet is not None else None,
         "num_labels": num_labels,
-        "vocab_size": tokenizer.get_vocab_size(),
+        "vocab_size": encoder.vocab_size,
         "max_length": config.data.max_length,
-        "pad_id": pad_id,
         "num_train_docs": len(dataset.train),
         "run_config": config.to_dict(),
     }
-    write_model_dir(output / "model", model, saved_config, tokenizer.to_str(), dataset.label_names,
+    write_model_dir(output / "model", model, saved_config, encoder.save, dataset.label_names,
                     dataset.label_frequency)
     summary = {
         "dev": results["dev"], "test": results["test"],
@@ -166,7 +170,7 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
         "word_vectors": embedding_stats,
         "train_docs": len(dataset.train), "dev_docs": len(dataset.dev), "test_docs": len(dataset.test),
         "config": config.to_dict(),
-        **provenance(),
+        **origin,
     }
     atomic_write_json(output / "metrics.json", summary)
     return distributed.broadcast_object(summary)
@@ -180,13 +184,13 @@ def document_hits(top: np.ndarray, truth: sp.csr_matrix) -> dict:
     return {"k": int(hits.shape[1]), "hits": masks.tolist(), "num_true": np.diff(truth.indptr).tolist()}
 
 
-def load_embeddings_into(model: XMTCModel, source: str, tokenizer: Tokenizer) -> dict:
+def load_embeddings_into(model: XMTCModel, source: str, encoder: Encoder) -> dict:
     from lcenet.embeddings import load_word_vectors
 
     embedding = model.word_embedding()
-    if embedding is None:
+    if embedding is None or not isinstance(encoder, TokenEncoder):
         raise UserError(f"train.embeddings: model {model.registry_name!r} has no word embedding layer")
-    vectors, stats = load_word_vectors(source, tokenizer.get_vocab())
+    vectors, stats = load_word_vectors(source, encoder.tokenizer.get_vocab())
     if vectors.shape[1] != embedding.weight.shape[1]:
         raise UserError(f"{source}: vectors have dimension {vectors.shape[1]} but the model's embedding_dim is "
                         f"{embedding.weight.shape[1]}; set model_args.embedding_dim={vectors.shape[1]}")
@@ -206,19 +210,15 @@ def device_name(device: torch.device) -> str:
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
-    tokenizer: Tokenizer
+    encoder: Encoder
     label_names: list[str]
     label_frequency: np.ndarray
     config: dict
     device: torch.device
 
-    @property
-    def pad_id(self) -> int:
-        return int(self.config["pad_id"])
-
 
 def load_model(model_dir: str | Path, device: str = "auto") -> LoadedModel:
-    config, state, tokenizer_json, label_names, label_frequency = read_model_dir(model_dir)
+    config, state, label_names, label_frequency = read_model_dir(model_dir)
     model = build(config["model"], config["model_args"], config.get("lcenet"), config["num_labels"],
                   config["vocab_size"])
     try:
@@ -228,7 +228,8 @@ def load_model(model_dir: str | Path, device: str = "auto") -> LoadedModel:
         raise UserError(f"{weights}: weights do not match config.json ({error})") from None
     resolved = resolve_device(device)
     model.to(resolved).eval()
-    return LoadedModel(model, Tokenizer.from_str(tokenizer_json), label_names, label_frequency, config, resolved)
+    encoder = load_encoder(model_class(config["model"]).input_kind, Path(model_dir), config)
+    return LoadedModel(model, encoder, label_names, label_frequency, config, resolved)
 
 
 def evaluate_directory(model_dir: str | Path, data_dir: str | Path, split: str = "test", device: str = "auto",
@@ -254,8 +255,7 @@ def evaluate_directory(model_dir: str | Path, data_dir: str | Path, split: str =
     truth = data.labels_to_csr(label_lists, label_index, len(label_index))
     if unseen:
         log.warning("%s: %d labels unknown to the model (kept as misses)", split, len(unseen))
-    ids = text.encode(loaded.tokenizer, texts, loaded.config["max_length"])
     inv_propensity = inverse_propensity_for(truth.shape[1], loaded.label_frequency, loaded.config["num_train_docs"],
                                             propensity_a, propensity_b)
-    return evaluate_model(loaded.model, SplitTensors(TokenInputs(ids, loaded.pad_id), sp.csr_matrix(truth)),
+    return evaluate_model(loaded.model, SplitTensors(loaded.encoder.encode(texts), sp.csr_matrix(truth)),
                           loaded.device, inv_propensity, batch_size, trained["bf16"])

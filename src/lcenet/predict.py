@@ -6,9 +6,8 @@ import gzip
 import json
 from pathlib import Path
 
-from lcenet import text
 from lcenet.errors import DataError
-from lcenet.inference import TokenInputs, predict_top_k
+from lcenet.inference import predict_top_k
 from lcenet.pipeline import LoadedModel, load_model
 
 
@@ -25,8 +24,7 @@ class Predictor:
 
     def predict(self, texts: list[str], k: int = 5, batch_size: int = 256) -> list[dict]:
         loaded = self.loaded
-        ids = text.encode(loaded.tokenizer, texts, loaded.config["max_length"])
-        top, scores = predict_top_k(loaded.model, TokenInputs(ids, loaded.pad_id), k, loaded.device, batch_size)
+        top, scores = predict_top_k(loaded.model, loaded.encoder.encode(texts), k, loaded.device, batch_size)
         results = []
         for row, row_scores in zip(top, scores):
             labels = [loaded.label_names[i] for i in row]

@@ -1,0 +1,97 @@
+"""Texts -> model inputs, the first step of the straight path, one encoder per ``input_kind`` of a family:
+
+- ``TokenEncoder`` (``tokens``): a Hugging Face tokenizer -> right-padded ids -> ``TokenInputs``;
+- ``TfidfEncoder`` (``tfidf``): TF-IDF features fitted on train -> CSR rows -> ``CsrInputs``.
+
+An encoder is fitted (or loaded) once per run, encodes every split with the on-disk cache, saves its files
+into the model directory and is loaded back from there, so training, ``predict``, ``evaluate`` and ``serve``
+turn text into exactly the same inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from tokenizers import Tokenizer
+
+from lcenet import text
+from lcenet.features import FEATURES_FILE, IDF_FILE, TfidfFeatures, transform_cached
+from lcenet.inference import CsrInputs, InputStore, TokenInputs
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class Encoder(Protocol):
+    vocab_size: int
+    files: tuple[str, ...]  # what ``save`` writes into a model directory
+
+    def encode(self, texts: list[str]) -> InputStore: ...
+
+    def encode_cached(self, texts: list[str], cache_dir: Path, source_hash: str, split: str) -> InputStore:
+        """``encode`` with the on-disk cache, keyed by the data files (``source_hash``), split and encoder."""
+        ...
+
+    def fingerprint(self) -> str: ...
+
+    def save(self, directory: Path) -> None: ...
+
+
+class TokenEncoder:
+    files = (TOKENIZER_FILE,)
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.pad_id = text.pad_token_id(tokenizer)
+        self.vocab_size = tokenizer.get_vocab_size()
+
+    def encode(self, texts: list[str]) -> TokenInputs:
+        return TokenInputs(text.encode(self.tokenizer, texts, self.max_length), self.pad_id)
+
+    def encode_cached(self, texts: list[str], cache_dir: Path, source_hash: str, split: str) -> TokenInputs:
+        key = text.cache_key(source_hash, split, self.fingerprint(), str(self.max_length))
+        return TokenInputs(text.encode_cached(self.tokenizer, texts, self.max_length, cache_dir, key), self.pad_id)
+
+    def fingerprint(self) -> str:
+        return text.tokenizer_fingerprint(self.tokenizer)
+
+    def save(self, directory: Path) -> None:
+        from lcenet.io import atomic_write_text
+
+        atomic_write_text(directory / TOKENIZER_FILE, self.tokenizer.to_str())
+
+    @classmethod
+    def load(cls, directory: Path, max_length: int) -> TokenEncoder:
+        return cls(text.load_tokenizer(directory / TOKENIZER_FILE), max_length)
+
+
+class TfidfEncoder:
+    files = (FEATURES_FILE, IDF_FILE)
+
+    def __init__(self, features: TfidfFeatures):
+        self.features = features
+        self.vocab_size = features.num_features
+
+    def encode(self, texts: list[str]) -> CsrInputs:
+        return CsrInputs(self.features.transform(texts))
+
+    def encode_cached(self, texts: list[str], cache_dir: Path, source_hash: str, split: str) -> CsrInputs:
+        key = text.cache_key(source_hash, split, self.fingerprint())
+        return CsrInputs(transform_cached(self.features, texts, cache_dir, key))
+
+    def fingerprint(self) -> str:
+        return self.features.fingerprint()
+
+    def save(self, directory: Path) -> None:
+        self.features.save(directory)
+
+    @classmethod
+    def load(cls, directory: Path) -> TfidfEncoder:
+        return cls(TfidfFeatures.load(directory))
+
+
+def load_encoder(input_kind: str, directory: Path, config: dict) -> Encoder:
+    """The encoder saved in a model directory, for a family of ``input_kind``."""
+    if input_kind == "tfidf":
+        return TfidfEncoder.load(directory)
+    return TokenEncoder.load(directory, int(config["max_length"]))
