@@ -174,7 +174,8 @@ class Trainer:
         # Only on a terminal: in logs a bar floods; there the per-evaluation log lines tell progress.
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step",
                    disable=not (self.progress and sys.stderr.isatty()), dynamic_ncols=True, mininterval=0.5)
-        loss_sum, loss_count = 0.0, 0
+        # The loss of the current log window, carried in checkpoints so a resumed run logs the same means.
+        loss_sum, loss_count = self.state.get("loss_sum", 0.0), self.state.get("loss_count", 0)
         while not self._finished():
             order = np.random.default_rng([settings.seed, self.state["epoch"]]).permutation(len(self.train.ids))
             per_step = settings.batch_size * settings.grad_accum_steps
@@ -200,6 +201,7 @@ class Trainer:
                     self._evaluate_dev()
                     self.model.train()
                 if settings.checkpoint_every_steps and step % settings.checkpoint_every_steps == 0:
+                    self.state.update(loss_sum=float(loss_sum), loss_count=loss_count)
                     self._save_checkpoint()
                 if on_step is not None:
                     on_step(step)
@@ -210,6 +212,7 @@ class Trainer:
                 self.state["batch_in_epoch"] = 0
             if not (settings.eval_every_steps and self.state["step"] % settings.eval_every_steps == 0):
                 self._evaluate_dev()
+            self.state.update(loss_sum=float(loss_sum), loss_count=loss_count)
             self._save_checkpoint()
         bar.close()
         return dict(self.state)
@@ -323,11 +326,17 @@ class Trainer:
         self._truncate_log(self.state["step"])
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log records written after the checkpoint, so a resumed run's log has no repeats."""
+        """Drop log records written after the checkpoint, so a resumed run's log has no repeats; and a last
+        line torn by a kill in the middle of writing it."""
         if not self.log_path.exists():
             return
-        kept = [line for line in self.log_path.read_text(encoding="utf-8").splitlines(keepends=True)
-                if line.strip() and json.loads(line)["step"] <= step]
+        kept = []
+        for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
         atomic_write_text(self.log_path, "".join(kept))
 
     def _log(self, record: dict) -> None:
