@@ -189,6 +189,9 @@ _RANGES: dict[str, tuple[float, bool, float, bool] | tuple[str, ...]] = {
     "data.vocab_size": (1, True, math.inf, False),
     "data.min_frequency": (0, True, math.inf, False),
     "data.dev_fraction": (0, False, 1, False),
+    "data.dev_seed": (0, True, math.inf, False),  # numpy seeds must be non-negative
+    "data.sample_seed": (0, True, math.inf, False),
+    "train.seed": (0, True, math.inf, False),
     "train.epochs": (1, True, math.inf, False),
     "train.max_steps": (1, True, math.inf, False),
     "train.max_seconds": (0, False, math.inf, False),

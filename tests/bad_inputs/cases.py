@@ -160,6 +160,8 @@ CASES: list[Case] = [
          Rejected("config.yaml", ANY_LINE, "invalid YAML")),
     Case("negative learning rate flag", "config", {}, Rejected("settings", None, "train.lr must be > 0"),
          args=("--lr", "-0.1")),
+    Case("negative seed flag", "config", {}, Rejected("settings", None, "train.seed must be >= 0"),
+         args=("--seed", "-1")),
     Case("zero batch size via --set", "config", {}, Rejected("settings", None, "train.batch_size must be >= 1"),
          args=("--set", "train.batch_size=0")),
     # ---- model directories --------------------------------------------------------------------------------
