@@ -211,9 +211,11 @@ def compare(reference: Path, run: Path) -> dict:
 
 
 def git_commit() -> str:
+    """HEAD, with "-dirty" when tracked files differ from it (then the record is not reproducible from HEAD)."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return git("rev-parse", "HEAD").strip() + ("-dirty" if git("status", "--porcelain", "-uno").strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -228,6 +230,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "kill_fuzz_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    commit = git_commit()  # before the runs: what the launches import
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kill_fuzz."))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -240,7 +243,7 @@ def main() -> None:
 
     record = {"benchmark": "kill_fuzz", "command": " ".join(["python", "benchmarks/kill_fuzz.py", *sys.argv[1:]]),
               "train_command": "lcenet " + " ".join(train_argv(Path("DATA"), Path("RUN"), Path("CACHE"), False)),
-              "git_commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+              "git_commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
                   timespec="seconds"), "device": "cpu", "device_name": device_name(torch.device("cpu")),
               "torch": torch.__version__, "seed": args.seed, "max_delay": args.max_delay, "fork": args.fork,
               **record}
