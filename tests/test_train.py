@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from conftest import tiny_config
@@ -102,7 +103,6 @@ def test_aux_loss_supervises_the_base_logits(tiny_data, tmp_path):
     config.lcenet["aux_loss_weight"] = 0.5
     model = build(config.model, config.model_args, config.lcenet, num_labels=6, vocab_size=30)
     ids = np.random.default_rng(0).integers(1, 30, size=(8, 10))
-    import scipy.sparse as sp
     labels = sp.csr_matrix(np.eye(6, dtype=np.float32)[np.arange(8) % 6])
     trainer = Trainer(model, config.train, SplitTensors(ids, labels), SplitTensors(ids, labels), 6, 0,
                       tmp_path / "aux", progress=False)
@@ -114,3 +114,21 @@ def test_aux_loss_supervises_the_base_logits(tiny_data, tmp_path):
     without = trainer._loss(input_ids, mask, targets)
     base_loss = torch.nn.functional.binary_cross_entropy_with_logits(model.base(input_ids, mask), targets)
     assert torch.allclose(with_aux, without + 0.5 * base_loss, atol=1e-6)
+
+
+def test_resume_drops_a_log_line_torn_by_a_kill(tmp_path):
+    from lcenet.pipeline import build
+    from lcenet.train import SplitTensors, Trainer
+
+    config = tiny_config()
+    model = build(config.model, config.model_args, None, num_labels=2, vocab_size=10)
+    split = SplitTensors(np.ones((2, 4), dtype=np.int64), sp.csr_matrix(np.eye(2, dtype=np.float32)))
+    trainer = Trainer(model, config.train, split, split, 2, 0, tmp_path, progress=False)
+    records = [{"event": "train", "step": 1}, {"event": "train", "step": 2}, {"event": "eval", "step": 3}]
+    trainer.log_path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"event": "tr')
+    trainer._truncate_log(2)  # as a resume from the step-2 checkpoint does
+    assert trainer.log_path.read_text() == "".join(json.dumps(r) + "\n" for r in records[:2])
+    trainer.log_path.write_text(json.dumps(records[0]))  # complete, but killed before its newline
+    trainer._truncate_log(2)
+    trainer._log(records[1])
+    assert [json.loads(line) for line in trainer.log_path.read_text().splitlines()] == records[:2]

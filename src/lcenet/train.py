@@ -334,7 +334,7 @@ class Trainer:
         for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
             try:
                 if json.loads(line)["step"] <= step:
-                    kept.append(line)
+                    kept.append(line if line.endswith("\n") else line + "\n")
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
         atomic_write_text(self.log_path, "".join(kept))
