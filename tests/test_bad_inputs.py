@@ -70,14 +70,14 @@ def nothing_in(directory: Path) -> bool:
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input(case: Case, tmp_path, request):
     if case.target == "data":
-        check_data(case, tmp_path)
+        check_data(case, tmp_path, request)
     elif case.target == "config":
         check_config(case, tmp_path)
     else:
         check_model_or_input(case, tmp_path, request.getfixturevalue("model_dir"))
 
 
-def check_data(case: Case, tmp_path: Path) -> None:
+def check_data(case: Case, tmp_path: Path, request) -> None:
     data, cache, run = tmp_path / "data", tmp_path / "cache", tmp_path / "run"
     write_files(data, {**TEST_FILES, **case.files})
     if isinstance(case.expect, Rejected):
@@ -85,6 +85,9 @@ def check_data(case: Case, tmp_path: Path) -> None:
                             *SMALL), case.expect)
         assert_rejected(preprocess(data, cache), case.expect)
         assert nothing_in(run) and nothing_in(cache)  # no run directory, no cache entry
+        if case.expect.file.startswith("test"):
+            assert_rejected(cli("evaluate", request.getfixturevalue("model_dir"), "--data", data, "--device", "cpu"),
+                            case.expect)
         return
     clean = tmp_path / "clean"
     write_files(clean, {**TEST_FILES, **case.expect.same_as})

@@ -109,6 +109,8 @@ CASES: list[Case] = [
          Rejected("train_texts.txt", 1, "invalid UTF-8")),
     Case("NUL bytes", "data", {**TRAIN, "train_texts.txt": TRAIN_TEXTS.replace(b"sea", b"s\x00ea")},
          Rejected("train_texts.txt", 2, "NUL byte")),
+    Case("empty label line in the test split", "data", {**TRAIN, "test_labels.txt": b"milk\n\nwine\n"},
+         Rejected("test_labels.txt", 2, "empty label line")),
     Case("empty files", "data", {"train_texts.txt": b"", "train_labels.txt": b""},
          Rejected("train_texts.txt", None, "no documents")),
     Case("TSV line without a tab", "data", {"train.tsv": b"milk\tmilk cheese\nfish tax fishing sea\n"},
