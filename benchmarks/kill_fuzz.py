@@ -1,7 +1,7 @@
 """Kill-9 fuzzing of training: SIGKILL ``lcenet train`` at random moments, continue with ``--resume`` each time,
 and check that the final weights and metrics are bit-identical to an uninterrupted run's.
 
-    python benchmarks/kill_fuzz.py                    # 24 kills, seed 0 -> benchmarks/results/kill_fuzz_cpu.json
+    python benchmarks/kill_fuzz.py                    # 24 + 3 kills, seed 0 -> benchmarks/results/kill_fuzz_cpu.json
     python benchmarks/kill_fuzz.py --kills 40 --seed 3 --output /tmp/kf.json
 
 The run is a small XML-CNN + LCENet on the bundled EURLEX57K sample that writes a checkpoint after every step
@@ -13,6 +13,9 @@ start-up is not what is being tested), then a random 0..max_delay seconds, then 
 * ``checkpoint.safetensors``, when present, must be a complete, loadable safetensors file (never torn);
 * the next launch resumes; every launch must either be killed by us or exit 0 -- an error exit means a resume
   tripped over something a kill left behind.
+
+The last few kills (``--final-kills``) wait until the checkpoint says training is over, so that they land in the
+final dev/test evaluation, the model directory write or the metrics write.
 
 At the end the model directory, best/last checkpoints, metrics, per-document test hits and the log (less its
 wall-clock fields) are compared with a run that was never interrupted. ``--fork`` starts each launch by
@@ -130,9 +133,22 @@ def checkpoint_is_complete(run: Path) -> bool:
         return False
 
 
+def steps_done(run: Path) -> int:
+    """The optimizer steps recorded in the run's checkpoint (0 without one)."""
+    try:
+        with safe_open(str(run / CHECKPOINT), framework="pt") as handle:
+            return json.loads(handle.metadata()["trainer"])["step"]
+    except Exception:  # absent, or being replaced while we read it
+        return 0
+
+
 def fuzz(workdir: Path, kills: int, seed: int, max_delay: float, fork: bool, data: Path = SAMPLE,
-         settings: list[str] = SETTINGS) -> dict:
-    """Run the reference and the killed run under ``workdir``; return the record (see the module docstring)."""
+         settings: list[str] = SETTINGS, final_kills: int = 3) -> dict:
+    """Run the reference and the killed run under ``workdir``; return the record (see the module docstring).
+
+    The first ``kills`` kills come at random moments; the last ``final_kills`` once the checkpoint says training
+    is over, so that they land in what follows it: the final dev/test evaluation and the model directory write.
+    """
     started = time.perf_counter()
     cache, log = workdir / "cache", workdir / "launches.log"
     reference = workdir / "reference"
@@ -141,24 +157,31 @@ def fuzz(workdir: Path, kills: int, seed: int, max_delay: float, fork: bool, dat
     if code != 0:
         raise SystemExit(f"the uninterrupted run failed (exit {code}); see {log}")
     reference_seconds = time.perf_counter() - reference_started
+    total_steps = json.loads((reference / "metrics.json").read_text())["steps"]
 
     rng = random.Random(seed)
     run = workdir / "killed"
-    record = {"kills": 0, "kills_during_checkpoint_write": 0, "kills_during_other_writes": 0, "launches": 0,
-              "failed_launches": 0, "torn_checkpoints": 0, "finished_before_all_kills": False}
+    record = {"kills": 0, "kills_during_checkpoint_write": 0, "kills_during_other_writes": 0,
+              "kills_after_training": 0, "final_kill_misses": 0, "launches": 0, "failed_launches": 0,
+              "torn_checkpoints": 0, "finished_before_all_kills": False}
     while True:
         before = temp_files(run)
         launch = Launch(train_argv(data, run, cache, record["launches"] > 0, settings), log, fork)
         record["launches"] += 1
-        if record["kills"] >= kills:
+        if record["kills"] >= kills + final_kills:
             code = launch.wait()
             record["failed_launches"] += code != 0
             break
-        while launch.poll() is None and not progressed_since(run, launch.started_ns):
+        final = record["kills"] >= kills
+        while launch.poll() is None and not (progressed_since(run, launch.started_ns)
+                                             and (not final or steps_done(run) >= total_steps)):
             time.sleep(0.002)
         time.sleep(rng.uniform(0.0, max_delay))
         if launch.poll() is not None:  # it finished before the kill came
             record["failed_launches"] += launch.returncode != 0
+            if final and record["final_kill_misses"] < 3 * final_kills:
+                record["final_kill_misses"] += 1  # a finished run can be resumed again: it redoes the final part
+                continue
             record["finished_before_all_kills"] = True
             break
         launch.kill()
@@ -169,6 +192,7 @@ def fuzz(workdir: Path, kills: int, seed: int, max_delay: float, fork: bool, dat
         ours = {name for name in new if not name.startswith(".tmp")}
         record["kills_during_checkpoint_write"] += any(name.startswith(f".{CHECKPOINT}.") for name in ours)
         record["kills_during_other_writes"] += any(not name.startswith(f".{CHECKPOINT}.") for name in ours)
+        record["kills_after_training"] += steps_done(run) >= total_steps
         record["torn_checkpoints"] += not checkpoint_is_complete(run)
     record["leftover_temp_files"] = sorted(temp_files(run))
     record.update(compare(reference, run))
@@ -222,7 +246,9 @@ def git_commit() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kills", type=int, default=24)
+    parser.add_argument("--kills", type=int, default=24, help="kills at random moments")
+    parser.add_argument("--final-kills", type=int, default=3, help="then kills after training, in the final "
+                        "evaluation and model directory write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-delay", type=float, default=0.25, help="seconds after progress before the kill")
     parser.add_argument("--fork", action="store_true", help="fork this process per launch (no interpreter start)")
@@ -234,7 +260,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kill_fuzz."))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        record = fuzz(workdir, args.kills, args.seed, args.max_delay, args.fork)
+        record = fuzz(workdir, args.kills, args.seed, args.max_delay, args.fork, final_kills=args.final_kills)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -250,7 +276,7 @@ def main() -> None:
     atomic_write_json(args.output, record)
     print(json.dumps(record, indent=2))
     ok = (record["identical"] and not record["failed_launches"] and not record["torn_checkpoints"]
-          and record["kills"] >= args.kills)
+          and record["kills"] >= args.kills + args.final_kills)
     sys.exit(0 if ok else 1)
 
 
