@@ -70,6 +70,41 @@ def test_kill_and_resume_gives_identical_weights(tiny_data, tmp_path):
     assert steps == sorted(set(steps))  # the resumed log has no repeated records
 
 
+@pytest.mark.parametrize("epoch_end", [1, 2])
+def test_a_kill_just_before_an_epoch_end_checkpoint_resumes_identically(tiny_data, tmp_path, epoch_end):
+    """Killed after the epoch's last step and dev evaluation but before its checkpoint: the resumed run must not
+    repeat the evaluation in the log, nor skip it (and the epoch count) at the end of the run."""
+    config = tiny_config(epochs=2, lcenet=True, checkpoint_every_steps=1, log_every_steps=3)
+    straight = tmp_path / "straight"
+    run_training(config, tiny_data, straight, cache_dir=tmp_path / "c", progress=False)
+    import lcenet.train as train_module
+
+    original = train_module.Trainer._save_checkpoint
+
+    def die_at_epoch_end(self):
+        if self.state["epoch"] == epoch_end and self.state["batch_in_epoch"] == 0:
+            raise KeyboardInterrupt
+        original(self)
+
+    killed = tmp_path / "killed"
+    train_module.Trainer._save_checkpoint = die_at_epoch_end
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_training(config, tiny_data, killed, cache_dir=tmp_path / "c", progress=False)
+    finally:
+        train_module.Trainer._save_checkpoint = original
+    run_training(config, tiny_data, killed, resume=True, cache_dir=tmp_path / "c", progress=False)
+
+    def log(run):
+        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                for line in (run / "log.jsonl").read_text().splitlines()]
+
+    assert log(killed) == log(straight)
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in (straight, killed))
+    assert (a["epochs_completed"], a["best_step"], a["test"]) == (b["epochs_completed"], b["best_step"], b["test"])
+    assert all(torch.equal(x, y) for x, y in zip(weights(straight).values(), weights(killed).values()))
+
+
 def test_an_unfinished_run_is_not_overwritten_without_resume(tiny_data, tmp_path):
     from lcenet.errors import UserError
 

@@ -200,7 +200,10 @@ class Trainer:
                 if settings.eval_every_steps and step % settings.eval_every_steps == 0:
                     self._evaluate_dev()
                     self.model.train()
-                if settings.checkpoint_every_steps and step % settings.checkpoint_every_steps == 0:
+                # Not at a step that ends the epoch or the run: the checkpoint after the loop follows at once, and one
+                # here would let a kill in between resume past that epoch's end (its dev evaluation, its epoch count).
+                ends_loop = batch_start + per_step >= len(order) or self._finished()
+                if settings.checkpoint_every_steps and step % settings.checkpoint_every_steps == 0 and not ends_loop:
                     self.state.update(loss_sum=float(loss_sum), loss_count=loss_count)
                     self._save_checkpoint()
                 if on_step is not None:
