@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -79,7 +80,11 @@ class Launch:
                     code = 0
                 except SystemExit as done:
                     code = done.code if isinstance(done.code, int) else 1
+                except BaseException:  # a crash: its traceback goes to the log (os._exit would lose it)
+                    traceback.print_exc()
                 finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
                     os._exit(code)
         self.returncode: int | None = None
 
@@ -177,14 +182,13 @@ def fuzz(workdir: Path, kills: int, seed: int, max_delay: float, fork: bool, dat
                                              and (not final or steps_done(run) >= total_steps)):
             time.sleep(0.002)
         time.sleep(rng.uniform(0.0, max_delay))
-        if launch.poll() is not None:  # it finished before the kill came
-            record["failed_launches"] += launch.returncode != 0
+        if launch.poll() is not None or launch.kill() != -signal.SIGKILL:  # it finished before the kill came
+            record["failed_launches"] += launch.poll() != 0
             if final and record["final_kill_misses"] < 3 * final_kills:
                 record["final_kill_misses"] += 1  # a finished run can be resumed again: it redoes the final part
                 continue
             record["finished_before_all_kills"] = True
             break
-        launch.kill()
         record["kills"] += 1
         new = temp_files(run) - before
         # The safetensors library's own temp files (".tmpXXXXXX") belong to the checkpoint or best-weights write
