@@ -93,6 +93,16 @@ def test_saved_args_rebuild_without_the_checkpoint(pretrained, tmp_path):
         torch.testing.assert_close(rebuilt(ids, mask), model(ids, mask), atol=0, rtol=0)
 
 
+def test_default_cls_layers_adapt_to_small_encoders(pretrained):
+    torch.manual_seed(0)
+    model = build_model("bert", L, 0, pretrained=pretrained)  # LightXML's 5 layers, but this encoder has 3
+    assert model.num_cls_layers == 3 and model.output.in_features == 3 * 32
+    assert model.saved_args()["num_cls_layers"] == 3  # a saved model rebuilds with what was used
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=8, num_hidden_layers=7, num_attention_heads=2,
+                                     intermediate_size=8).to_dict()
+    assert build_model("bert", L, 0, encoder_config=config).num_cls_layers == 5
+
+
 def test_encoder_config_from_a_config_dict():
     config = tiny_config().to_dict()
     model = build_model("bert", L, VOCAB, encoder_config=config, num_cls_layers=1)
@@ -113,7 +123,7 @@ def test_with_lcenet_gradients_reach_the_encoder(pretrained):
 
 def test_errors(pretrained, tmp_path):
     with pytest.raises(UserError, match="num_cls_layers.*3 layers.*got 5"):
-        make(pretrained, num_cls_layers=5)  # the default, too many for a 3-layer encoder
+        make(pretrained, num_cls_layers=5)  # set explicitly: too many for a 3-layer encoder
     with pytest.raises(UserError, match="exactly one"):
         build_model("bert", L, 0)
     with pytest.raises(UserError, match="exactly one"):

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from conftest import tiny_config
@@ -69,6 +70,41 @@ def test_kill_and_resume_gives_identical_weights(tiny_data, tmp_path):
     assert steps == sorted(set(steps))  # the resumed log has no repeated records
 
 
+@pytest.mark.parametrize("epoch_end", [1, 2])
+def test_a_kill_just_before_an_epoch_end_checkpoint_resumes_identically(tiny_data, tmp_path, epoch_end):
+    """Killed after the epoch's last step and dev evaluation but before its checkpoint: the resumed run must not
+    repeat the evaluation in the log, nor skip it (and the epoch count) at the end of the run."""
+    config = tiny_config(epochs=2, lcenet=True, checkpoint_every_steps=1, log_every_steps=3)
+    straight = tmp_path / "straight"
+    run_training(config, tiny_data, straight, cache_dir=tmp_path / "c", progress=False)
+    import lcenet.train as train_module
+
+    original = train_module.Trainer._save_checkpoint
+
+    def die_at_epoch_end(self):
+        if self.state["epoch"] == epoch_end and self.state["batch_in_epoch"] == 0:
+            raise KeyboardInterrupt
+        original(self)
+
+    killed = tmp_path / "killed"
+    train_module.Trainer._save_checkpoint = die_at_epoch_end
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_training(config, tiny_data, killed, cache_dir=tmp_path / "c", progress=False)
+    finally:
+        train_module.Trainer._save_checkpoint = original
+    run_training(config, tiny_data, killed, resume=True, cache_dir=tmp_path / "c", progress=False)
+
+    def log(run):
+        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+                for line in (run / "log.jsonl").read_text().splitlines()]
+
+    assert log(killed) == log(straight)
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in (straight, killed))
+    assert (a["epochs_completed"], a["best_step"], a["test"]) == (b["epochs_completed"], b["best_step"], b["test"])
+    assert all(torch.equal(x, y) for x, y in zip(weights(straight).values(), weights(killed).values()))
+
+
 def test_an_unfinished_run_is_not_overwritten_without_resume(tiny_data, tmp_path):
     from lcenet.errors import UserError
 
@@ -103,7 +139,6 @@ def test_aux_loss_supervises_the_base_logits(tiny_data, tmp_path):
     config.lcenet["aux_loss_weight"] = 0.5
     model = build(config.model, config.model_args, config.lcenet, num_labels=6, vocab_size=30)
     ids = np.random.default_rng(0).integers(1, 30, size=(8, 10))
-    import scipy.sparse as sp
     labels = sp.csr_matrix(np.eye(6, dtype=np.float32)[np.arange(8) % 6])
     split = SplitTensors(TokenInputs(ids, 0), labels)
     trainer = Trainer(model, config.train, split, split, 6, tmp_path / "aux", progress=False)
@@ -161,3 +196,22 @@ def test_capacity_control_adds_as_many_parameters_as_lcenet(model, tiny_bert):
     # within one hidden unit: each costs (its inputs + 1 + L) for xmlcnn/bert, (inputs + 2) for attentionxml
     per_unit = {"xmlcnn": 2 * 8 * 2 + 1 + num_labels, "attentionxml": 8 + 2, "bert": 32 + 1 + num_labels}[model]
     assert abs(added - extra) <= per_unit
+
+
+def test_resume_drops_a_log_line_torn_by_a_kill(tmp_path):
+    from lcenet.inference import SplitTensors, TokenInputs
+    from lcenet.pipeline import build
+    from lcenet.train import Trainer
+
+    config = tiny_config()
+    model = build(config.model, config.model_args, None, num_labels=2, vocab_size=10)
+    split = SplitTensors(TokenInputs(np.ones((2, 4), dtype=np.int64), 0), sp.csr_matrix(np.eye(2, dtype=np.float32)))
+    trainer = Trainer(model, config.train, split, split, 2, tmp_path, progress=False)
+    records = [{"event": "train", "step": 1}, {"event": "train", "step": 2}, {"event": "eval", "step": 3}]
+    trainer.log_path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"event": "tr')
+    trainer._truncate_log(2)  # as a resume from the step-2 checkpoint does
+    assert trainer.log_path.read_text() == "".join(json.dumps(r) + "\n" for r in records[:2])
+    trainer.log_path.write_text(json.dumps(records[0]))  # complete, but killed before its newline
+    trainer._truncate_log(2)
+    trainer._log(records[1])
+    assert [json.loads(line) for line in trainer.log_path.read_text().splitlines()] == records[:2]

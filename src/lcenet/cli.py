@@ -152,6 +152,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 256,
 ):
     """Write one JSON line per input line: {"labels": [...], "scores": [...]} in input order."""
+    from lcenet.data import decode_line
     from lcenet.predict import Predictor
 
     if k < 1:
@@ -160,12 +161,8 @@ def predict(
     if input is not None and not input.is_file():
         raise UserError(f"{input}: input file not found")
     raw_lines = (input.read_bytes() if input else sys.stdin.buffer.read()).splitlines()
-    texts = []  # decode everything first, so bad input stops before any output is written
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            texts.append(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise UserError(f"{source}:{number}: invalid UTF-8") from None
+    # Decode everything first, so bad input stops before any output is written; the same rules as data files.
+    texts = [decode_line(raw, source, number) for number, raw in enumerate(raw_lines, start=1)]
     predictor = Predictor.load(model_dir, device, names)
     for start in range(0, len(texts), batch_size):
         _write_predictions(predictor.predict(texts[start:start + batch_size], k, batch_size))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,33 +78,43 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
+    def from_dict(cls, raw: dict[str, Any], source: str = "config", lines: dict[str, int] | None = None
+                  ) -> RunConfig:
+        """``lines`` maps keys (``train``, ``train.lr``) to their 1-based line in ``source``, for errors."""
         raw = dict(raw)
         sections = {"data": DataSettings, "train": TrainSettings}
         kwargs: dict[str, Any] = {}
         for key, value in raw.items():
             if key in sections:
-                kwargs[key] = _build(sections[key], value or {}, f"{source}: {key}")
+                kwargs[key] = _build(sections[key], value or {}, source, key, lines or {})
             elif key in ("model", "model_args", "lcenet", "capacity_control"):
                 kwargs[key] = value
             else:
-                raise UserError(f"{source}: unknown key {key!r} (expected model, model_args, lcenet, "
-                                "capacity_control, data, train)")
+                raise UserError(f"{_at(source, lines, key)}: unknown key {key!r} "
+                                "(expected model, model_args, lcenet, capacity_control, data, train)")
         for key in ("model_args", "lcenet", "capacity_control"):
             if kwargs.get(key) is not None and not isinstance(kwargs[key], dict):
-                raise UserError(f"{source}: {key!r} must be a mapping")
+                raise UserError(f"{_at(source, lines, key)}: {key!r} must be a mapping")
         config = cls(**kwargs)
         config.model_args = dict(config.model_args or {})
-        return validate(config, source)
+        return validate(config, source, lines)
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A YAML file that must hold a mapping; errors name the file (and line, for syntax errors)."""
-    path = Path(path)
+    return _read_yaml(Path(path), what)[0]
+
+
+def _read_yaml(path: Path, what: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """The mapping in ``path`` and the 1-based line of each key, two levels deep (``train``, ``train.lr``)."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
     except FileNotFoundError:
         raise UserError(f"{path}: {what} file not found") from None
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: invalid UTF-8") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -112,11 +123,28 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a {what} must be a YAML mapping")
-    return raw
+    return raw, _key_lines(yaml.compose(text))
+
+
+def _key_lines(node: yaml.Node | None, prefix: str = "", depth: int = 2) -> dict[str, int]:
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode) and depth:
+        for key, value in node.value:
+            name = f"{prefix}{key.value}"
+            lines[name] = key.start_mark.line + 1
+            lines.update(_key_lines(value, f"{name}.", depth - 1))
+    return lines
+
+
+def _at(source: str, lines: dict[str, int] | None, key: str) -> str:
+    """``source:line`` when the key's line is known (a config file), else ``source`` (flags, --set)."""
+    line = (lines or {}).get(key)
+    return f"{source}:{line}" if line else source
 
 
 def load_config(path: str | Path) -> RunConfig:
-    return RunConfig.from_dict(read_yaml_mapping(path, "config"), source=str(path))
+    raw, lines = _read_yaml(Path(path), "config")
+    return RunConfig.from_dict(raw, source=str(path), lines=lines)
 
 
 def apply_override(config: RunConfig, assignment: str) -> None:
@@ -149,13 +177,14 @@ def apply_override(config: RunConfig, assignment: str) -> None:
                         "data.X, train.X)")
 
 
-def _build(cls, values: dict[str, Any], source: str):
+def _build(cls, values: dict[str, Any], source: str, section: str, lines: dict[str, int]):
     if not isinstance(values, dict):
-        raise UserError(f"{source}: must be a mapping")
+        raise UserError(f"{_at(source, lines, section)}: {section}: must be a mapping")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)
     if unknown:
-        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        raise UserError(f"{_at(source, lines, f'{section}.{unknown[0]}')}: {section}: unknown key(s) "
+                        f"{', '.join(map(str, unknown))}; allowed: {', '.join(sorted(names))}")
     return cls(**values)
 
 
@@ -164,20 +193,73 @@ _ACCEPTS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)
             "dict[str, int]": (dict,)}
 
 
-def validate(config: RunConfig, source: str = "config") -> RunConfig:
-    """Check every data/train setting's type, so a bad value stops with one clear line instead of deep inside."""
+# Allowed values beyond the type, so that e.g. batch_size: -1 stops here rather than as an empty loop or a
+# division by zero deep in training. A (low, low_inclusive, high, high_inclusive) range, or a set of choices.
+_RANGES: dict[str, tuple[float, bool, float, bool] | tuple[str, ...]] = {
+    "data.max_length": (1, True, math.inf, False),
+    "data.vocab_size": (1, True, math.inf, False),
+    "data.min_frequency": (0, True, math.inf, False),
+    "data.dev_fraction": (0, False, 1, False),
+    "data.dev_seed": (0, True, math.inf, False),  # numpy seeds must be non-negative
+    "data.sample_seed": (0, True, math.inf, False),
+    "train.seed": (0, True, math.inf, False),
+    "train.epochs": (1, True, math.inf, False),
+    "train.max_steps": (1, True, math.inf, False),
+    "train.max_seconds": (0, False, math.inf, False),
+    "train.batch_size": (1, True, math.inf, False),
+    "train.eval_batch_size": (1, True, math.inf, False),
+    "train.grad_accum_steps": (1, True, math.inf, False),
+    "train.optimizer": ("adam", "adamw"),
+    "train.lr": (0, False, math.inf, False),
+    "train.encoder_lr": (0, False, math.inf, False),
+    "train.lcenet_lr": (0, False, math.inf, False),
+    "train.weight_decay": (0, True, math.inf, False),
+    "train.grad_clip": (0, True, math.inf, False),  # 0 or null: no clipping
+    "train.schedule": ("constant", "linear"),
+    "train.warmup_steps": (0, True, math.inf, False),
+    "train.patience": (1, True, math.inf, False),
+    "train.eval_every_steps": (1, True, math.inf, False),
+    "train.checkpoint_every_steps": (1, True, math.inf, False),
+    "train.log_every_steps": (1, True, math.inf, False),
+    "train.propensity_a": (0, False, math.inf, False),
+    "train.propensity_b": (0, False, math.inf, False),
+}
+
+
+def _out_of_range(value: Any, allowed: tuple) -> str | None:
+    """Why ``value`` (already of the right type, not None) is not allowed, or None if it is."""
+    if isinstance(allowed[0], str):
+        return None if value in allowed else f"must be one of {', '.join(allowed)}"
+    low, low_inclusive, high, high_inclusive = allowed
+    if isinstance(value, float) and math.isnan(value):
+        return "must be a number, not NaN"
+    above = value >= low if low_inclusive else value > low
+    below = value <= high if high_inclusive else value < high
+    if above and below:
+        return None
+    if high == math.inf:
+        return f"must be {'>=' if low_inclusive else '>'} {low:g}"
+    return f"must be in {'[' if low_inclusive else '('}{low:g}, {high:g}{']' if high_inclusive else ')'}"
+
+
+def validate(config: RunConfig, source: str = "config", lines: dict[str, int] | None = None) -> RunConfig:
+    """Check every data/train setting's type and range, so a bad value stops with one clear line (naming the
+    config file's line when known) instead of deep inside."""
     for section_name in ("data", "train"):
         section = getattr(config, section_name)
         for item in dataclasses.fields(section):
+            key = f"{section_name}.{item.name}"
             value = getattr(section, item.name)
             options = [part.strip() for part in str(item.type).split("|")]
             accepted = tuple(t for option in options for t in _ACCEPTS[option])
             is_bool_for_number = isinstance(value, bool) and bool not in accepted
             if not isinstance(value, accepted) or is_bool_for_number:
-                raise UserError(f"{source}: {section_name}.{item.name} must be {' or '.join(options)} "
-                                f"(got {value!r})")
+                raise UserError(f"{_at(source, lines, key)}: {key} must be {' or '.join(options)} (got {value!r})")
+            problem = _out_of_range(value, _RANGES[key]) if key in _RANGES and value is not None else None
+            if problem:
+                raise UserError(f"{_at(source, lines, key)}: {key} {problem} (got {value!r})")
     if not isinstance(config.model, str):
-        raise UserError(f"{source}: 'model' must be a name such as xmlcnn")
+        raise UserError(f"{_at(source, lines, 'model')}: 'model' must be a name such as xmlcnn")
     if config.lcenet is not None and config.capacity_control is not None:
         raise UserError(f"{source}: capacity_control is a base without LCENet; set lcenet to null to use it")
     return config

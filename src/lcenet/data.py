@@ -34,6 +34,7 @@ __all__ = [
     "Dataset",
     "Split",
     "SplitFiles",
+    "decode_line",
     "find_split",
     "iter_split",
     "labels_to_csr",
@@ -160,19 +161,29 @@ def _iter_lines(path: Path) -> Iterator[str]:
                 kind = "corrupt gzip data" if path.name.endswith(".gz") else "read error"
                 raise DataError(path, f"{kind}: {exc}", line=lineno + 1) from exc
             lineno += 1
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    path, f"invalid UTF-8 (byte offset {exc.start} in the line): {exc.reason}", line=lineno
-                ) from exc
+            line = decode_line(raw, path, lineno)
             if line.endswith("\n"):
                 line = line[:-1]
                 if line.endswith("\r"):
                     line = line[:-1]
-            if lineno == 1 and line.startswith("\ufeff"):
-                line = line[1:]
             yield line
+
+
+def decode_line(raw: bytes, path: str | Path, lineno: int) -> str:
+    """One line of a text file, decoded strictly as UTF-8 (a BOM on line 1 is dropped).
+
+    A NUL byte is refused although it is valid UTF-8: in a text file it means a binary file, or UTF-16 text
+    whose every other byte is NUL (which would otherwise read as garbage words without any error).
+    """
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem = f"invalid UTF-8 (byte offset {exc.start} in the line): {exc.reason}"
+        raise DataError(path, problem, line=lineno) from exc
+    if "\0" in line:
+        raise DataError(path, f"NUL byte at offset {line.index(chr(0))} in the line (a binary or UTF-16 file?)",
+                        line=lineno)
+    return line[1:] if lineno == 1 and line.startswith("\ufeff") else line
 
 
 def _split_labels(field: str, path: Path, lineno: int) -> list[str]:

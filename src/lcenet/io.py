@@ -80,14 +80,16 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
 def _truncation(path: Path) -> str | None:
     """'truncated: ...' when the header is readable but the file ends before the tensor data it lists."""
     try:
+        size = path.stat().st_size
         with open(path, "rb") as handle:
             header_size = int.from_bytes(handle.read(8), "little")
+            if header_size > size - 8:  # not even a whole header: garbage, or cut inside it; never read it
+                return None
             header = json.loads(handle.read(header_size))
         needed = 8 + header_size + max((entry["data_offsets"][1] for name, entry in header.items()
                                         if name != "__metadata__"), default=0)
     except (OSError, ValueError, TypeError, KeyError, IndexError):
         return None
-    size = path.stat().st_size
     return f"truncated ({size} bytes, its header needs {needed})" if size < needed else None
 
 
@@ -190,4 +192,6 @@ def check_files(directory: Path, config: dict[str, Any]) -> None:
         if not (directory / name).is_file():
             raise UserError(f"{directory / name}: missing (config.json lists it)")
         if sha256_file(directory / name) != files[name]:
+            if name.endswith(".safetensors") and (truncation := _truncation(directory / name)):
+                raise UserError(f"{directory / name}: not a valid safetensors file: {truncation}")
             raise UserError(f"{directory / name}: sha256 mismatch (the file is corrupt or was changed after saving)")

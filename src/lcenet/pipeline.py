@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,6 +112,8 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
     origin = provenance()  # the code that trains, even if the checkout changes before the run ends
     if not resume and (output / "checkpoint.safetensors").exists():
         raise UserError(f"{output}: holds an unfinished run; pass --resume to continue it or choose a new --output")
+    if resume:
+        remove_partial_writes(output)
     with distributed.main_first():  # the others read the tokenization cache rank 0 filled
         dataset, encoder, splits = prepare(config, data_dir, cache_dir)
     preprocess_seconds = time.perf_counter() - started
@@ -174,6 +177,21 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
     }
     atomic_write_json(output / "metrics.json", summary)
     return distributed.broadcast_object(summary)
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    """Delete what writes cut short by a kill left in ``run_dir``: atomic-write temp files (``.NAME.*.tmp``),
+    the safetensors library's own temp files (``.tmpXXXXXX``) and model directory temp folders (``.model.*``).
+    Nothing reads them, but a run killed often (preemptible machines) would otherwise fill the disk with
+    checkpoint-sized files. Only one process trains a run directory, so none of them is still being written."""
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        name = path.name
+        if name.startswith(".model.") and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif (name.startswith(".") and name.endswith(".tmp")) or (name.startswith(".tmp") and path.is_file()):
+            path.unlink(missing_ok=True)
 
 
 def document_hits(top: np.ndarray, truth: sp.csr_matrix) -> dict:

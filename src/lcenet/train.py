@@ -158,7 +158,8 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step",
                    disable=not (self.progress and sys.stderr.isatty() and distributed.is_main()),
                    dynamic_ncols=True, mininterval=0.5)
-        loss_sum, loss_count = 0.0, 0
+        # The loss of the current log window, carried in checkpoints so a resumed run logs the same means.
+        loss_sum, loss_count = self.state.get("loss_sum", 0.0), self.state.get("loss_count", 0)
         while not self._finished():
             order = np.random.default_rng([settings.seed, self.state["epoch"]]).permutation(len(self.train))
             local_order, self.rows_per_batch = distributed.shard_epoch(order, settings.batch_size, self.rank,
@@ -187,7 +188,11 @@ class Trainer:
                 if settings.eval_every_steps and step % settings.eval_every_steps == 0:
                     self._evaluate_dev()
                     self.model.train()
-                if settings.checkpoint_every_steps and step % settings.checkpoint_every_steps == 0:
+                # Not at a step that ends the epoch or the run: the checkpoint after the loop follows at once, and one
+                # here would let a kill in between resume past that epoch's end (its dev evaluation, its epoch count).
+                ends_loop = batch_start + per_step >= len(order) or self._finished()
+                if settings.checkpoint_every_steps and step % settings.checkpoint_every_steps == 0 and not ends_loop:
+                    self.state.update(loss_sum=float(loss_sum), loss_count=loss_count)
                     self._save_checkpoint()
                 if on_step is not None:
                     on_step(step)
@@ -198,6 +203,7 @@ class Trainer:
                 self.state["batch_in_epoch"] = 0
             if not (settings.eval_every_steps and self.state["step"] % settings.eval_every_steps == 0):
                 self._evaluate_dev()
+            self.state.update(loss_sum=float(loss_sum), loss_count=loss_count)
             self._save_checkpoint()
         bar.close()
         state = self.state
@@ -369,11 +375,17 @@ class Trainer:
             torch.cuda.set_rng_state(tensors[prefix + "cuda"], self.device)
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log records written after the checkpoint, so a resumed run's log has no repeats."""
+        """Drop log records written after the checkpoint, so a resumed run's log has no repeats; and a last
+        line torn by a kill in the middle of writing it."""
         if not self.log_path.exists():
             return
-        kept = [line for line in self.log_path.read_text(encoding="utf-8").splitlines(keepends=True)
-                if line.strip() and json.loads(line)["step"] <= step]
+        kept = []
+        for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
         atomic_write_text(self.log_path, "".join(kept))
 
     def _log(self, record: dict) -> None:

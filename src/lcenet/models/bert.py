@@ -1,6 +1,6 @@
 """A pretrained Transformer encoder with a flat linear head, as LightXML (Jiang et al., AAAI 2021) uses it
-without its label clusters: the [CLS] (position 0) vectors of the last 5 hidden layers, concatenated ->
-dropout 0.5 -> Linear to L logits.
+without its label clusters: the [CLS] (position 0) vectors of the last 5 hidden layers (all of them when the
+encoder has fewer, unless num_cls_layers is set), concatenated -> dropout 0.5 -> Linear to L logits.
 
 Any Hugging Face encoder works, loaded from a LOCAL directory (``pretrained``: config.json + weights +
 tokenizer.json; nothing is downloaded). The pipeline tokenizes with that directory's own fast tokenizer
@@ -29,7 +29,7 @@ class BertClassifier(XMTCModel):
     uses_pretrained_tokenizer = True
 
     def __init__(self, num_labels: int, vocab_size: int | None = None, pretrained: str | None = None,
-                 encoder_config: dict | None = None, num_cls_layers: int = 5, dropout: float = 0.5,
+                 encoder_config: dict | None = None, num_cls_layers: int | None = None, dropout: float = 0.5,
                  head_hidden: int | None = None):
         super().__init__()
         del vocab_size  # the encoder's own vocabulary is used
@@ -40,6 +40,8 @@ class BertClassifier(XMTCModel):
         if isinstance(getattr(self.encoder, "pooler", None), nn.Module):
             self.encoder.pooler = None
         layers = getattr(self.encoder.config, "num_hidden_layers", None)
+        if num_cls_layers is None:  # LightXML's 5, or all layers of a smaller encoder (a tiny or distilled one)
+            num_cls_layers = min(5, layers) if layers else 5
         if num_cls_layers < 1 or (layers is not None and num_cls_layers > layers):
             raise UserError(f"model 'bert': num_cls_layers must be between 1 and the encoder's "
                             f"{layers} layers (got {num_cls_layers})")
