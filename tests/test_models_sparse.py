@@ -38,6 +38,18 @@ def test_output_equals_dense_reference():
     torch.testing.assert_close(out[1], model.output(F.elu(model.hidden[0](F.elu(model.input_bias)))))
 
 
+def test_first_layer_starts_at_unit_scale_on_normalised_rows():
+    """TF-IDF rows have unit l2 norm; the first pre-activations should then have about unit variance (a 1/sqrt(F)
+    init left them ~500x smaller and the network never left the label prior)."""
+    torch.manual_seed(0)
+    model = build_model("sparse", num_labels=3, vocab_size=5000, hidden_dims=[256])
+    features = sp.random(64, 5000, density=0.05, format="csr", dtype=np.float32, random_state=0)
+    features = sp.csr_matrix(sp.diags(1 / sp.linalg.norm(features, axis=1)) @ features, dtype=np.float32)
+    indices, offsets, weights = csr_batch(features, np.arange(64))
+    pre = model.input(indices, offsets, per_sample_weights=weights) + model.input_bias
+    assert 0.8 < pre.std().item() < 1.2
+
+
 def test_registered_saved_args_rebuild_the_same_network():
     assert model_class("sparse").input_kind == "tfidf"
     torch.manual_seed(0)
