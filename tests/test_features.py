@@ -9,7 +9,8 @@ import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from lcenet.errors import UserError
-from lcenet.features import TOKEN_PATTERN, TfidfFeatures, csr_batch, fit_cached, transform_cached
+from lcenet.features import TOKEN_PATTERN, TfidfFeatures, fit_cached, transform_cached
+from lcenet.inference import CsrInputs
 
 TRAIN = ["The cat sat on the mat.", "The dog sat on the log!", "A cat and a dog, on the mat.",
          "Fishing quota for the sea", "the sea and the cat"] * 2
@@ -99,9 +100,9 @@ def test_fit_cached_returns_train_features_and_reuses_them(tmp_path, monkeypatch
     assert again.fingerprint() == features.fingerprint() and (again_matrix != matrix).nnz == 0
 
 
-def test_csr_batch_is_embedding_bag_input():
+def test_csr_rows_are_embedding_bag_input():
     matrix = sp.csr_matrix(np.array([[0, 0.5, 0, 0.25], [0, 0, 0, 0], [1.0, 0, 2.0, 0]], dtype=np.float32))
-    indices, offsets, weights = csr_batch(matrix, [2, 1, 0])
+    indices, offsets, weights = CsrInputs(matrix).batch(np.array([2, 1, 0]), torch.device("cpu"))
     assert indices.dtype == offsets.dtype == torch.int64 and weights.dtype == torch.float32
     assert indices.tolist() == [0, 2, 1, 3] and offsets.tolist() == [0, 2, 2]
     assert weights.tolist() == [1.0, 2.0, 0.5, 0.25]

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from lcenet.errors import UserError
-from lcenet.features import csr_batch
+from lcenet.inference import CsrInputs
 from lcenet.lcenet import with_lcenet
 from lcenet.models import build_model, model_class
+
+CPU = torch.device("cpu")
 
 
 def random_features(rows: int, cols: int, seed: int = 0) -> sp.csr_matrix:
@@ -32,7 +34,7 @@ def test_output_equals_dense_reference():
     expected = F.elu(dense @ model.input.weight + model.input_bias)
     expected = F.elu(model.hidden[0](expected))
     expected = model.output(expected)
-    out = model(*csr_batch(features, np.arange(5)))
+    out = model(*CsrInputs(features).batch(np.arange(5), CPU))
     assert out.shape == (5, 7)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[1], model.output(F.elu(model.hidden[0](F.elu(model.input_bias)))))
@@ -45,7 +47,7 @@ def test_first_layer_starts_at_unit_scale_on_normalised_rows():
     model = build_model("sparse", num_labels=3, vocab_size=5000, hidden_dims=[256])
     features = sp.random(64, 5000, density=0.05, format="csr", dtype=np.float32, random_state=0)
     features = sp.csr_matrix(sp.diags(1 / sp.linalg.norm(features, axis=1)) @ features, dtype=np.float32)
-    indices, offsets, weights = csr_batch(features, np.arange(64))
+    indices, offsets, weights = CsrInputs(features).batch(np.arange(64), CPU)
     pre = model.input(indices, offsets, per_sample_weights=weights) + model.input_bias
     assert 0.8 < pre.std().item() < 1.2
 
@@ -57,7 +59,7 @@ def test_registered_saved_args_rebuild_the_same_network():
     assert model.saved_args() == {"hidden_dims": [8], "activation": "relu", "dropout": 0.5}
     rebuilt = build_model("sparse", num_labels=4, vocab_size=20, **model.saved_args())
     rebuilt.load_state_dict(model.state_dict())
-    batch = csr_batch(random_features(3, 20), [0, 1, 2])
+    batch = CsrInputs(random_features(3, 20)).batch(np.arange(3), CPU)
     torch.testing.assert_close(rebuilt.eval()(*batch), model.eval()(*batch))
 
 
@@ -75,7 +77,7 @@ def test_learns_a_toy_task_with_lcenet():
     targets = torch.eye(6)
     model = with_lcenet(build_model("sparse", num_labels=6, vocab_size=6, hidden_dims=[16], dropout=0.0), 6, rank=3)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05, fused=True)
-    batch = csr_batch(features, np.arange(6))
+    batch = CsrInputs(features).batch(np.arange(6), CPU)
     for _ in range(60):
         loss = F.binary_cross_entropy_with_logits(model(*batch), targets)
         optimizer.zero_grad()

@@ -103,14 +103,19 @@ def load_experiment(path: str | Path, data_overrides: dict[str, str] | None = No
                 raise UserError(f"{path}: models.{model} needs a config file")
             config = _resolve(model_spec["config"], path)
             model_set = _string_list(model_spec.get("set", []), path, f"models.{model}.set")
+            variants = []
             for variant, variant_spec in spec["variants"].items():
                 variant_spec = dict(variant_spec or {})
                 if not set(variant_spec) <= {"lcenet", "capacity_control", "set"}:
                     raise UserError(f"{path}: variants.{variant} takes only 'lcenet', 'capacity_control' and 'set'")
                 if variant_spec.get("lcenet") is not None and variant_spec.get("capacity_control") is not None:
                     raise UserError(f"{path}: variants.{variant}: capacity_control is a base without LCENet")
-                variant_set = _string_list(variant_spec.get("set", []), path, f"variants.{variant}.set")
-                for seed in spec["seeds"]:
+                variants.append((variant, variant_spec,
+                                 _string_list(variant_spec.get("set", []), path, f"variants.{variant}.set")))
+            # Seed-major: every variant of the first seed runs before the second seed starts, so a grid stopped
+            # early still holds complete, paired comparisons.
+            for seed in spec["seeds"]:
+                for variant, variant_spec, variant_set in variants:
                     cells.append(Cell(dataset, str(data_dir), model, config, variant, variant_spec.get("lcenet"),
                                       int(seed), shared + model_set + variant_set,
                                       variant_spec.get("capacity_control")))

@@ -6,8 +6,7 @@
   transforms new text exactly as the fitted one did (no pickle anywhere).
 * :func:`fit_cached` / :func:`transform_cached` keep results in a cache directory (as text.py does for token
   ids), keyed by the caller with :func:`lcenet.text.cache_key` and :meth:`TfidfFeatures.fingerprint`.
-* :func:`csr_batch` turns some rows of a CSR feature matrix into the ``(indices, offsets, per_sample_weights)``
-  arguments of ``nn.EmbeddingBag(mode="sum")``: the model inputs of the sparse family.
+* Batches of these rows become the sparse family's inputs through :class:`lcenet.inference.CsrInputs`.
 
 Tokens are runs of two or more word characters (``TOKEN_PATTERN``, scikit-learn's default): punctuation and
 one-letter words are dropped, numbers are kept. Features are word unigrams and bigrams (``ngram_max=2``)
@@ -30,7 +29,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from lcenet.errors import UserError
 from lcenet.io import atomic_write, atomic_write_json, load_tensors, save_tensors
 
-__all__ = ["TOKEN_PATTERN", "TfidfFeatures", "csr_batch", "fit_cached", "transform_cached"]
+__all__ = ["TOKEN_PATTERN", "TfidfFeatures", "fit_cached", "transform_cached"]
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 FEATURES_FILE = "features.json"
@@ -198,19 +197,3 @@ def fit_cached(texts: Sequence[str], cache_dir: str | Path, key: str, **settings
     features.save(directory)
     _save_csr(directory / TRAIN_FILE, matrix)
     return features, matrix
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Model inputs
-# ----------------------------------------------------------------------------------------------------------
-
-
-def csr_batch(features: sp.csr_matrix, rows: np.ndarray | Sequence[int], device: torch.device | str = "cpu"
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows of a CSR matrix as ``nn.EmbeddingBag(mode="sum")`` arguments: ``(indices int64 [nnz],
-    offsets int64 [B], per_sample_weights float32 [nnz])``. A row without features is an empty bag (zeros)."""
-    block = features[np.asarray(rows)]
-    indices = torch.from_numpy(block.indices.astype(np.int64))
-    offsets = torch.from_numpy(block.indptr[:-1].astype(np.int64))
-    weights = torch.from_numpy(block.data.astype(np.float32, copy=False))
-    return tuple(t.to(device, non_blocking=True) for t in (indices, offsets, weights))

@@ -5,7 +5,7 @@
     z  = h_last Wo + bo                 one logit per label
 
 Inputs are the arguments of ``nn.EmbeddingBag(mode="sum")``: ``(indices [nnz], offsets [B],
-per_sample_weights [nnz])``, cut from a CSR matrix by :func:`lcenet.features.csr_batch`; ``vocab_size`` is
+per_sample_weights [nnz])``, cut from a CSR matrix by :class:`lcenet.inference.CsrInputs`; ``vocab_size`` is
 the number of TF-IDF features F. The first layer is the product ``X W1`` without ever forming X densely.
 
 Gradients of W1 are dense: the trainer's fused Adam takes no sparse gradients, and EmbeddingBag(sparse=True)
