@@ -2,47 +2,43 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+import torch
 
-from lcenet.ensemble import average_top_k, check_same_labels
+from lcenet.ensemble import average_over_union, check_same_labels
 from lcenet.errors import UserError
 
 
+def logit(p):
+    return torch.logit(torch.tensor(p, dtype=torch.float64))
+
+
 def test_average_of_two_toy_models_is_the_hand_computed_one():
-    a = (np.array([[0, 1, 2], [3, 2, 1]]), np.array([[0.9, 0.6, 0.2], [0.8, 0.5, 0.1]]))
-    b = (np.array([[1, 0, 3], [2, 4, 0]]), np.array([[0.8, 0.4, 0.3], [0.9, 0.7, 0.2]]))
-    top, scores = average_top_k([a, b], k=3)
-    # doc 0: label 0 (0.9+0.4)/2 = 0.65, 1 (0.6+0.8)/2 = 0.7, 2 0.2/2 = 0.1, 3 0.3/2 = 0.15
-    # doc 1: label 3 0.4, 2 (0.5+0.9)/2 = 0.7, 1 0.05, 4 0.35, 0 0.1
+    a = logit([[0.9, 0.6, 0.2, 0.01, 0.02], [0.1, 0.2, 0.5, 0.8, 0.05]])
+    b = logit([[0.4, 0.8, 0.01, 0.3, 0.02], [0.2, 0.01, 0.9, 0.03, 0.7]])
+    top, scores = average_over_union([a, b], k=3, candidates=2)
+    # k' is raised to k = 3. doc 0: union {0, 1, 2} (a) | {1, 0, 3} (b): 0 -> (0.9+0.4)/2 = 0.65, 1 -> 0.7,
+    # 2 -> 0.105, 3 -> (0.01+0.3)/2 = 0.155. doc 1: union {3, 2, 1} | {2, 4, 0}: 2 -> 0.7, 3 -> 0.415, 4 -> 0.375
     assert top.tolist() == [[1, 0, 3], [2, 3, 4]]
-    np.testing.assert_allclose(scores, [[0.7, 0.65, 0.15], [0.7, 0.4, 0.35]], rtol=1e-6)
-    assert top.dtype == np.int64 and scores.dtype == np.float32
+    torch.testing.assert_close(scores, torch.tensor([[0.7, 0.65, 0.155], [0.7, 0.415, 0.375]],
+                                                    dtype=torch.float32))
 
 
-def test_ties_go_to_the_lower_label_and_short_rows_are_padded():
-    a = (np.array([[5, 2]]), np.array([[0.5, 0.5]]))
-    top, scores = average_top_k([a], k=4)
-    assert top.tolist() == [[2, 5, -1, -1]]
-    np.testing.assert_allclose(scores, [[0.5, 0.5, 0.0, 0.0]])
+def test_one_model_is_its_own_top_k_and_ties_go_to_the_lower_label():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 30)
+    top, scores = average_over_union([logits], k=5, candidates=10)
+    assert torch.equal(top, torch.topk(logits, 5).indices)
+    torch.testing.assert_close(scores, torch.sigmoid(torch.topk(logits, 5).values))
+    tied = torch.zeros(1, 6)
+    assert average_over_union([tied, tied], k=3, candidates=6)[0].tolist() == [[0, 1, 2]]
 
 
-def test_one_model_is_its_own_top_k_and_candidate_lists_may_differ_in_length():
-    rng = np.random.default_rng(0)
-    scores = np.sort(rng.random((4, 10)), axis=1)[:, ::-1]
-    indices = np.stack([rng.permutation(100)[:10] for _ in range(4)])
-    top, top_scores = average_top_k([(indices, scores)], k=5)
-    assert np.array_equal(top, indices[:, :5])
-    np.testing.assert_allclose(top_scores, scores[:, :5], rtol=1e-6)
-    top, _ = average_top_k([(indices, scores), (indices[:, :3], scores[:, :3])], k=5)
-    assert top.shape == (4, 5)
-
-
-def test_bad_candidates_are_refused():
+def test_bad_members_are_refused():
     with pytest.raises(UserError):
-        average_top_k([], k=5)
-    with pytest.raises(UserError):
-        average_top_k([(np.zeros((2, 3), int), np.zeros((2, 3))), (np.zeros((3, 3), int), np.zeros((3, 3)))], k=2)
+        average_over_union([], k=5)
+    with pytest.raises(UserError, match="shape"):
+        average_over_union([torch.zeros(2, 3), torch.zeros(2, 4)], k=2)
 
 
 def test_mismatched_vocabularies_are_refused_with_both_directories_and_the_label():

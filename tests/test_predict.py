@@ -4,7 +4,7 @@ import json
 import pytest
 
 from lcenet.errors import DataError
-from lcenet.predict import read_label_names
+from lcenet.predict import Predictor, read_label_names
 
 
 def test_label_names_from_tsv_and_eurovoc_style_json(tmp_path):
@@ -25,3 +25,38 @@ def test_malformed_label_name_files(tmp_path, name, content, where):
     path.write_text(content)
     with pytest.raises(DataError, match=where):
         read_label_names(path)
+
+
+def test_an_ensemble_of_two_families_averages_their_scores_and_refuses_other_labels(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from conftest import tiny_config, write_tiny_dataset
+    from lcenet.cli import app
+    from lcenet.pipeline import run_training
+
+    monkeypatch.setenv("LCENET_CACHE", str(tmp_path / "cache"))
+    data = write_tiny_dataset(tmp_path / "data")
+    sparse = tiny_config("sparse", epochs=3, lr=2e-2)
+    sparse.model_args, sparse.data.tfidf_min_df = {"hidden_dims": [16]}, 1
+    run_training(tiny_config(epochs=3, lr=2e-2), data, tmp_path / "cnn", progress=False)
+    run_training(sparse, data, tmp_path / "tfidf", progress=False)
+    dirs = [tmp_path / "cnn" / "model", tmp_path / "tfidf" / "model"]
+    texts = ["milk cheese cow", "fishing quota sea tax", ""]
+    one, two = (Predictor.load(d, device="cpu").predict(texts, k=30) for d in dirs)  # every label, with scores
+    both = Predictor.load(dirs, device="cpu").predict(texts, k=3)
+    for a, b, ensemble in zip(one, two, both):
+        mean = {label: (a["scores"][a["labels"].index(label)] + b["scores"][b["labels"].index(label)]) / 2
+                for label in a["labels"]}
+        expected = sorted(mean.items(), key=lambda item: -item[1])[:3]
+        assert ensemble["labels"] == [label for label, _ in expected]
+        assert ensemble["scores"] == pytest.approx([score for _, score in expected], abs=2e-6)
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", *map(str, dirs), "--data", str(data), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert 0 <= json.loads(result.stdout)["P@1"] <= 1
+
+    other = write_tiny_dataset(tmp_path / "other", seed=3)
+    (other / "train_labels.txt").write_text((other / "train_labels.txt").read_text().replace("milk", "dairy"))
+    run_training(tiny_config(epochs=1), other, tmp_path / "other_run", progress=False)
+    result = runner.invoke(app, ["predict", str(dirs[0]), str(tmp_path / "other_run" / "model")], input="milk\n")
+    assert result.exit_code == 2 and "different label vocabularies" in result.stderr

@@ -120,7 +120,7 @@ def test_save_load_gives_identical_predictions(tiny_data, tmp_path, lcenet):
     run_training(tiny_config(epochs=1, lcenet=lcenet), tiny_data, run, cache_dir=tmp_path / "c", progress=False)
     loaded = load_model(run / "model", device="cpu")
     texts = ["milk cheese cow", "fishing quota sea tax", "nothing known here", ""]
-    first = Predictor(loaded).predict(texts, k=3)
+    first = Predictor([loaded]).predict(texts, k=3)
     again = Predictor.load(run / "model", device="cpu").predict(texts, k=3)
     assert first == again
     assert all(len(r["labels"]) == 3 and r["scores"] == sorted(r["scores"], reverse=True) for r in first)

@@ -119,7 +119,8 @@ def preprocess(
 @app.command()
 @user_errors
 def evaluate(
-    model_dir: Annotated[Path, typer.Argument(help="A saved model directory (RUN_DIR/model).")],
+    model_dirs: Annotated[list[Path], typer.Argument(help="A saved model directory (RUN_DIR/model); several are "
+                                                     "scored as an ensemble (mean sigmoid score).")],
     data: Annotated[Path, typer.Option(help="Data set directory.")],
     split: Annotated[str, typer.Option(help="Split to score: train, dev or test.")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -130,21 +131,23 @@ def evaluate(
     propensity_b: Annotated[float | None, typer.Option(help="PSP@k propensity constant B (default: the model's "
                                                        "train.propensity_b).")] = None,
 ):
-    """Print P@k, nDCG@k and PSP@k of a saved model on one split, as JSON (settings as in training)."""
+    """Print P@k, nDCG@k and PSP@k of a saved model (or an ensemble) on one split, as JSON (settings as in
+    training)."""
     from lcenet.pipeline import evaluate_directory
 
     if split not in ("train", "dev", "test"):
         raise UserError(f"--split must be train, dev or test (got {split!r})")
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
-    typer.echo(json.dumps(evaluate_directory(model_dir, data, split, device, batch_size, propensity_a, propensity_b),
-                          indent=2))
+    typer.echo(json.dumps(evaluate_directory(model_dirs, data, split, device, batch_size, propensity_a,
+                                             propensity_b), indent=2))
 
 
 @app.command()
 @user_errors
 def predict(
-    model_dir: Annotated[Path, typer.Argument(help="A saved model directory (RUN_DIR/model).")],
+    model_dirs: Annotated[list[Path], typer.Argument(help="A saved model directory (RUN_DIR/model); several "
+                                                     "predict as an ensemble (mean sigmoid score).")],
     k: Annotated[int, typer.Option("-k", "--top-k", help="Labels per document.")] = 5,
     input: Annotated[Path | None, typer.Option(help="Text file, one document per line (default: stdin).")] = None,
     names: Annotated[Path | None, typer.Option(help="Label id -> name file (TSV or JSON) to add names.")] = None,
@@ -163,7 +166,7 @@ def predict(
     raw_lines = (input.read_bytes() if input else sys.stdin.buffer.read()).splitlines()
     # Decode everything first, so bad input stops before any output is written; the same rules as data files.
     texts = [decode_line(raw, source, number) for number, raw in enumerate(raw_lines, start=1)]
-    predictor = Predictor.load(model_dir, device, names)
+    predictor = Predictor.load(model_dirs, device, names)
     for start in range(0, len(texts), batch_size):
         _write_predictions(predictor.predict(texts[start:start + batch_size], k, batch_size))
 

@@ -18,6 +18,7 @@ Both paths give the same batches for the same rows (tested).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +27,7 @@ import scipy.sparse as sp
 import torch
 
 from lcenet import metrics
+from lcenet.ensemble import DEFAULT_CANDIDATES, average_over_union
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -225,15 +227,26 @@ def autocast(device: torch.device, enabled: bool):
 def predict_top_k(model: torch.nn.Module, inputs: InputStore, k: int, device: torch.device, batch_size: int = 256,
                   bf16: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Top-k label indices and sigmoid scores, ``[N, k]`` each; never materialises ``[N, L]``."""
-    model.eval()
+    return ensemble_top_k([model], [inputs], k, device, batch_size, bf16)
+
+
+@torch.no_grad()
+def ensemble_top_k(models: Sequence[torch.nn.Module], inputs: Sequence[InputStore], k: int, device: torch.device,
+                   batch_size: int = 256, bf16: bool = True, candidates: int = DEFAULT_CANDIDATES
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k labels of the models' mean sigmoid score (each model reads its own inputs of the same documents),
+    over the union of their top-``candidates`` labels (:mod:`lcenet.ensemble`); one model: its own top k."""
+    for model in models:
+        model.eval()
+    count = len(inputs[0])
     indices, scores = [], []
-    for start in range(0, len(inputs), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(inputs)))
+    for start in range(0, count, batch_size):
+        rows = np.arange(start, min(start + batch_size, count))
         with autocast(device, bf16):
-            logits = model(*inputs.batch(rows, device)).float()
-        top = torch.topk(logits, min(k, logits.shape[1]), dim=1)
-        indices.append(top.indices.cpu().numpy())
-        scores.append(torch.sigmoid(top.values).cpu().numpy())
+            logits = [model(*store.batch(rows, device)).float() for model, store in zip(models, inputs)]
+        top, top_scores = average_over_union(logits, k, candidates)
+        indices.append(top.cpu().numpy())
+        scores.append(top_scores.cpu().numpy())
     if not indices:
         return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
     return np.concatenate(indices), np.concatenate(scores)

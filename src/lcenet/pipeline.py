@@ -18,9 +18,10 @@ import torch
 from lcenet import data, distributed, metrics, text
 from lcenet.config import RunConfig, TrainSettings
 from lcenet.encoders import Encoder, TfidfEncoder, TokenEncoder, load_encoder
+from lcenet.ensemble import check_same_labels
 from lcenet.errors import UserError
 from lcenet.features import fit_cached
-from lcenet.inference import SplitTensors, evaluate_model, predict_top_k
+from lcenet.inference import SplitTensors, ensemble_top_k, evaluate_model, predict_top_k
 from lcenet.io import atomic_write_json, read_model_dir, write_model_dir
 from lcenet.lcenet import LCENet, cooccurrence_init_, with_lcenet
 from lcenet.models import XMTCModel, build_model, model_class
@@ -234,6 +235,15 @@ class LoadedModel:
     config: dict
     device: torch.device
 
+    @property
+    def trained(self) -> dict:
+        """The training settings the model was trained with (defaults for keys older models lack)."""
+        return {**asdict(TrainSettings()), **(self.config.get("run_config") or {}).get("train", {})}
+
+    @property
+    def bf16(self) -> bool:
+        return bool(self.trained["bf16"])
+
 
 def load_model(model_dir: str | Path, device: str = "auto") -> LoadedModel:
     config, state, label_names, label_frequency = read_model_dir(model_dir)
@@ -250,19 +260,29 @@ def load_model(model_dir: str | Path, device: str = "auto") -> LoadedModel:
     return LoadedModel(model, encoder, label_names, label_frequency, config, resolved)
 
 
-def evaluate_directory(model_dir: str | Path, data_dir: str | Path, split: str = "test", device: str = "auto",
-                       batch_size: int | None = None, propensity_a: float | None = None,
-                       propensity_b: float | None = None) -> dict:
-    """Score a saved model on one split of a data set, in the model's own label space.
+def load_models(model_dirs: list[str | Path], device: str = "auto") -> list[LoadedModel]:
+    """One model, or the members of an ensemble: any families, but the same labels in the same order."""
+    if not model_dirs:
+        raise UserError("no model directory given")
+    members = [load_model(directory, device) for directory in model_dirs]
+    check_same_labels([m.label_names for m in members], [str(d) for d in model_dirs])
+    return members
 
-    Propensity constants, eval batch size and bf16 default to those the model was trained with (its
+
+def evaluate_directory(model_dirs: str | Path | list[str | Path], data_dir: str | Path, split: str = "test",
+                       device: str = "auto", batch_size: int | None = None, propensity_a: float | None = None,
+                       propensity_b: float | None = None) -> dict:
+    """Score a saved model (or the ensemble of several) on one split of a data set, in its own label space.
+
+    Propensity constants, eval batch size and bf16 default to those the (first) model was trained with (its
     config.json's run_config), so PSP@k matches the run's metrics.json; the arguments override them."""
-    loaded = load_model(model_dir, device)
-    trained = {**asdict(TrainSettings()), **(loaded.config.get("run_config") or {}).get("train", {})}
+    members = load_models([model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs), device)
+    first = members[0]
+    trained = first.trained
     batch_size = batch_size or trained["eval_batch_size"]
     propensity_a = trained["propensity_a"] if propensity_a is None else propensity_a
     propensity_b = trained["propensity_b"] if propensity_b is None else propensity_b
-    label_index = {name: i for i, name in enumerate(loaded.label_names)}
+    label_index = {name: i for i, name in enumerate(first.label_names)}
     texts, label_lists = [], []
     for doc_text, labels in data.iter_split(data_dir, split):
         texts.append(doc_text)
@@ -273,7 +293,8 @@ def evaluate_directory(model_dir: str | Path, data_dir: str | Path, split: str =
     truth = data.labels_to_csr(label_lists, label_index, len(label_index))
     if unseen:
         log.warning("%s: %d labels unknown to the model (kept as misses)", split, len(unseen))
-    inv_propensity = inverse_propensity_for(truth.shape[1], loaded.label_frequency, loaded.config["num_train_docs"],
+    inv_propensity = inverse_propensity_for(truth.shape[1], first.label_frequency, first.config["num_train_docs"],
                                             propensity_a, propensity_b)
-    return evaluate_model(loaded.model, SplitTensors(loaded.encoder.encode(texts), sp.csr_matrix(truth)),
-                          loaded.device, inv_propensity, batch_size, trained["bf16"])
+    top, _ = ensemble_top_k([m.model for m in members], [m.encoder.encode(texts) for m in members],
+                            max(metrics.DEFAULT_KS), first.device, batch_size, trained["bf16"])
+    return metrics.evaluate(top, sp.csr_matrix(truth), inv_propensity=inv_propensity)

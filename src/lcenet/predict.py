@@ -1,4 +1,5 @@
-"""Prediction from a saved model directory: texts in, top-k labels and sigmoid scores out."""
+"""Prediction from saved model directories: texts in, top-k labels and sigmoid scores out. Several directories
+(of any families, with the same labels) predict as an ensemble: their mean sigmoid score (:mod:`lcenet.ensemble`)."""
 
 from __future__ import annotations
 
@@ -7,27 +8,35 @@ import json
 from pathlib import Path
 
 from lcenet.errors import DataError
-from lcenet.inference import predict_top_k
-from lcenet.pipeline import LoadedModel, load_model
+from lcenet.inference import ensemble_top_k
+from lcenet.pipeline import LoadedModel, load_models
 
 
 class Predictor:
-    """``Predictor.load(model_dir).predict(["some text", ...], k=5)`` -> ``[{"labels": [...], "scores": [...]}]``."""
+    """``Predictor.load(model_dir).predict(["some text", ...], k=5)`` -> ``[{"labels": [...], "scores": [...]}]``;
+    ``Predictor.load([dir_a, dir_b])`` predicts with the ensemble of both."""
 
-    def __init__(self, loaded: LoadedModel, label_names: dict[str, str] | None = None):
-        self.loaded = loaded
+    def __init__(self, members: list[LoadedModel], label_names: dict[str, str] | None = None):
+        self.members = members
         self.label_names = label_names
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "auto", names_file: str | Path | None = None) -> Predictor:
-        return cls(load_model(model_dir, device), read_label_names(names_file) if names_file else None)
+    def load(cls, model_dirs: str | Path | list[str | Path], device: str = "auto",
+             names_file: str | Path | None = None) -> Predictor:
+        members = load_models([model_dirs] if isinstance(model_dirs, (str, Path)) else model_dirs, device)
+        return cls(members, read_label_names(names_file) if names_file else None)
+
+    @property
+    def label_ids(self) -> list[str]:
+        return self.members[0].label_names
 
     def predict(self, texts: list[str], k: int = 5, batch_size: int = 256) -> list[dict]:
-        loaded = self.loaded
-        top, scores = predict_top_k(loaded.model, loaded.encoder.encode(texts), k, loaded.device, batch_size)
+        first = self.members[0]
+        top, scores = ensemble_top_k([m.model for m in self.members], [m.encoder.encode(texts) for m in self.members],
+                                     k, first.device, batch_size, first.bf16)
         results = []
         for row, row_scores in zip(top, scores):
-            labels = [loaded.label_names[i] for i in row]
+            labels = [first.label_names[i] for i in row]
             result = {"labels": labels, "scores": [round(float(s), 6) for s in row_scores]}
             if self.label_names is not None:
                 result["names"] = [self.label_names.get(label, label) for label in labels]
