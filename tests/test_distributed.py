@@ -116,8 +116,8 @@ def test_a_model_trained_in_two_processes_predicts_in_one(ddp_run):
     state, _ = load_tensors(ddp_run / "two" / "model" / "model.safetensors")
     assert not any(name.startswith("module.") for name in state)
     texts = ["milk cheese cow", "fishing quota sea tax", ""]
-    two = Predictor(load_model(ddp_run / "two" / "model", device="cpu")).predict(texts, k=3)
-    one = Predictor(load_model(ddp_run / "one" / "model", device="cpu")).predict(texts, k=3)
+    two = Predictor([load_model(ddp_run / "two" / "model", device="cpu")]).predict(texts, k=3)
+    one = Predictor([load_model(ddp_run / "one" / "model", device="cpu")]).predict(texts, k=3)
     assert [r["labels"] for r in two] == [r["labels"] for r in one]
     assert np.allclose([r["scores"] for r in two], [r["scores"] for r in one], atol=1e-4)
 
