@@ -230,3 +230,51 @@ def test_page_in_headless_chromium(server, predictor):
     expected = predictor.predict([text], 3)[0]
     assert parsed.labels == expected["labels"], dom[-2000:]
     assert parsed.names == expected["names"]
+
+
+# ---- the bad-input corpus (tests/bad_inputs/cases.py) against the server -----------------------------------
+from bad_inputs.cases import CASES, Accepted, write_files  # noqa: E402
+
+
+def request_body(raw: bytes) -> bytes:
+    """The lines of an input file as a /predict body, each line's bytes kept as they are (a client that sends
+    a file's lines: invalid UTF-8 stays invalid, a NUL is escaped by JSON, CR and BOM stay in the text)."""
+    texts = []
+    for line in raw.split(b"\n")[:-1] if raw.endswith(b"\n") else raw.split(b"\n"):
+        try:
+            texts.append(json.dumps(line.decode("utf-8")).encode())
+        except UnicodeDecodeError:
+            texts.append(b'"' + line + b'"')
+    return b'{"texts": [' + b", ".join(texts) + b'], "k": 3}'
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.target == "input"], ids=lambda c: c.name)
+def test_bad_input_corpus_against_the_server(case, server, tmp_path):
+    write_files(tmp_path, case.files)
+    response = httpx.post(f"{server.url}/predict", content=request_body((tmp_path / "input.txt").read_bytes()),
+                          headers={"Content-Type": "application/json"})
+    if isinstance(case.expect, Accepted):
+        write_files(tmp_path / "clean", case.expect.same_as)
+        clean = httpx.post(f"{server.url}/predict", content=request_body((tmp_path / "clean" / "input.txt")
+                                                                         .read_bytes()),
+                           headers={"Content-Type": "application/json"})
+        assert response.status_code == clean.status_code == 200 and response.json() == clean.json()
+    else:
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert "\n" not in detail and any(word in detail for word in ("NUL", "invalid JSON")), detail
+    assert httpx.post(f"{server.url}/predict", json={"texts": ["milk"]}).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.target == "model"], ids=lambda c: c.name)
+def test_a_damaged_model_directory_stops_serve_before_it_listens(case, model_dir, tmp_path):
+    damaged = tmp_path / "model"
+    shutil.copytree(model_dir, damaged)
+    write_files(damaged, case.files)
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "lcenet", "serve", str(damaged), "--port", "0"],
+                            capture_output=True, text=True, timeout=120)
+    message = result.stderr.strip()
+    assert result.returncode == 2 and len(message.splitlines()) == 1 and "Traceback" not in message, message
+    assert case.expect.file in message and case.expect.problem in message, message

@@ -36,6 +36,7 @@ CHECKSUMMED_FILES = ("model.safetensors", "labels.tsv")  # at least; config.json
 VERSION_1_FILES = ("tokenizer.json",)  # format 1 had token families only
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 FORMAT_VERSION = 2
+SAFETENSORS_MAX_HEADER = 100 * 2**20  # the safetensors format's own limit on its JSON header
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -83,8 +84,9 @@ def _truncation(path: Path) -> str | None:
         size = path.stat().st_size
         with open(path, "rb") as handle:
             header_size = int.from_bytes(handle.read(8), "little")
-            if header_size > size - 8:  # not even a whole header: garbage, or cut inside it; never read it
-                return None
+            if header_size > size - 8:  # not even a whole header: cut inside it (it starts a JSON object), or garbage
+                plausible = header_size < SAFETENSORS_MAX_HEADER and handle.read(1) == b"{"
+                return f"truncated ({size} bytes, its header alone needs {8 + header_size})" if plausible else None
             header = json.loads(handle.read(header_size))
         needed = 8 + header_size + max((entry["data_offsets"][1] for name, entry in header.items()
                                         if name != "__metadata__"), default=0)

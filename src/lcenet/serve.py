@@ -29,6 +29,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lcenet.errors import UserError
 from lcenet.io import versions
@@ -234,6 +235,14 @@ def create_app(predictor: SupportsPredict, settings: ServeSettings) -> FastAPI:
                   description=f"Top-k labels from the {config['model']} model in {settings.model_dir}.")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def body_not_parsed(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # FastAPI answers 400 "There was an error parsing the body" when JSON bytes are not UTF-8; say what it is,
+        # with the status every other malformed body gets.
+        if error.status_code == 400 and request.url.path == "/predict":
+            return JSONResponse({"detail": "invalid JSON: the body is not UTF-8 text"}, status_code=422)
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
     @app.exception_handler(RequestValidationError)
     async def one_line_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": one_line(error.errors())}, status_code=422)
@@ -248,10 +257,13 @@ def create_app(predictor: SupportsPredict, settings: ServeSettings) -> FastAPI:
         for i, text in enumerate(body.texts):
             if len(text) > settings.max_text_chars:
                 raise HTTPException(422, f"texts.{i}: {len(text)} characters, at most {settings.max_text_chars}")
+            if "\0" in text:  # as in data files: binary data or UTF-16 read as UTF-8, never meant as text
+                raise HTTPException(422, f"texts.{i}: NUL character at offset {text.index(chr(0))} (binary data?)")
+        texts = [text.removeprefix("\ufeff") for text in body.texts]  # a byte-order mark is no part of a text
         if not 1 <= body.k <= top_k:
             raise HTTPException(422, f"k: must be between 1 and {top_k} (got {body.k}; the model has {num_labels} "
                                      f"labels, the server allows at most {settings.max_k})")
-        results = await batcher.predict(body.texts, body.k)
+        results = await batcher.predict(texts, body.k)
         return {"predictions": [{"labels": r["labels"], "names": r.get("names", r["labels"]), "scores": r["scores"]}
                                 for r in results]}
 
