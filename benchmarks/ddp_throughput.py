@@ -65,9 +65,7 @@ def worker(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = with_lcenet(build_model("xmlcnn", args.labels, VOCAB), args.labels, rank=args.rank)
         trainer = Trainer(model, settings, split, split, args.labels, run_dir, progress=False)
-        order = np.arange(len(split))
-        local, trainer.rows_per_batch = distributed.shard_epoch(order, args.batch, trainer.rank, trainer.world_size)
-        trainer.batches.start_epoch(local)
+        trainer.start_epoch(np.arange(len(split)))
         trainer.model.train()
 
         def run(first: int, count: int) -> float:

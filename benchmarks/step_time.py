@@ -76,7 +76,7 @@ class Timed:
     def __init__(self, model, split, num_labels, settings: TrainSettings, run_dir: Path):
         self.trainer = Trainer(model, settings, split, split, num_labels, run_dir, progress=False)
         self.order = np.random.default_rng(0).permutation(len(split))
-        self.trainer.batches.start_epoch(self.order)
+        self.trainer.start_epoch(self.order)
         self.position = 0
 
     def step(self) -> float:

@@ -6,8 +6,9 @@
 Both networks get the published XML-CNN shape (T = 500 tokens, batch 64, L = 4,271 labels, 300-d embeddings,
 widths 2/4/8 with 128 filters each, 8 pooled chunks, a 512-unit hidden layer) and the same random batches.
 lcenet's step is the Trainer's own ``optimizer_step`` (host batches from a token-id array, BCE, gradient
-clipping, fused Adam); LibMultiLabel's is its network's forward, BCE and the Adam step its trainer uses.
-Steps alternate between the two so machine noise hits both alike; docs/s is batch / median step time.
+clipping, fused Adam), in fp32 (the default) and with ``train.bf16_cpu`` (bf16 autocast on the CPU, opt-in);
+LibMultiLabel's is its network's forward, BCE and the Adam step its trainer uses, in fp32. Steps rotate
+between the three so machine noise hits all alike; docs/s is batch / median step time.
 Writes benchmarks/results/vs_libmultilabel_<device>.json.
 """
 
@@ -56,28 +57,34 @@ def main() -> None:
 
     device = resolve_device("cpu")
     split = synthetic_split(BATCH * (args.warmup + args.repeats + 1), LENGTH, VOCAB, LABELS)
-    torch.manual_seed(0)
-    ours = build_model("xmlcnn", LABELS, VOCAB, embedding_dim=EMBEDDING, filter_sizes=[2, 4, 8], num_filters=128,
-                       pool_chunks=8, hidden_dim=512)
+    def ours():
+        torch.manual_seed(0)
+        return build_model("xmlcnn", LABELS, VOCAB, embedding_dim=EMBEDDING, filter_sizes=[2, 4, 8], num_filters=128,
+                           pool_chunks=8, hidden_dim=512)
+
     theirs = LibMultiLabelXMLCNN(torch.randn(VOCAB, EMBEDDING), LABELS, filter_sizes=[2, 4, 8], hidden_dim=512,
                                  num_filter_per_size=128, num_pool=8, embed_dropout=0.2, post_encoder_dropout=0.5)
     their_optimizer = torch.optim.Adam(theirs.parameters(), lr=1e-3)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(ours, TrainSettings(batch_size=BATCH, device="cpu"), split, split, LABELS, run_dir,
-                          progress=False)
+        trainers = {name: Trainer(ours(), TrainSettings(batch_size=BATCH, device="cpu", bf16_cpu=bf16), split, split,
+                                  LABELS, Path(run_dir) / name, progress=False)
+                    for name, bf16 in (("lcenet", False), ("lcenet_bf16_cpu", True))}
         order = np.arange(len(split))
-        trainer.batches.start_epoch(order)
-        times = {"lcenet": [], "libmultilabel": []}
+        for trainer in trainers.values():
+            trainer.start_epoch(order)
+        times = {"lcenet": [], "lcenet_bf16_cpu": [], "libmultilabel": []}
         for repeat in range(args.warmup + args.repeats):
             start = repeat * BATCH
-            inputs, targets = trainer.batches.get(start)
-            started = time.perf_counter()
-            trainer.optimizer_step(start, start + BATCH)
-            ours_seconds = time.perf_counter() - started
-            theirs_seconds = libmultilabel_step(theirs, their_optimizer, inputs[0], targets)
+            inputs, targets = trainers["lcenet"].batches.get(start)
+            seconds = {}
+            for name, trainer in trainers.items():
+                started = time.perf_counter()
+                trainer.optimizer_step(start, start + BATCH)
+                seconds[name] = time.perf_counter() - started
+            seconds["libmultilabel"] = libmultilabel_step(theirs, their_optimizer, inputs[0], targets)
             if repeat >= args.warmup:
-                times["lcenet"].append(ours_seconds)
-                times["libmultilabel"].append(theirs_seconds)
+                for name, value in seconds.items():
+                    times[name].append(value)
     docs_per_s = {name: BATCH / statistics.median(values) for name, values in times.items()}
     import libmultilabel
 
@@ -88,11 +95,13 @@ def main() -> None:
                         "filter_sizes": [2, 4, 8], "num_filters": 128, "pool_chunks": 8, "hidden_dim": 512},
               "repeats": args.repeats, "median_step_s": {k: statistics.median(v) for k, v in times.items()},
               "train_docs_per_s": docs_per_s,
-              "speedup_vs_libmultilabel": docs_per_s["lcenet"] / docs_per_s["libmultilabel"]}
+              "speedup_vs_libmultilabel": docs_per_s["lcenet"] / docs_per_s["libmultilabel"],
+              "speedup_vs_libmultilabel_bf16_cpu": docs_per_s["lcenet_bf16_cpu"] / docs_per_s["libmultilabel"]}
     output = args.output or Path(__file__).parent / "results" / f"vs_libmultilabel_{device.type}.json"
     atomic_write_json(output, record)
-    print(f"lcenet {docs_per_s['lcenet']:.1f} docs/s, LibMultiLabel {docs_per_s['libmultilabel']:.1f} docs/s: "
-          f"x{record['speedup_vs_libmultilabel']:.2f} ({device_name(device)}); wrote {output}")
+    print(f"lcenet {docs_per_s['lcenet']:.1f} docs/s (bf16_cpu {docs_per_s['lcenet_bf16_cpu']:.1f}), LibMultiLabel "
+          f"{docs_per_s['libmultilabel']:.1f} docs/s: x{record['speedup_vs_libmultilabel']:.2f} "
+          f"(x{record['speedup_vs_libmultilabel_bf16_cpu']:.2f}) ({device_name(device)}); wrote {output}")
 
 
 def _version(package: str) -> str | None:

@@ -215,3 +215,20 @@ def test_resume_drops_a_log_line_torn_by_a_kill(tmp_path):
     trainer._truncate_log(2)
     trainer._log(records[1])
     assert [json.loads(line) for line in trainer.log_path.read_text().splitlines()] == records[:2]
+
+
+def test_bf16_cpu_trains_in_bf16_on_the_cpu_only_when_asked(tiny_data, tmp_path):
+    from lcenet.inference import autocast
+
+    cpu = torch.device("cpu")
+    with autocast(cpu, True):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32  # bf16 alone: CUDA only
+    with autocast(cpu, True, on_cpu=True):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
+    fp32 = run_training(tiny_config(epochs=2), tiny_data, tmp_path / "a", cache_dir=tmp_path / "c", progress=False)
+    bf16 = run_training(tiny_config(epochs=2, bf16_cpu=True), tiny_data, tmp_path / "b", cache_dir=tmp_path / "c",
+                        progress=False)
+    assert bf16["config"]["train"]["bf16_cpu"] is True
+    first, second = (load_tensors(run / "model" / "model.safetensors")[0] for run in (tmp_path / "a", tmp_path / "b"))
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # the steps really ran in bf16
+    assert 0 <= bf16["test"]["P@1"] <= 1 and 0 <= fp32["test"]["P@1"] <= 1

@@ -55,6 +55,9 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast, used on CUDA only
+    # bf16 autocast for training steps on the CPU too (oneDNN's bf16 kernels; fast on CPUs with AVX512-BF16 or
+    # AMX, slow elsewhere). Off by default: it changes results; dev evaluation and prediction stay fp32 on CPU.
+    bf16_cpu: bool = False
     # Keep the training split on the device and build batches there; None = on CUDA only (on CPU the ids may
     # stay memory-mapped).
     resident_batches: bool | None = None

@@ -218,9 +218,10 @@ class EpochBatches:
         return self.inputs.batch(rows, int(self.input_sizes[index])), targets
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA (when enabled); a no-op elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+def autocast(device: torch.device, enabled: bool, on_cpu: bool = False):
+    """bf16 autocast on CUDA when ``enabled``; on the CPU only when ``on_cpu`` too (training's ``bf16_cpu``)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=enabled and (device.type == "cuda" or (on_cpu and device.type == "cpu")))
 
 
 @torch.no_grad()

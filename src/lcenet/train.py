@@ -162,9 +162,7 @@ class Trainer:
         loss_sum, loss_count = self.state.get("loss_sum", 0.0), self.state.get("loss_count", 0)
         while not self._finished():
             order = np.random.default_rng([settings.seed, self.state["epoch"]]).permutation(len(self.train))
-            local_order, self.rows_per_batch = distributed.shard_epoch(order, settings.batch_size, self.rank,
-                                                                       self.world_size)
-            self.batches.start_epoch(local_order)
+            self.start_epoch(order)
             per_step = settings.batch_size * settings.grad_accum_steps
             self.model.train()
             for batch_start in range(self.state["batch_in_epoch"] * per_step, len(order), per_step):
@@ -210,6 +208,12 @@ class Trainer:
         reason = stop_reason(state["stopped_early"], state["stopped_by_time"], state["step"], self.settings.max_steps)
         return {**state, "stop_reason": reason, "converged": converged(state["dev_scores"], reason)}
 
+    def start_epoch(self, order: np.ndarray) -> None:
+        """Make ``order`` (the epoch's global row order) the rows ``optimizer_step`` slices: this rank's share."""
+        local_order, self.rows_per_batch = distributed.shard_epoch(order, self.settings.batch_size, self.rank,
+                                                                   self.world_size)
+        self.batches.start_epoch(local_order)
+
     def _epochs_done(self) -> float:
         """Epochs completed, fractional inside an epoch (the same clock for train and eval records)."""
         return round(self.state["epoch"] + self.state["batch_in_epoch"] / self.steps_per_epoch, 4)
@@ -248,7 +252,7 @@ class Trainer:
             inputs, targets = self.batches.get(index * self.batches.batch_size)
             share = int(self.rows_per_batch[index]) / (stop - start) * self.world_size
             with distributed.gradient_sync(self.loss, micro_start + settings.batch_size >= stop):
-                with autocast(self.device, settings.bf16):
+                with autocast(self.device, settings.bf16, settings.bf16_cpu):
                     loss = self.loss(inputs, targets) * share
                 loss.backward()
             total += loss.detach()
