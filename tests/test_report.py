@@ -253,6 +253,20 @@ def test_experiment_end_to_end(finished_experiment):
     assert "0 run, 2 already finished, 0 failed" in rerun.output
 
 
+def test_collect_only_writes_finished_records_and_starts_nothing(finished_experiment, tmp_path):
+    root, data, env, _ = finished_experiment
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    (out / "records" / "tiny__xmlcnn__base__s0.json").unlink()
+    spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None}, "lcenet": {"lcenet": {"rank": 4}},
+                                            "rank2": {"lcenet": {"rank": 2}}})
+    result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out), "--collect-only"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "0 run, 2 already finished, 0 failed, 1 not run" in result.output
+    assert (out / "records" / "tiny__xmlcnn__base__s0.json").exists()  # collected again from its run
+    assert not (out / "runs" / "tiny__xmlcnn__rank2__s0").exists()
+
+
 def test_experiment_failed_cell(finished_experiment, tmp_path):
     root, data, env, _ = finished_experiment
     out = tmp_path / "out"
@@ -262,7 +276,7 @@ def test_experiment_failed_cell(finished_experiment, tmp_path):
                                             "rank2": {"lcenet": {"rank": 2}}})
     result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out)], env=env)
     assert result.exit_code == 1, result.output
-    assert "1 run, 2 already finished, 1 failed" in result.output
+    assert "1 run, 2 already finished, 1 failed, 0 not run" in result.output
     error = json.loads((out / "records" / "tiny__xmlcnn__bad__s0.error.json").read_text())
     assert "hidden_activation" in error["error"] and error["returncode"] != 0
     assert not (out / "records" / "tiny__xmlcnn__bad__s0.json").exists()

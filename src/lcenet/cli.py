@@ -235,6 +235,8 @@ def experiment(
                                                    "(repeatable).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="An override added to every cell, after the "
                                                    "file's own (repeatable).")] = None,
+    collect_only: Annotated[bool, typer.Option(help="Start nothing: write the records (and report) of the cells "
+                                                    "that finished, e.g. after a time-limited device run.")] = False,
 ):
     """Run a grid of training runs (skipping finished cells, resuming killed ones), then write the report."""
     from lcenet.experiment import load_experiment, run_experiment
@@ -258,10 +260,10 @@ def experiment(
         except UserError as error:
             raise UserError(f"{spec}: cell {cell.name}: {error}") from None
     output = output or Path("runs/experiments") / plan.name
-    statuses = run_experiment(plan, output, parallel)
-    counts = {state: list(statuses.values()).count(state) for state in ("done", "skipped", "failed")}
-    typer.echo(f"{plan.name}: {counts['done']} run, {counts['skipped']} already finished, {counts['failed']} failed "
-               f"-> {output}", err=True)
+    statuses = run_experiment(plan, output, parallel, collect_only)
+    counts = {state: list(statuses.values()).count(state) for state in ("done", "skipped", "failed", "pending")}
+    typer.echo(f"{plan.name}: {counts['done']} run, {counts['skipped']} already finished, {counts['failed']} failed, "
+               f"{counts['pending']} not run -> {output}", err=True)
     if report:
         from lcenet.report import write_report
 

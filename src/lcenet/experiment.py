@@ -147,8 +147,10 @@ def cell_status(run_dir: Path) -> str:
     return "new"
 
 
-def run_experiment(experiment: Experiment, output: str | Path, parallel: int | None = None) -> dict[str, str]:
-    """Run every unfinished cell; write records/ for finished ones. Returns {cell name: status}."""
+def run_experiment(experiment: Experiment, output: str | Path, parallel: int | None = None,
+                   collect_only: bool = False) -> dict[str, str]:
+    """Run every unfinished cell; write records/ for finished ones. Returns {cell name: status}.
+    ``collect_only``: run nothing, only write the records of finished cells (status "pending" for the rest)."""
     output = Path(output)
     (output / "records").mkdir(parents=True, exist_ok=True)
     (output / "runs").mkdir(exist_ok=True)
@@ -162,6 +164,8 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
         run_dir = output / "runs" / cell.name
         status = cell_status(run_dir)
         error_path = output / "records" / f"{cell.name}.error.json"
+        if status != "done" and collect_only:
+            return "pending"
         if status != "done":
             command = cell.command(run_dir, resume=status == "resumable")
             log.info("[%s] %s", cell.name, "resuming" if status == "resumable" else "starting")
