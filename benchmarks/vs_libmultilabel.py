@@ -15,6 +15,7 @@ Writes benchmarks/results/vs_libmultilabel_<device>.json.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -56,6 +57,7 @@ def main() -> None:
     from libmultilabel.nn.networks.xml_cnn import XMLCNN as LibMultiLabelXMLCNN
 
     device = resolve_device("cpu")
+    load_before = os.getloadavg()
     split = synthetic_split(BATCH * (args.warmup + args.repeats + 1), LENGTH, VOCAB, LABELS)
     def ours():
         torch.manual_seed(0)
@@ -93,7 +95,10 @@ def main() -> None:
               "libmultilabel_version": getattr(libmultilabel, "__version__", None) or _version("libmultilabel"),
               "shape": {"labels": LABELS, "batch": BATCH, "max_length": LENGTH, "embedding_dim": EMBEDDING,
                         "filter_sizes": [2, 4, 8], "num_filters": 128, "pool_chunks": 8, "hidden_dim": 512},
-              "repeats": args.repeats, "median_step_s": {k: statistics.median(v) for k, v in times.items()},
+              "repeats": args.repeats, "threads": torch.get_num_threads(),
+              # other processes' load skews both sides alike but not fully: rerun on a quiet machine to claim speed
+              "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
+              "median_step_s": {k: statistics.median(v) for k, v in times.items()},
               "train_docs_per_s": docs_per_s,
               "speedup_vs_libmultilabel": docs_per_s["lcenet"] / docs_per_s["libmultilabel"],
               "speedup_vs_libmultilabel_bf16_cpu": docs_per_s["lcenet_bf16_cpu"] / docs_per_s["libmultilabel"]}
