@@ -115,3 +115,12 @@ def test_bad_hyper_parameters():
         make(label_chunk_size=0)
     with pytest.raises(UserError, match="nonsense"):
         build_model("attentionxml", L, V, nonsense=1)
+
+
+def test_auto_chunking_loops_over_labels_only_where_memory_forces_it(monkeypatch):
+    import lcenet.models.attentionxml as module
+
+    model = make()  # label_chunk_size "auto"
+    assert model.chunk_size(batch=16, positions=500) == model.num_labels  # fits: one pass over all labels
+    monkeypatch.setattr(module, "CHUNK_BUDGET_BYTES", 3 * 16 * 500 * 4 * 2)  # room for two labels at a time
+    assert model.chunk_size(batch=16, positions=500) == 2

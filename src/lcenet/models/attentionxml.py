@@ -9,8 +9,10 @@ padded positions are masked in the attention, so padding never changes a documen
 right-padded (the mask is ``ids != 0``); a document with no token is read as its first (pad) token.
 
 Memory. The label-wise part dominates; it is computed in chunks of ``label_chunk_size`` labels (None = all at
-once). With T the padded length, H the LSTM size per direction, F the last linear size and E the embedding
-size, autograd keeps, summed over all chunks, the attention weights (fp32, plus a bf16 copy under autocast),
+once; "auto", the default, = all at once unless the chunk transients below would pass ``CHUNK_BUDGET_BYTES``,
+then the largest chunk that fits, so the Python loop over label chunks runs only where memory forces it). With
+T the padded length, H the LSTM size per direction, F the last linear size and E the embedding size, autograd
+keeps, summed over all chunks, the attention weights (fp32, plus a bf16 copy under autocast),
 the per-label document vectors and the hidden layer:
 
     attention(B) = B * L * (a*T + b*(2H + F)) bytes      a, b = 4, 4 in fp32; 6, 2 under bf16 autocast
@@ -48,16 +50,19 @@ from torch.utils.checkpoint import checkpoint
 from lcenet.errors import UserError
 from lcenet.models import XMTCModel, register
 
+CHUNK_BUDGET_BYTES = 2 * 2**30  # one label chunk's attention transients, "auto" chunking
+
 
 @register("attentionxml")
 class AttentionXML(XMTCModel):
     def __init__(self, num_labels: int, vocab_size: int, embedding_dim: int = 300, hidden_size: int = 256,
                  num_layers: int = 1, linear_sizes=(256,), dropout: float = 0.5, embedding_dropout: float = 0.2,
-                 freeze_embeddings: bool = False, label_chunk_size: int | None = 1024,
+                 freeze_embeddings: bool = False, label_chunk_size: int | str | None = "auto",
                  checkpoint_chunks: bool = False):
         super().__init__()
-        if label_chunk_size is not None and label_chunk_size < 1:
-            raise UserError(f"attentionxml label_chunk_size must be >= 1 or null (got {label_chunk_size})")
+        if label_chunk_size != "auto" and label_chunk_size is not None and (
+                not isinstance(label_chunk_size, int) or label_chunk_size < 1):
+            raise UserError(f"attentionxml label_chunk_size must be >= 1, null or auto (got {label_chunk_size!r})")
         if num_layers < 1 or hidden_size < 1:
             raise UserError(f"attentionxml needs num_layers and hidden_size >= 1 (got {num_layers}, {hidden_size})")
         self.num_labels = num_labels
@@ -98,7 +103,7 @@ class AttentionXML(XMTCModel):
         hidden = self._encode(input_ids, lengths, positions)  # [B, T, 2H]
         valid = torch.arange(positions, device=input_ids.device).unsqueeze(0) < lengths.unsqueeze(1)
         valid = valid.unsqueeze(1)  # [B, 1, T]
-        step = self.label_chunk_size or self.num_labels
+        step = self.chunk_size(batch, positions)
         use_checkpoint = self.checkpoint_chunks and self.training and torch.is_grad_enabled()
         chunks = []
         for start in range(0, self.num_labels, step):
@@ -108,6 +113,14 @@ class AttentionXML(XMTCModel):
             else:
                 chunks.append(self._score_chunk(hidden, valid, query))
         return torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]
+
+    def chunk_size(self, batch: int, positions: int) -> int:
+        """Labels per chunk: the setting, or with "auto" all labels unless one chunk's transients (scores, masked
+        scores and their gradients: about 3 * B * C * T * 4 bytes) would pass CHUNK_BUDGET_BYTES."""
+        if self.label_chunk_size != "auto":
+            return self.label_chunk_size or self.num_labels
+        per_label = 3 * batch * positions * 4
+        return max(1, min(self.num_labels, CHUNK_BUDGET_BYTES // max(per_label, 1)))
 
     def _encode(self, input_ids: torch.Tensor, lengths: torch.Tensor, positions: int) -> torch.Tensor:
         x = self.embedding_dropout(self.embedding(input_ids))
