@@ -44,8 +44,9 @@ def experiment_section(directory: Path) -> list[str]:
              f"[{directory.name}/report.md]({directory.name}/report.md).", ""]
     lines += ["Training per cell (mean over the cell's seeds): epochs trained / steps / train seconds "
               "(cells sharing a device timed as they ran) and per epoch, whether the time "
-              "budget (train.max_seconds) ended it, how many of its runs converged (? = not recorded) and why "
-              "they stopped:", ""]
+              "budget (train.max_seconds) ended it, how many of its runs converged and why they stopped "
+              "(for records older than those fields, worked out by the trainer's rule from their dev curves; "
+              "? = no dev curve):", ""]
     lines += ["| model | variant | epochs | steps | train s | train s / epoch | stopped by time | converged "
               "| stop reasons |",
               "|:--|:--|--:|--:|--:|--:|:--|:--|:--|"]

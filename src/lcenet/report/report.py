@@ -202,8 +202,11 @@ def _convergence_lines(records: list[dict]) -> list[str]:
     converged = converged_text(records)
     if converged == "?":
         return ["- converged, stop reasons: not recorded (the records predate those fields)"]
+    derived = sum(bool(r.get("stopping_derived")) for r in records)
+    note = (f"; {derived} of {len(records)} records predate these fields, so the trainer's rule was applied to "
+            "their dev curves and stop flags" if derived else "")
     return [f"- converged: {converged} runs (early stopping fired, or the last dev evaluations stopped raising the "
-            f"best dev {CONVERGENCE_METRIC}); stop reasons: {stop_reasons_text(records)}"]
+            f"best dev {CONVERGENCE_METRIC}); stop reasons: {stop_reasons_text(records)}{note}"]
 
 
 def _code_lines(records: list[dict]) -> list[str]:
