@@ -1,4 +1,4 @@
-"""Command line: ``lcenet train | evaluate | predict | serve | demo``. User errors print one line and exit 2."""
+"""Command line: ``lcenet train | evaluate | predict | serve | synth | demo``. User errors print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -114,6 +114,25 @@ def preprocess(
     typer.echo(json.dumps({name: {"docs": len(split), "truth_columns": split.labels.shape[1]}
                            for name, split in splits.items()} | {"labels": dataset.num_labels,
                                                                  "vocab": encoder.vocab_size}))
+
+
+@app.command()
+@user_errors
+def synth(
+    shape: Annotated[str, typer.Option(help="Published data set to imitate: amazoncat13k or wiki500k.")],
+    output: Annotated[Path, typer.Option(help="New data set directory (lines format, gzip) with stats.json.")],
+    scale: Annotated[float, typer.Option(help="Documents per split relative to the published sizes.")] = 1.0,
+    labels: Annotated[int | None, typer.Option(help="Number of labels (default: the shape's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same files byte for byte.")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes generating chunks (output does not depend on it).")] = 1,
+):
+    """Generate a synthetic data set with the size and label statistics of AmazonCat-13K or Wiki-500K."""
+    from lcenet.synth import generate, settings_for
+
+    stats = generate(settings_for(shape, scale, labels, seed), output, workers)
+    typer.echo(json.dumps({name: {"docs": split["docs"], "labels_per_doc": round(split["labels_per_doc"], 3)}
+                           for name, split in stats["generated"].items()} | {"labels": stats["labels"],
+                                                                             "output": str(output)}))
 
 
 @app.command()
