@@ -8,11 +8,18 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from lcenet import lcenet as lcenet_module
 from lcenet.errors import UserError
 from lcenet.lcenet import PADDING_LOGIT, LCENet, cooccurrence_init_
 from lcenet.row_adam import RowAdam
 
 L = 12
+
+
+@pytest.fixture(autouse=True, params=["per-document", "union"])
+def compute_path(request, monkeypatch):
+    """Every test runs both ways a block can be computed (per-document gathers, GEMMs over the batch's labels)."""
+    monkeypatch.setattr(lcenet_module, "UNION_GEMM_MAX_RATIO", 0 if request.param == "per-document" else 10**9)
 
 ABLATIONS = [
     {},
@@ -107,6 +114,12 @@ def test_a_padded_shortlist_is_the_dense_network_on_its_candidates(kwargs):
     torch.testing.assert_close(logit_grad[valid], dense_logit_grad[rows, ids[valid]], atol=1e-5, rtol=1e-5)
     assert torch.all(logit_grad[~valid] == 0)
     assert_close_grads(grads, dense_grads)
+
+
+def test_a_batch_of_padding_only_is_all_padding():
+    net = make_net()
+    logits = torch.randn(2, 3, requires_grad=True)
+    assert torch.all(net(logits, torch.full((2, 3), -1)) == PADDING_LOGIT)
 
 
 def test_padding_changes_nothing_for_the_other_candidates():

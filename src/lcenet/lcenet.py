@@ -51,7 +51,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lcenet.errors import UserError
@@ -98,27 +97,30 @@ def _weight_from_linear(module, state_dict, prefix, *args) -> None:
         state_dict[prefix + "weight"] = state_dict[prefix + "weight"].t()
 
 
+# Shortlist mode computes a block one of two ways, the same sums in either (measured on one CPU core, B = 64,
+# K = 1,500): while the batch's distinct labels U are at most this many times K, as dense LCENet over those U
+# labels with each document's non-candidates at h = 0 (GEMMs, O(B·U·R): 85 ms against 1.3 s per block at
+# L = 4,271, R = 1,000); past it, gathering each document's K rows (O(B·K·R): 108 ms against 323 ms at
+# L = 501,070, R = 100, U = 87K).
+UNION_GEMM_MAX_RATIO = 16
+
+
 @dataclass
 class Shortlist:
-    """The candidates of a batch, flattened: the valid (non-padding) slots of ``label_ids`` [B, K] in row-major
-    order. Built once per forward and shared by every block."""
+    """A batch's candidates [B, K], set up once per forward for every block."""
 
-    label_ids: torch.Tensor  # [B, K], -1 = padding
-    valid: torch.Tensor  # [B, K] bool
-    rows: torch.Tensor  # [N] label id of each valid slot
-    docs: torch.Tensor  # [N] document of each valid slot
-    offsets: torch.Tensor  # [B] first valid slot of each document (embedding_bag's bags)
-    unique: torch.Tensor  # [U] the batch's distinct label ids, sorted: the table rows gathered and updated
-    inverse: torch.Tensor  # [N] position of each slot's label in ``unique``
+    valid: torch.Tensor  # [B, K] bool: not padding
+    label_ids: torch.Tensor  # [B, K] label ids, padding replaced by 0 (masked wherever it matters)
+    unique: torch.Tensor  # [U] the batch's distinct candidate labels, sorted: the table rows gathered and updated
+    inverse: torch.Tensor  # [B, K] position of each candidate's label in ``unique`` (padding: 0)
+    union_gemm: bool  # compute over the U labels (see UNION_GEMM_MAX_RATIO)
 
     @classmethod
     def of(cls, label_ids: torch.Tensor) -> Shortlist:
         valid = label_ids >= 0
-        rows = label_ids[valid]
-        docs = valid.nonzero()[:, 0]
-        counts = valid.sum(1)
-        unique, inverse = torch.unique(rows, return_inverse=True)
-        return cls(label_ids, valid, rows, docs, torch.cumsum(counts, 0) - counts, unique, inverse)
+        unique, inverse = torch.unique(label_ids[valid], return_inverse=True)
+        return cls(valid, label_ids.clamp(min=0), unique, torch.zeros_like(label_ids).masked_scatter(valid, inverse),
+                   len(unique) <= UNION_GEMM_MAX_RATIO * label_ids.shape[1])
 
 
 class _GatherRows(torch.autograd.Function):
@@ -173,26 +175,34 @@ class LCENetBlock(nn.Module):
         return logits + correction if self.residual else correction
 
     def forward_shortlist(self, logits: torch.Tensor, shortlist: Shortlist, sparse: bool) -> torch.Tensor:
-        """The block on the candidates' logits, flattened to [N] as ``shortlist`` orders them."""
-        h = self.input_activation(logits)
+        """The block on the candidates' logits [B, K]. Padded slots get h = 0, so they reach no other slot; what
+        they compute themselves is masked by LCENet.forward."""
+        h = torch.where(shortlist.valid, self.input_activation(logits), 0.0)
         if self.down is None:
             correction = self._full_rank_shortlist(h, shortlist)
         else:
-            w1 = _gather_rows(self.down.weight, shortlist.unique, sparse)
-            hidden = F.embedding_bag(shortlist.inverse, w1, shortlist.offsets, mode="sum", per_sample_weights=h)
-            hidden = self.hidden_activation(hidden + self.down.bias)
-            w2 = F.embedding(shortlist.inverse, _gather_rows(self.up.weight, shortlist.unique, sparse))
-            correction = (w2 * hidden.index_select(0, shortlist.docs)).sum(1)
-            correction = correction + self.up.bias.index_select(0, shortlist.rows)
+            w1 = _gather_rows(self.down.weight, shortlist.unique, sparse)  # [U, R]
+            w2 = _gather_rows(self.up.weight, shortlist.unique, sparse)
+            batch, candidates = h.shape
+            if shortlist.union_gemm:
+                h_union = h.new_zeros(batch, len(shortlist.unique)).scatter_add(1, shortlist.inverse, h)
+                hidden = self.hidden_activation(torch.addmm(self.down.bias, h_union, w1))
+                correction = (hidden @ w2.t()).gather(1, shortlist.inverse)
+            else:
+                rows = shortlist.inverse.flatten()
+                w1 = w1.index_select(0, rows).view(batch, candidates, -1)  # [B, K, R]
+                hidden = self.hidden_activation(torch.bmm(h.unsqueeze(1), w1).squeeze(1) + self.down.bias)
+                w2 = w2.index_select(0, rows).view(batch, candidates, -1)
+                correction = torch.bmm(w2, hidden.unsqueeze(2)).squeeze(2)
+            correction = correction + self.up.bias.index_select(0, shortlist.label_ids.flatten()).view(h.shape)
         return logits + correction if self.residual else correction
 
     def _full_rank_shortlist(self, h: torch.Tensor, shortlist: Shortlist) -> torch.Tensor:
         """Each document's K x K submatrix W[ids][:, ids] times its h: O(B·K²) memory, so for small L and K."""
-        ids = shortlist.label_ids.clamp(min=0)
-        padded = torch.zeros(ids.shape, dtype=h.dtype, device=h.device).masked_scatter(shortlist.valid, h)
+        ids = shortlist.label_ids
         weight = self.up.weight[ids.unsqueeze(2), ids.unsqueeze(1)]
-        correction = torch.bmm(weight, padded.unsqueeze(2)).squeeze(2)[shortlist.valid]
-        return correction + self.up.bias.index_select(0, shortlist.rows)
+        correction = torch.bmm(weight, h.unsqueeze(2)).squeeze(2)
+        return correction + self.up.bias.index_select(0, ids.flatten()).view(h.shape)
 
 
 class LCENet(nn.Module):
@@ -252,10 +262,11 @@ class LCENet(nn.Module):
         if ((label_ids < -1) | (label_ids >= self.num_labels)).any():
             raise UserError(f"LCENet shortlist: label ids must be in [0, {self.num_labels}) or -1 for padding")
         shortlist = Shortlist.of(label_ids.long())
-        flat = logits[shortlist.valid]
+        if len(shortlist.unique) == 0:
+            return torch.full_like(logits, PADDING_LOGIT)
         for block in self.blocks:
-            flat = block.forward_shortlist(flat, shortlist, self.sparse_gradients)
-        return torch.full_like(logits, PADDING_LOGIT).masked_scatter(shortlist.valid, flat)
+            logits = block.forward_shortlist(logits, shortlist, self.sparse_gradients)
+        return torch.where(shortlist.valid, logits, PADDING_LOGIT)
 
     def label_tables(self) -> list[nn.Parameter]:
         """The [L, R] tables, W1ᵀ and W2 of each block, whose gradients shortlist mode restricts to the batch's
