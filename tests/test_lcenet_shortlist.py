@@ -200,6 +200,17 @@ def test_row_adam_is_sparse_adam_touching_only_the_batch_rows():
         assert moved.nonzero().flatten().tolist() == [1, 4, 6, 8, 10]
 
 
+def test_row_adam_sums_repeated_rows():
+    """A gradient with a row twice (F.embedding's sparse gradient) is summed first, as SparseAdam does."""
+    params = [nn.Parameter(torch.ones(4, 2)) for _ in range(2)]
+    optimizers = [RowAdam([params[0]], lr=0.1), torch.optim.SparseAdam([params[1]], lr=0.1)]
+    for param, optimizer in zip(params, optimizers):
+        nn.functional.embedding(torch.tensor([2, 0, 2]), param, sparse=True).sum().backward()
+        optimizer.step()
+    torch.testing.assert_close(params[0], params[1])
+    assert torch.all(params[0][[1, 3]] == 1)
+
+
 def test_row_adam_refuses_dense_gradients():
     param = nn.Parameter(torch.zeros(3, 2))
     param.grad = torch.ones(3, 2)

@@ -38,8 +38,12 @@ class RowAdam(torch.optim.Optimizer):
                 if not param.grad.is_sparse:
                     raise UserError("RowAdam takes row-sparse gradients (LCENet sparse_gradients=True); "
                                     "use Adam for dense ones")
-                grad = param.grad.coalesce()  # a no-op for LCENet's gradients, built coalesced
-                rows, values = grad.indices()[0], grad.values()
+                rows, values = param.grad._indices()[0], param.grad._values()
+                # LCENet's rows come sorted and distinct (the accumulated gradient forgets it was coalesced, and
+                # coalescing again would copy it); others, e.g. F.embedding's, may repeat rows, to be summed.
+                if not bool((rows[1:] > rows[:-1]).all()):
+                    grad = param.grad.coalesce()
+                    rows, values = grad.indices()[0], grad.values()
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
