@@ -41,7 +41,8 @@ once per step, and with ``sparse_gradients=True`` the tables get row-sparse grad
 
 Dense memory (no chunking: it fits at the sizes the peers run): training n blocks at batch B holds the
 parameters, gradients and two Adam moments, 16·n·(2·L·R + L + R) bytes, plus about 5·n + 2 [B, L] fp32
-activations, 4·(5n + 2)·B·L bytes: about 6 GiB at L = 501,070, R = 100, n = 2, B = 64.
+activations, 4·(5n + 2)·B·L bytes: 4.4 GiB at L = 501,070, R = 100, n = 2, B = 64 (4.6 GiB peak RSS measured by
+benchmarks/shortlist_step.py).
 """
 
 from __future__ import annotations
