@@ -54,9 +54,9 @@ def test_rank_beyond_the_label_rank_is_xavier_filled_and_keeps_the_bound():
     net = LCENet(6, rank=5, blocks=1, init="cooccurrence")
     assert cooccurrence_init_(net, labels) == 2
     block = net.blocks[0]
-    assert torch.all(block.up.weight[:, 2:] == 0) and torch.all(block.down.weight[2:] != 0)
+    assert torch.all(block.up.weight[:, 2:] == 0) and torch.all(block.down.weight[:, 2:] != 0)
     bound = (6 / (6 + 5)) ** 0.5
-    assert block.down.weight[2:].abs().max() <= bound
+    assert block.down.weight[:, 2:].abs().max() <= bound
     z = torch.randn(4, 6)
     assert torch.all((net(z) - z).norm(dim=1) <= 0.1 * torch.sigmoid(z).norm(dim=1) * (1 + 1e-5))
 

@@ -26,9 +26,28 @@ approximation): every label's logit is raised by the probabilities of the labels
 ‖correction‖ <= scale · ‖input_activation(z)‖ per document: the block starts within ``scale`` (default 0.1)
 of the identity map. k <= min(R, N, L) and eigenvalues under 1e-10 · λ_1 (past rank(Y)) are dropped; the
 other R - k rows of W1 are xavier-uniform and the matching columns of W2 are zero, which keeps the bound.
+
+Shortlist mode (``LCENet.forward(logits, label_ids)``, for L too large to score every label): each document
+brings K candidate label ids and their logits z_K; the blocks run on the candidates only,
+
+    h = input_activation(z_K),   u = hidden_activation(Σ_k W1[:, id_k] h_k + b1),   z'_K = z_K + W2[id_K] u + b2[id_K]
+
+which is the dense block restricted to the candidates (with K = L, in label order, it is the dense block),
+at O(K·R) per document. A label's parameters are one row of each table: W2 is stored [L, R] as always, and
+W1 is stored transposed (``down.weight`` is W1ᵀ, [L, R]; ``state_dict`` still holds nn.Linear's [R, L] under
+``blocks.N.down.weight``, so model files keep their layout). The rows of the labels in the batch are gathered
+once per step, and with ``sparse_gradients=True`` the tables get row-sparse gradients that
+:class:`lcenet.row_adam.RowAdam` applies touching only those rows (dense Adam would read and write all L·R).
+
+Dense memory (no chunking: it fits at the sizes the peers run): training n blocks at batch B holds the
+parameters, gradients and two Adam moments, 16·n·(2·L·R + L + R) bytes, plus about 5·n + 2 [B, L] fp32
+activations, 4·(5n + 2)·B·L bytes: 4.4 GiB at L = 501,070, R = 100, n = 2, B = 64 (4.6 GiB peak RSS measured by
+benchmarks/shortlist_step.py).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -44,6 +63,89 @@ INITS = ("xavier", "identity", "cooccurrence")
 # A full-rank block holds an L x L weight; refuse it past this size (fp32 weights + Adam's two moments).
 FULL_RANK_MEMORY_LIMIT_BYTES = 8 * 2**30
 
+# What shortlist mode returns at padded candidates (label id -1): sigmoid gives exactly 0, BCE against a 0 target
+# is 0 with no gradient, and top-k never picks it; finite, so fp16 and bf16 hold it.
+PADDING_LOGIT = -1e4
+
+
+class LabelRowsLinear(nn.Module):
+    """nn.Linear(num_labels, rank) with its weight stored transposed, ``weight``: [num_labels, rank], so that a
+    label's column of W1 is one contiguous row (gathered by shortlist mode, and the unit of a row-sparse
+    gradient). ``state_dict`` and ``load_state_dict`` use nn.Linear's [rank, num_labels], so model files written
+    before and after this storage change load either way."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().t().contiguous())
+        self.bias = nn.Parameter(linear.bias.detach().clone())
+        self.register_state_dict_post_hook(_weight_as_linear)
+        self.register_load_state_dict_pre_hook(_weight_from_linear)
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[1]
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, inputs, self.weight)
+
+
+def _weight_as_linear(module, state_dict, prefix, local_metadata) -> None:
+    state_dict[prefix + "weight"] = state_dict[prefix + "weight"].t()
+
+
+def _weight_from_linear(module, state_dict, prefix, *args) -> None:
+    if prefix + "weight" in state_dict:
+        state_dict[prefix + "weight"] = state_dict[prefix + "weight"].t()
+
+
+# Shortlist mode computes a block one of two ways, the same sums in either (measured on one CPU core, B = 64,
+# K = 1,500): while the batch's distinct labels U are at most this many times K, as dense LCENet over those U
+# labels with each document's non-candidates at h = 0 (GEMMs, O(B·U·R): 85 ms against 1.3 s per block at
+# L = 4,271, R = 1,000); past it, gathering each document's K rows (O(B·K·R): 108 ms against 323 ms at
+# L = 501,070, R = 100, U = 87K).
+UNION_GEMM_MAX_RATIO = 16
+
+
+@dataclass
+class Shortlist:
+    """A batch's candidates [B, K], set up once per forward for every block."""
+
+    valid: torch.Tensor  # [B, K] bool: not padding
+    label_ids: torch.Tensor  # [B, K] label ids, padding replaced by 0 (masked wherever it matters)
+    unique: torch.Tensor  # [U] the batch's distinct candidate labels, sorted: the table rows gathered and updated
+    inverse: torch.Tensor  # [B, K] position of each candidate's label in ``unique`` (padding: 0)
+    union_gemm: bool  # compute over the U labels (see UNION_GEMM_MAX_RATIO)
+
+    @classmethod
+    def of(cls, label_ids: torch.Tensor) -> Shortlist:
+        valid = label_ids >= 0
+        unique, inverse = torch.unique(label_ids[valid], return_inverse=True)
+        return cls(valid, label_ids.clamp(min=0), unique, torch.zeros_like(label_ids).masked_scatter(valid, inverse),
+                   len(unique) <= UNION_GEMM_MAX_RATIO * label_ids.shape[1])
+
+
+class _GatherRows(torch.autograd.Function):
+    """``table[rows]`` for sorted, distinct ``rows``, whose gradient is a coalesced sparse COO tensor holding just
+    those rows (F.embedding(sparse=True) would give one entry per lookup, to be sorted again by the optimizer)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        ctx.table_shape = table.shape
+        return table.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rows,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.table_shape, is_coalesced=True,
+                                       check_invariants=False), None
+
+
+def _gather_rows(table: torch.Tensor, rows: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """Rows of ``table``; the gradient reaches only those rows, as a sparse tensor or (``sparse=False``) as a dense
+    one that is zero elsewhere."""
+    return _GatherRows.apply(table, rows) if sparse else table.index_select(0, rows)
+
 
 class LCENetBlock(nn.Module):
     def __init__(self, num_labels: int, rank: int, input_activation: str, hidden_activation: str,
@@ -51,17 +153,14 @@ class LCENetBlock(nn.Module):
         super().__init__()
         self.residual = residual
         self.input_activation = INPUT_ACTIVATIONS[input_activation]()
-        if bottleneck:
-            self.down = nn.Linear(num_labels, rank)
-            self.hidden_activation = HIDDEN_ACTIVATIONS[hidden_activation]()
-            self.up = nn.Linear(rank, num_labels)
-        else:
-            self.down = None
-            self.hidden_activation = nn.Identity()
-            self.up = nn.Linear(num_labels, num_labels)
-        for layer in (self.down, self.up):
+        # Built and initialised as nn.Linear layers in the same order as ever, so a seed gives the same weights.
+        down = nn.Linear(num_labels, rank) if bottleneck else None
+        self.hidden_activation = HIDDEN_ACTIVATIONS[hidden_activation]() if bottleneck else nn.Identity()
+        self.up = nn.Linear(rank, num_labels) if bottleneck else nn.Linear(num_labels, num_labels)
+        for layer in (down, self.up):
             if layer is not None:
                 nn.init.xavier_uniform_(layer.weight)
+        self.down = None if down is None else LabelRowsLinear(down)
         if init in ("identity", "cooccurrence"):
             # Zero last layer: the correction starts at 0, so the block starts as the identity map
             # (needs residual=True to be the identity; otherwise it starts at zero output). With
@@ -76,18 +175,54 @@ class LCENetBlock(nn.Module):
         correction = self.up(h)
         return logits + correction if self.residual else correction
 
+    def forward_shortlist(self, logits: torch.Tensor, shortlist: Shortlist, sparse: bool) -> torch.Tensor:
+        """The block on the candidates' logits [B, K]. Padded slots get h = 0, so they reach no other slot; what
+        they compute themselves is masked by LCENet.forward."""
+        h = torch.where(shortlist.valid, self.input_activation(logits), 0.0)
+        if self.down is None:
+            correction = self._full_rank_shortlist(h, shortlist)
+        else:
+            w1 = _gather_rows(self.down.weight, shortlist.unique, sparse)  # [U, R]
+            w2 = _gather_rows(self.up.weight, shortlist.unique, sparse)
+            batch, candidates = h.shape
+            if shortlist.union_gemm:
+                h_union = h.new_zeros(batch, len(shortlist.unique)).scatter_add(1, shortlist.inverse, h)
+                hidden = self.hidden_activation(torch.addmm(self.down.bias, h_union, w1))
+                correction = (hidden @ w2.t()).gather(1, shortlist.inverse)
+            else:
+                rows = shortlist.inverse.flatten()
+                w1 = w1.index_select(0, rows).view(batch, candidates, -1)  # [B, K, R]
+                hidden = self.hidden_activation(torch.bmm(h.unsqueeze(1), w1).squeeze(1) + self.down.bias)
+                w2 = w2.index_select(0, rows).view(batch, candidates, -1)
+                correction = torch.bmm(w2, hidden.unsqueeze(2)).squeeze(2)
+            correction = correction + self.up.bias.index_select(0, shortlist.label_ids.flatten()).view(h.shape)
+        return logits + correction if self.residual else correction
+
+    def _full_rank_shortlist(self, h: torch.Tensor, shortlist: Shortlist) -> torch.Tensor:
+        """Each document's K x K submatrix W[ids][:, ids] times its h: O(B·K²) memory, so for small L and K."""
+        ids = shortlist.label_ids
+        weight = self.up.weight[ids.unsqueeze(2), ids.unsqueeze(1)]
+        correction = torch.bmm(weight, h.unsqueeze(2)).squeeze(2)
+        return correction + self.up.bias.index_select(0, ids.flatten()).view(h.shape)
+
 
 class LCENet(nn.Module):
     """Label-correlation enhancement of logits: ``[B, L] -> [B, L]``.
 
     ``aux_loss_weight`` (λ) is read by the trainer: when > 0 the base logits are supervised too,
     loss = BCE(enhanced) + λ·BCE(base).
+
+    ``sparse_gradients`` (shortlist mode, bottleneck only) gives :meth:`label_tables` row-sparse gradients, for
+    :class:`lcenet.row_adam.RowAdam`; fused Adam needs the default dense ones (zero outside the batch's labels).
+    It is a training choice, so it is not part of ``config``.
     """
 
     def __init__(self, num_labels: int, rank: int = 1000, blocks: int = 2, input_activation: str = "sigmoid",
                  hidden_activation: str = "elu", residual: bool = True, bottleneck: bool = True,
-                 init: str = "xavier", aux_loss_weight: float = 0.0):
+                 init: str = "xavier", aux_loss_weight: float = 0.0, sparse_gradients: bool = False):
         super().__init__()
+        if sparse_gradients and not bottleneck:
+            raise UserError("LCENet sparse_gradients needs the bottleneck (bottleneck=True)")
         _check_choice("input_activation", input_activation, INPUT_ACTIVATIONS)
         _check_choice("hidden_activation", hidden_activation, HIDDEN_ACTIVATIONS)
         _check_choice("init", init, INITS)
@@ -109,14 +244,36 @@ class LCENet(nn.Module):
                            hidden_activation=hidden_activation, residual=residual, bottleneck=bottleneck,
                            init=init, aux_loss_weight=aux_loss_weight)
         self.aux_loss_weight = aux_loss_weight
+        self.sparse_gradients = sparse_gradients
         self.blocks = nn.ModuleList(
             LCENetBlock(num_labels, rank, input_activation, hidden_activation, residual, bottleneck, init)
             for _ in range(blocks))
 
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, label_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense: ``logits`` [B, L] -> [B, L]. Shortlist: ``logits`` [B, K] are the logits of the candidate labels
+        ``label_ids`` [B, K] (-1 pads a shorter list) -> [B, K], the dense output at those labels if every
+        label were a candidate; padded slots take no part and come out as ``PADDING_LOGIT``, without gradient."""
+        if label_ids is None:
+            for block in self.blocks:
+                logits = block(logits)
+            return logits
+        if label_ids.shape != logits.shape or label_ids.dtype not in (torch.int32, torch.int64):
+            raise UserError(f"LCENet shortlist: label_ids must be integer ids shaped like the logits "
+                            f"{tuple(logits.shape)} (got {label_ids.dtype} {tuple(label_ids.shape)})")
+        if ((label_ids < -1) | (label_ids >= self.num_labels)).any():
+            raise UserError(f"LCENet shortlist: label ids must be in [0, {self.num_labels}) or -1 for padding")
+        shortlist = Shortlist.of(label_ids.long())
+        if len(shortlist.unique) == 0:
+            return torch.full_like(logits, PADDING_LOGIT)
         for block in self.blocks:
-            logits = block(logits)
-        return logits
+            logits = block.forward_shortlist(logits, shortlist, self.sparse_gradients)
+        return torch.where(shortlist.valid, logits, PADDING_LOGIT)
+
+    def label_tables(self) -> list[nn.Parameter]:
+        """The [L, R] tables, W1ᵀ and W2 of each block, whose gradients shortlist mode restricts to the batch's
+        labels (row-sparse with ``sparse_gradients``); every other parameter's gradient is dense and small."""
+        return [table for block in self.blocks if block.down is not None
+                for table in (block.down.weight, block.up.weight)]
 
     @staticmethod
     def parameters_per_block(num_labels: int, rank: int, bottleneck: bool = True) -> int:
@@ -172,7 +329,7 @@ def cooccurrence_init_(lcenet: LCENet, labels: sp.spmatrix, scale: float = 0.1, 
         up = torch.zeros(num_labels, rank)
         if k:
             up[:, :k] = torch.from_numpy(scale * vectors.T * (eigenvalues / eigenvalues[0]))
-        block.down.weight.copy_(down)
+        block.down.weight.copy_(down.t())
         block.up.weight.copy_(up)
         block.down.bias.zero_()
         block.up.bias.zero_()

@@ -1,0 +1,140 @@
+"""Training-step time and peak memory of shortlist LCENet against dense LCENet, from 4K to 500K labels.
+
+    OMP_NUM_THREADS=1 python benchmarks/shortlist_step.py                 # CPU, the default cases
+    python benchmarks/shortlist_step.py --labels 4271 501070 --modes shortlist dense --repeats 3
+
+One step: forward of LCENet (2 blocks; R = 1000 up to 13K labels, 100 beyond, as CorNet) over random base
+logits, mean BCE (over the valid candidates in shortlist mode, over all L labels in dense mode), backward, and
+the optimizer step. Each document has K candidates (a random 90-100% of --candidates, distinct labels, padded
+with -1 to the longest) holding its 5 positive labels. Modes:
+
+- ``shortlist``: ``sparse_gradients=True``; RowAdam on the [L, R] tables, fused Adam on the rest (biases).
+- ``shortlist-dense-grad``: dense gradients (zero outside the batch's labels) and fused Adam on everything, as
+  the trainer does today: the backward fills and Adam reads and writes all L·R of every table.
+- ``shortlist-sparseadam``: sparse gradients with torch.optim.SparseAdam on the tables.
+- ``dense``: dense LCENet over all L logits, fused Adam.
+
+Every (L, mode) runs in its own process, so its peak RSS (ru_maxrss: the whole process, Python and torch
+included) is its own. Writes benchmarks/results/shortlist_lcenet_<device>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lcenet.io import atomic_write_json
+from lcenet.lcenet import LCENet
+from lcenet.pipeline import device_name
+from lcenet.provenance import provenance
+from lcenet.row_adam import RowAdam
+
+MODES = ("shortlist", "shortlist-dense-grad", "shortlist-sparseadam", "dense")
+POSITIVES = 5
+
+
+def rank_for(num_labels: int) -> int:
+    return 1000 if num_labels <= 13_000 else 100
+
+
+def batches(count: int, batch: int, candidates: int, num_labels: int, generator: torch.Generator):
+    """(label_ids [B, K], targets [B, K]) with each document's positives among its distinct candidates."""
+    out = []
+    for _ in range(count):
+        lengths = torch.randint(int(0.9 * candidates), candidates + 1, (batch,), generator=generator)
+        ids = torch.full((batch, candidates), -1, dtype=torch.long)
+        targets = torch.zeros(batch, candidates)
+        for doc, length in enumerate(lengths.tolist()):
+            ids[doc, :length] = torch.randperm(num_labels, generator=generator)[:length]
+            targets[doc, :POSITIVES] = 1
+        out.append((ids, targets))
+    return out
+
+
+def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    rank = rank_for(num_labels)
+    net = LCENet(num_labels, rank=rank, blocks=2, sparse_gradients=mode in ("shortlist", "shortlist-sparseadam"))
+    tables = {id(table) for table in net.label_tables()}
+    rest = [p for p in net.parameters() if id(p) not in tables]
+    if mode == "shortlist":
+        optimizers = [RowAdam(net.label_tables(), lr=1e-3), torch.optim.Adam(rest, lr=1e-3, fused=True)]
+    elif mode == "shortlist-sparseadam":
+        optimizers = [torch.optim.SparseAdam(net.label_tables(), lr=1e-3), torch.optim.Adam(rest, lr=1e-3, fused=True)]
+    else:
+        optimizers = [torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)]
+    data = batches(warmup + repeats, batch, candidates, num_labels, generator)
+    if mode == "dense":  # the same positives, as a [B, L] target matrix
+        data = [(None, torch.zeros(batch, num_labels).scatter_(1, ids[:, :POSITIVES], 1.0)) for ids, _ in data]
+    times = []
+    for index, (ids, targets) in enumerate(data):
+        logits = torch.randn(targets.shape, generator=generator).requires_grad_()
+        started = time.perf_counter()
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        out = net(logits, ids)
+        if ids is None:
+            loss = F.binary_cross_entropy_with_logits(out, targets)
+        else:
+            valid = ids >= 0
+            loss = F.binary_cross_entropy_with_logits(out[valid], targets[valid])
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        if index >= warmup:
+            times.append(time.perf_counter() - started)
+    return {"num_labels": num_labels, "mode": mode, "rank": rank, "blocks": 2, "batch": batch,
+            "candidates": None if mode == "dense" else candidates, "repeats": repeats, "warmup": warmup,
+            "median_step_s": statistics.median(times), "step_s": times,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "parameters": net.num_parameters()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=int, nargs="+", default=[4271, 100_000, 501_070])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--candidates", type=int, default=1500, help="K, the longest candidate list")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--note", default="", help="recorded with the results (e.g. how busy the machine was)")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--case", nargs=2, metavar=("LABELS", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:  # one case, in this fresh process: print its result
+        print(json.dumps(run_case(int(args.case[0]), args.case[1], args.batch, args.candidates, args.repeats,
+                                  args.warmup)))
+        return
+    device = torch.device("cpu")
+    record = {"benchmark": "shortlist_step", "device": str(device), "device_name": device_name(device),
+              "torch_num_threads": torch.get_num_threads(), "command": " ".join(["python", *sys.argv]),
+              "note": args.note, **provenance(), "cases": []}
+    started = time.perf_counter()
+    for num_labels in args.labels:
+        for mode in args.modes:
+            command = [sys.executable, __file__, "--case", str(num_labels), mode, "--batch", str(args.batch),
+                       "--candidates", str(args.candidates), "--repeats", str(args.repeats),
+                       "--warmup", str(args.warmup)]
+            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            record["cases"].append(result)
+            print(f"L={num_labels:>7d} R={result['rank']:>4d} {mode:21s} {result['median_step_s'] * 1000:9.1f} ms/step"
+                  f"  peak RSS {result['peak_rss_bytes'] / 2**30:6.2f} GiB", flush=True)
+    record["wall_seconds"] = time.perf_counter() - started
+    output = args.output or Path(__file__).parent / "results" / f"shortlist_lcenet_{device.type}.json"
+    atomic_write_json(output, record)
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

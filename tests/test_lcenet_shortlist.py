@@ -1,0 +1,235 @@
+"""Shortlist LCENet: the dense block restricted to each document's candidate labels, with gradients only at the
+candidates' rows, padding that takes no part, model files in the old layout, and RowAdam's sparse update."""
+
+from __future__ import annotations
+
+import pytest
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from lcenet import lcenet as lcenet_module
+from lcenet.errors import UserError
+from lcenet.lcenet import PADDING_LOGIT, LCENet, cooccurrence_init_
+from lcenet.row_adam import RowAdam
+
+L = 12
+
+
+@pytest.fixture(autouse=True, params=["per-document", "union"])
+def compute_path(request, monkeypatch):
+    """Every test runs both ways a block can be computed (per-document gathers, GEMMs over the batch's labels)."""
+    monkeypatch.setattr(lcenet_module, "UNION_GEMM_MAX_RATIO", 0 if request.param == "per-document" else 10**9)
+
+ABLATIONS = [
+    {},
+    {"rank": 3},
+    {"rank": 5, "blocks": 3},
+    {"blocks": 1, "input_activation": "tanh", "hidden_activation": "relu"},
+    {"input_activation": "none", "hidden_activation": "gelu"},
+    {"hidden_activation": "none"},
+    {"residual": False},
+    {"bottleneck": False},
+    {"bottleneck": False, "residual": False, "input_activation": "tanh"},
+    {"init": "identity"},
+    {"init": "cooccurrence"},
+    {"aux_loss_weight": 0.5},
+    {"sparse_gradients": True},
+    {"sparse_gradients": True, "residual": False, "rank": 2},
+]
+
+
+def make_net(seed: int = 0, **kwargs) -> LCENet:
+    torch.manual_seed(seed)
+    kwargs = {"rank": 4, **kwargs}
+    if not kwargs.get("bottleneck", True):
+        kwargs.pop("rank")
+    net = LCENet(L, **kwargs)
+    if kwargs.get("init") == "cooccurrence":
+        cooccurrence_init_(net, sp.random(40, L, density=0.3, format="csr", random_state=0))
+    with torch.no_grad():  # identity and cooccurrence inits leave zeros that would hide gradient mistakes
+        for name, param in net.named_parameters():
+            if "bias" in name:
+                param.add_(0.1 * torch.randn(param.shape))
+    return net
+
+
+def output_and_grads(net: LCENet, logits: torch.Tensor, upstream: torch.Tensor, label_ids=None):
+    net.zero_grad(set_to_none=True)
+    logits = logits.clone().requires_grad_()
+    out = net(logits, label_ids)
+    (out * upstream).sum().backward()
+    grads = {name: (p.grad.to_dense() if p.grad.is_sparse else p.grad) for name, p in net.named_parameters()}
+    return out.detach(), logits.grad, grads
+
+
+def assert_close_grads(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("kwargs", ABLATIONS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
+def test_every_label_as_a_candidate_is_the_dense_network(kwargs):
+    """K = L in label order: same output and same gradients (logits and every parameter) as dense LCENet."""
+    net = make_net(**kwargs)
+    logits, upstream = 2 * torch.randn(5, L), torch.randn(5, L)
+    ids = torch.arange(L).expand(5, L)
+    out, logit_grad, grads = output_and_grads(net, logits, upstream, ids)
+    net.sparse_gradients = False  # the dense path has dense gradients
+    dense_out, dense_logit_grad, dense_grads = output_and_grads(net, logits, upstream)
+    torch.testing.assert_close(out, dense_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logit_grad, dense_logit_grad, atol=1e-5, rtol=1e-5)
+    assert_close_grads(grads, dense_grads)
+
+
+def test_candidates_in_any_order():
+    net = make_net(rank=4, blocks=2)
+    logits = torch.randn(3, L)
+    order = torch.stack([torch.randperm(L) for _ in range(3)])
+    dense = net(logits)
+    torch.testing.assert_close(net(logits.gather(1, order), order), dense.gather(1, order), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"sparse_gradients": True}, {"bottleneck": False}, {"residual": False}])
+def test_a_padded_shortlist_is_the_dense_network_on_its_candidates(kwargs):
+    """With tanh input (tanh(0) = 0), one dense block on logits that are 0 outside the candidates and supervised
+    only at them computes what the shortlist does: same outputs at the candidates, same gradients. Padding (-1,
+    anywhere in the list, a different amount per document) takes no part and comes out as PADDING_LOGIT."""
+    net = make_net(input_activation="tanh", blocks=1, **kwargs)
+    ids = torch.tensor([[3, -1, 0, 7, 11], [-1, -1, 5, 2, -1], [-1, -1, -1, -1, -1], [9, 1, 4, 6, 8]])
+    valid = ids >= 0
+    logits, upstream = 2 * torch.randn(ids.shape), torch.randn(ids.shape)
+    out, logit_grad, grads = output_and_grads(net, logits, upstream, ids)
+
+    rows, cols = valid.nonzero(as_tuple=True)
+    dense_logits, dense_upstream = torch.zeros(len(ids), L), torch.zeros(len(ids), L)
+    dense_logits[rows, ids[valid]] = logits[valid]
+    dense_upstream[rows, ids[valid]] = upstream[valid]
+    net.sparse_gradients = False
+    dense_out, dense_logit_grad, dense_grads = output_and_grads(net, dense_logits, dense_upstream)
+
+    torch.testing.assert_close(out[valid], dense_out[rows, ids[valid]], atol=1e-5, rtol=1e-5)
+    assert torch.all(out[~valid] == PADDING_LOGIT)
+    torch.testing.assert_close(logit_grad[valid], dense_logit_grad[rows, ids[valid]], atol=1e-5, rtol=1e-5)
+    assert torch.all(logit_grad[~valid] == 0)
+    assert_close_grads(grads, dense_grads)
+
+
+def test_a_batch_of_padding_only_is_all_padding():
+    net = make_net()
+    logits = torch.randn(2, 3, requires_grad=True)
+    assert torch.all(net(logits, torch.full((2, 3), -1)) == PADDING_LOGIT)
+
+
+def test_padding_changes_nothing_for_the_other_candidates():
+    """Through several blocks, a padded batch gives each document what it gets alone with no padding."""
+    net = make_net(rank=4, blocks=3)
+    ids = torch.tensor([[3, -1, 0, 7, 11], [-1, -1, 5, 2, -1], [9, 1, 4, 6, 8]])
+    logits = torch.randn(ids.shape)
+    out = net(logits, ids)
+    for doc in range(len(ids)):
+        keep = ids[doc] >= 0
+        alone = net(logits[doc, keep].unsqueeze(0), ids[doc, keep].unsqueeze(0))
+        torch.testing.assert_close(out[doc, keep], alone[0], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gradients_reach_only_the_candidates_rows(sparse):
+    """Labels in no candidate list (0 among them, which padding must not stand in for) get no gradient in either
+    table or in W2's bias; sparse gradients name exactly the batch's distinct candidates."""
+    net = make_net(rank=3, blocks=2, sparse_gradients=sparse)
+    ids = torch.tensor([[5, 2, -1, 9], [2, 7, 5, -1]])
+    net(torch.randn(ids.shape), ids).sum().backward()
+    touched = torch.tensor([2, 5, 7, 9])
+    untouched = torch.tensor(sorted(set(range(L)) - set(touched.tolist())))
+    for table in net.label_tables():
+        assert table.grad.is_sparse == sparse
+        grad = table.grad.coalesce() if sparse else table.grad
+        if sparse:
+            assert torch.equal(grad.indices()[0], touched)
+            grad = grad.to_dense()
+        assert torch.all(grad[untouched] == 0) and torch.all(grad[touched].abs().sum(1) > 0)
+    for block in net.blocks:
+        assert torch.all(block.up.bias.grad[untouched] == 0)
+
+
+def test_model_files_keep_the_nn_linear_layout():
+    """blocks.N.down.weight is [R, L] in the state_dict (W1ᵀ is stored as [L, R]); a state_dict in that layout,
+    as files from before the change hold, loads and computes W1 h as nn.Linear did; a seed gives the same
+    weights as when down was an nn.Linear."""
+    net = make_net(rank=4, blocks=2)
+    state = net.state_dict()
+    assert state["blocks.0.down.weight"].shape == (4, L) and state["blocks.0.up.weight"].shape == (L, 4)
+    assert set(state) == {f"blocks.{i}.{layer}.{kind}" for i in range(2) for layer in ("down", "up")
+                          for kind in ("weight", "bias")}
+
+    old = {name: torch.randn(value.shape) for name, value in state.items()}
+    net.load_state_dict(old)
+    z = torch.randn(3, L)
+    block = net.blocks[0]
+    down = nn.Linear(L, 4)
+    down.load_state_dict({"weight": old["blocks.0.down.weight"], "bias": old["blocks.0.down.bias"]})
+    torch.testing.assert_close(block.down(z), down(z))
+    assert all(torch.equal(net.state_dict()[name], old[name]) for name in old)
+
+    torch.manual_seed(0)
+    first_down, first_up = nn.Linear(L, 4), nn.Linear(4, L)
+    nn.init.xavier_uniform_(first_down.weight)
+    nn.init.xavier_uniform_(first_up.weight)
+    torch.manual_seed(0)
+    fresh = LCENet(L, rank=4, blocks=1).state_dict()
+    assert torch.equal(fresh["blocks.0.down.weight"], first_down.weight)
+    assert torch.equal(fresh["blocks.0.up.weight"], first_up.weight)
+
+
+def test_row_adam_is_sparse_adam_touching_only_the_batch_rows():
+    nets = [make_net(rank=3, blocks=2, sparse_gradients=True) for _ in range(2)]
+    optimizers = [RowAdam(nets[0].label_tables(), lr=0.01), torch.optim.SparseAdam(nets[1].label_tables(), lr=0.01)]
+    before = [table.detach().clone() for table in nets[0].label_tables()]
+    for step in range(3):
+        ids = torch.tensor([[1, 4, 6], [4, 8, -1]]) if step < 2 else torch.tensor([[6, 10, -1], [1, -1, -1]])
+        logits = torch.randn(ids.shape)
+        for net, optimizer in zip(nets, optimizers):
+            optimizer.zero_grad()
+            net(logits, ids).pow(2).sum().backward()
+            optimizer.step()
+    for ours, theirs, start in zip(nets[0].label_tables(), nets[1].label_tables(), before):
+        torch.testing.assert_close(ours, theirs)
+        moved = (ours != start).any(1)
+        assert moved.nonzero().flatten().tolist() == [1, 4, 6, 8, 10]
+
+
+def test_row_adam_sums_repeated_rows():
+    """A gradient with a row twice (F.embedding's sparse gradient) is summed first, as SparseAdam does."""
+    params = [nn.Parameter(torch.ones(4, 2)) for _ in range(2)]
+    optimizers = [RowAdam([params[0]], lr=0.1), torch.optim.SparseAdam([params[1]], lr=0.1)]
+    for param, optimizer in zip(params, optimizers):
+        nn.functional.embedding(torch.tensor([2, 0, 2]), param, sparse=True).sum().backward()
+        optimizer.step()
+    torch.testing.assert_close(params[0], params[1])
+    assert torch.all(params[0][[1, 3]] == 1)
+
+
+def test_row_adam_refuses_dense_gradients():
+    param = nn.Parameter(torch.zeros(3, 2))
+    param.grad = torch.ones(3, 2)
+    with pytest.raises(UserError, match="sparse"):
+        RowAdam([param]).step()
+
+
+@pytest.mark.parametrize("ids, match", [
+    (torch.tensor([[0, 1, 12]]), r"\[0, 12\)"),
+    (torch.tensor([[0, -2, 1]]), r"\[0, 12\)"),
+    (torch.tensor([[0.0, 1.0, 2.0]]), "integer"),
+    (torch.tensor([[0, 1]]), "shaped"),
+])
+def test_bad_label_ids_are_refused(ids, match):
+    with pytest.raises(UserError, match=match):
+        make_net()(torch.randn(1, 3), ids)
+
+
+def test_sparse_gradients_need_the_bottleneck_and_stay_out_of_the_config():
+    with pytest.raises(UserError, match="bottleneck"):
+        LCENet(L, bottleneck=False, sparse_gradients=True)
+    assert "sparse_gradients" not in LCENet(L, sparse_gradients=True).config
