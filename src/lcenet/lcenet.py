@@ -90,7 +90,8 @@ class LabelRowsLinear(nn.Module):
 
 
 def _weight_as_linear(module, state_dict, prefix, local_metadata) -> None:
-    state_dict[prefix + "weight"] = state_dict[prefix + "weight"].t()
+    # contiguous: a copy, so that any serializer (safetensors refuses strided views) can save the state dict
+    state_dict[prefix + "weight"] = state_dict[prefix + "weight"].t().contiguous()
 
 
 def _weight_from_linear(module, state_dict, prefix, *args) -> None:
