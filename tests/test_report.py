@@ -509,3 +509,14 @@ def test_step_time_section_old_and_new_formats(tmp_path):
            "| 18,000 / 20,000 | ×1.50 / ×2.25 |" in text
     assert "(10 s, torch 2.4.0)" in text
     assert "(20 s, torch 2.13.0, git `6a1142158f` (uncommitted changes), 2026-11-26)" in text
+
+
+def test_grid_lcenet_settings_size_the_capacity_control_and_leave_the_base_alone():
+    from lcenet.experiment import Cell
+
+    cell = Cell("d", "data", "xmlcnn", "c.yaml", "capacity", None, 0, ["lcenet.rank=8", "train.lr=0.1"], {})
+    assert cell.assignments() == ["lcenet=null", "capacity_control=true", "capacity_control.rank=8", "train.lr=0.1"]
+    plain = Cell("d", "data", "xmlcnn", "c.yaml", "lcenet", {}, 0, ["lcenet.rank=8"])
+    assert plain.assignments() == ["lcenet=true", "lcenet.rank=8"]
+    base = Cell("d", "data", "xmlcnn", "c.yaml", "base", None, 0, ["lcenet.rank=8", "train.lr=0.1"])
+    assert base.assignments() == ["lcenet=null", "train.lr=0.1"]  # stays a base

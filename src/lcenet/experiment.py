@@ -67,10 +67,16 @@ class Cell:
         """The cell's ``--set`` overrides of its config: LCENet on/off and its arguments, then the grid's."""
         switch = ["lcenet=null"] if self.lcenet is None else ["lcenet=true"]
         arguments = [f"lcenet.{key}={json.dumps(value)}" for key, value in (self.lcenet or {}).items()]
+        overrides = self.overrides
         if self.capacity_control is not None:
             switch.append("capacity_control=true")
             arguments += [f"capacity_control.{key}={json.dumps(value)}" for key, value in self.capacity_control.items()]
-        return switch + arguments + self.overrides
+            # The grid's LCENet settings (e.g. --set lcenet.rank=256) size the control like the LCENet it matches.
+            overrides = [f"capacity_control.{item[len('lcenet.'):]}" if item.startswith("lcenet.") else item
+                         for item in overrides]
+        elif self.lcenet is None:  # a base: the grid's LCENet settings are not for it (they would switch LCENet on)
+            overrides = [item for item in overrides if not item.startswith("lcenet.")]
+        return switch + arguments + overrides
 
 
 @dataclass
