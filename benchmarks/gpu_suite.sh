@@ -62,7 +62,7 @@ stamp "experiment"
 timeout "$TRAIN_TIMEOUT" python3 -m lcenet.cli experiment "$grid" \
     --data "eurlex57k=$DATA" --output "$EXP" --no-report "$@" > "$OUT/experiment.log" 2>&1 \
     || stamp "experiment exit $?"
-pkill -f "lcenet.cli train" 2>/dev/null
+pkill -f "lcenet.cli train .*--output $EXP/" 2>/dev/null  # this grid's cells only, never other runs
 sleep 1
 
 stamp "report"
