@@ -29,8 +29,8 @@ How the clustering stays at minutes and O(nnz + L) memory at 500K labels (LightX
 * The split is balanced by ranking the labels of each node by ``x · (c0 − c1)`` and giving the top half to
   ``c0``: given the centroids this is the best assignment with equal halves, and given an assignment the
   normalised sums are the best centroids, so the objective (the mean cosine of a label to its centroid, which is
-  ``Σ |sum of a half|`` — free once the sums exist) never decreases. Iterations stop when it rises by less than
-  ``tol`` (relative) or no label moves, at most ``max_iter`` per level (typically 2-10 are run).
+  ``Σ |sum of a half| / n`` — free once the sums exist) never decreases. Iterations stop when it rises by less
+  than ``tol`` (AttentionXML's rule and default, 1e-4) or no label moves, at most ``max_iter`` per level.
 * Seeds: a random label of each node and the node's label least similar to it (farthest-first; one more O(nnz)
   pass). Two random labels, as in Parabel/AttentionXML, often both come from one topic; every other label then
   scores 0 against both, the first split is arbitrary, and 2-means stays in that mixed split.
@@ -55,7 +55,7 @@ __all__ = ["Candidates", "ClusterTables", "LabelClusters", "candidate_recall", "
 
 FORMAT = "lcenet.label_clusters"
 FORMAT_VERSION = 1
-CHUNK_NONZEROS = 1 << 23  # nonzeros per chunk of a level's pass: bounds the float64 temporaries to ~100 MB
+CHUNK_NONZEROS = 1 << 20  # nonzeros per chunk of a pass: temporaries of ~8 MB stay in the heap (no page faults)
 
 
 def label_features(labels: sp.spmatrix, features: sp.spmatrix | np.ndarray) -> sp.csr_matrix | np.ndarray:
@@ -185,6 +185,7 @@ def cluster_labels(features: sp.spmatrix | np.ndarray, max_cluster_size: int = 1
         rows = order[positions]
         level = (_SparseLevel if sparse else _DenseLevel)(features[rows], node, len(lengths))
         side, used = _balanced_two_means(level, node, lengths, local_start, rng, max_iter, tol)
+        del level
         iterations.append(used)
         order[positions] = rows[np.lexsort((side, node))]  # each node: its first half, then its second half
         indptr = np.sort(np.concatenate([indptr, starts + lengths - lengths // 2]))
@@ -197,21 +198,19 @@ def _balanced_two_means(level, node: np.ndarray, lengths: np.ndarray, local_star
                         rng: np.random.Generator, max_iter: int, tol: float) -> tuple[np.ndarray, int]:
     """Split every node of a level in two halves; returns (side of each position (0/1), iterations run)."""
     first = local_start + rng.integers(0, lengths)  # seeds: a random label of each node and the node's label
-    seeds = np.zeros(len(node), dtype=np.float64)  # least similar to it (farthest-first)
+    seeds = np.zeros(len(node))  # least similar to it (farthest-first)
     seeds[first] = 1.0
-    side = np.zeros(len(node), dtype=np.int8)
-    similarity, _ = level.scores(side, seeds)
+    similarity = level.seed_scores(seeds)
     similarity[first] = np.inf
     second = np.lexsort((similarity, node))[local_start]
-    seeds[second], side[second] = 1.0, 1
-    scores, _ = level.scores(side, seeds)
-    side = _halves(scores, node, lengths, local_start)
+    seeds[second] = -1.0
+    side = _halves(level.seed_scores(seeds), node, lengths, local_start)
     previous, iterations = -np.inf, 0
     while iterations < max_iter:
         scores, objective = level.scores(side)
         new_side = _halves(scores, node, lengths, local_start)
         iterations += 1
-        done = objective - previous <= tol * objective or np.array_equal(new_side, side)
+        done = (objective - previous) / len(node) < tol or np.array_equal(new_side, side)
         side, previous = new_side, objective
         if done:
             break
@@ -229,7 +228,15 @@ def _halves(scores: np.ndarray, node: np.ndarray, lengths: np.ndarray, local_sta
 
 
 class _SparseLevel:
-    """One level's active labels (CSR rows in position order) set up for O(nnz) centroid passes."""
+    """One level's active labels (CSR rows in position order) set up for O(nnz) centroid passes.
+
+    A run is the nonzeros of one (feature, node) pair; per-run sums are a node's centroid sums stored sparsely.
+    Sides enter as signs: with ``T`` the run sums of all rows (fixed for the level) and ``D`` those of the rows
+    signed +1 on side 0 and -1 on side 1, the side sums are ``(T ± D) / 2`` — one ``bincount`` per iteration.
+    Passes go over chunks of whole columns (no run crosses a chunk), so every temporary is chunk-sized (small
+    enough to be reused by the allocator instead of being page-faulted in again); per nonzero the level keeps its
+    row, value and chunk-local run (12 bytes), per run ``T``, ``D`` and the node (12 bytes).
+    """
 
     def __init__(self, rows: sp.csr_matrix, node: np.ndarray, num_nodes: int):
         by_feature = rows.tocsc()  # nonzeros sorted by (feature, position); a node's positions are contiguous
@@ -237,40 +244,73 @@ class _SparseLevel:
         self.position, self.value = by_feature.indices, by_feature.data
         self.num_nodes, self.length = num_nodes, len(node)
         nnz = len(self.value)
-        entry_node = node[self.position]
-        starts_run = np.ones(nnz, dtype=bool)  # a run = the nonzeros of one (feature, node) pair
+        entry_node = node.astype(np.int32)[self.position]
+        starts_run = np.ones(nnz, dtype=bool)
         starts_run[1:] = entry_node[1:] != entry_node[:-1]
         column_starts = by_feature.indptr[:-1]
         starts_run[column_starts[column_starts < nnz]] = True
-        run = np.cumsum(starts_run, dtype=np.int64) - 1
-        self.run = run.astype(np.int32) if nnz < np.iinfo(np.int32).max else run
         self.run_node = entry_node[starts_run]
-        del entry_node, starts_run
-        # chunks of whole columns, so no run crosses a chunk
+        del entry_node
         cuts = np.searchsorted(by_feature.indptr, np.arange(0, nnz, CHUNK_NONZEROS), side="right") - 1
-        self.bounds = np.unique(np.concatenate([by_feature.indptr[cuts], [nnz]]))
+        bounds = np.unique(np.concatenate([by_feature.indptr[cuts], [nnz]]))
+        del by_feature
+        self.run = np.empty(nnz, dtype=np.int32)  # run id within its chunk
+        self.chunks = []  # (first nonzero, end, first run, number of runs)
+        first_run = 0
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            local = np.cumsum(starts_run[start:stop], dtype=np.int32)
+            local -= 1
+            self.run[start:stop] = local
+            self.chunks.append((start, stop, first_run, int(local[-1]) + 1))
+            first_run += int(local[-1]) + 1
+        self.total = np.empty(first_run, dtype=np.float32)
+        self.difference = np.empty(first_run, dtype=np.float32)
+        for start, stop, first, count in self.chunks:
+            self.total[first:first + count] = np.bincount(self.run[start:stop], self.value[start:stop],
+                                                          minlength=count)
 
-    def scores(self, side: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-        """``x · (c0 − c1)`` for every position, with ``c0``/``c1`` the normalised sums of each node's side-0/1
-        rows (each row weighted by ``weight``, default 1); and ``Σ |side sums|``, the objective."""
-        sums = np.empty((len(self.run_node), 2), dtype=np.float32)
-        for start, stop in zip(self.bounds[:-1], self.bounds[1:]):
-            first = self.run[start]
-            position = self.position[start:stop]
-            key = (self.run[start:stop] - first).astype(np.int64) * 2 + side[position]
-            values = self.value[start:stop] if weight is None else self.value[start:stop] * weight[position]
-            count = self.run[stop - 1] - first + 1
-            sums[first:first + count] = np.bincount(key, values, minlength=2 * count).reshape(count, 2)
-        norms = np.sqrt(np.stack([np.bincount(self.run_node, sums[:, k].astype(np.float64) ** 2,
-                                              minlength=self.num_nodes) for k in (0, 1)], axis=1))
-        inverse = (1.0 / np.maximum(norms, 1e-30)).astype(np.float32)[self.run_node]
-        direction = sums[:, 0] * inverse[:, 0] - sums[:, 1] * inverse[:, 1]
-        del sums, inverse
+    def _project(self, direction_of_chunk) -> np.ndarray:
+        """Per row, the dot product of its features with its node's direction (``direction_of_chunk(i)`` gives
+        chunk i's, per run)."""
         scores = np.zeros(self.length, dtype=np.float64)
-        for start, stop in zip(self.bounds[:-1], self.bounds[1:]):
-            scores += np.bincount(self.position[start:stop], self.value[start:stop] * direction[self.run[start:stop]],
+        for i, (start, stop, _, _) in enumerate(self.chunks):
+            scores += np.bincount(self.position[start:stop],
+                                  self.value[start:stop] * direction_of_chunk(i)[self.run[start:stop]],
                                   minlength=self.length)
-        return scores, float(norms.sum())
+        return scores
+
+    def _signed_sums(self, weight: np.ndarray) -> None:
+        """``D`` (into ``self.difference``): per run, the sum of its nonzeros each times its row's ``weight``."""
+        for start, stop, first, count in self.chunks:
+            self.difference[first:first + count] = np.bincount(
+                self.run[start:stop], self.value[start:stop] * weight[self.position[start:stop]], minlength=count)
+
+    def _chunk(self, array: np.ndarray, i: int) -> np.ndarray:
+        _, _, first, count = self.chunks[i]
+        return array[first:first + count]
+
+    def seed_scores(self, weight: np.ndarray) -> np.ndarray:
+        """``x · Σ weight_p x_p`` over the rows ``p`` of each row's node."""
+        self._signed_sums(weight.astype(np.float32))
+        return self._project(lambda i: self._chunk(self.difference, i))
+
+    def scores(self, side: np.ndarray) -> tuple[np.ndarray, float]:
+        """``x · (c0 − c1)`` for every row, with ``c0``/``c1`` the normalised sums of each node's side-0/1 rows;
+        and ``Σ |side sums|``, the objective."""
+        self._signed_sums(1.0 - 2.0 * side.astype(np.float32))
+        squares = np.zeros((2, self.num_nodes))
+        for i in range(len(self.chunks)):
+            total, difference, nodes = (self._chunk(a, i) for a in (self.total, self.difference, self.run_node))
+            for k, half in enumerate((total + difference, total - difference)):
+                squares[k] += np.bincount(nodes, half.astype(np.float64) ** 2, minlength=self.num_nodes)
+        norms = np.sqrt(squares) / 2  # the halves' sums are (T ± D) / 2
+        scale = (0.5 / np.maximum(norms, 1e-30)).astype(np.float32)
+
+        def direction(i: int) -> np.ndarray:
+            total, difference, nodes = (self._chunk(a, i) for a in (self.total, self.difference, self.run_node))
+            return (total + difference) * scale[0][nodes] - (total - difference) * scale[1][nodes]
+
+        return self._project(direction), float(norms.sum())
 
 
 class _DenseLevel:
@@ -279,20 +319,27 @@ class _DenseLevel:
     def __init__(self, rows: np.ndarray, node: np.ndarray, num_nodes: int):
         self.rows, self.node, self.num_nodes = rows, node, num_nodes
 
-    def scores(self, side: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-        weight = np.ones(len(self.node)) if weight is None else weight
-        membership = sp.csr_matrix((weight, (2 * self.node + side, np.arange(len(self.node)))),
-                                   shape=(2 * self.num_nodes, len(self.node)), dtype=np.float32)
-        sums = np.asarray(membership @ self.rows)
-        norms = np.linalg.norm(sums, axis=1)
-        centroids = sums / np.maximum(norms, 1e-30)[:, None]
-        direction = centroids[0::2] - centroids[1::2]
+    def _sums(self, group: np.ndarray, weight: np.ndarray, num_groups: int) -> np.ndarray:
+        membership = sp.csr_matrix((weight, (group, np.arange(len(self.node)))),
+                                   shape=(num_groups, len(self.node)), dtype=np.float32)
+        return np.asarray(membership @ self.rows)
+
+    def _project(self, direction: np.ndarray) -> np.ndarray:
         scores = np.empty(len(self.node), dtype=np.float64)
         step = max(1, CHUNK_NONZEROS // max(1, self.rows.shape[1]))
         for start in range(0, len(self.node), step):
             stop = start + step
             scores[start:stop] = np.einsum("ij,ij->i", self.rows[start:stop], direction[self.node[start:stop]])
-        return scores, float(norms.sum())
+        return scores
+
+    def seed_scores(self, weight: np.ndarray) -> np.ndarray:
+        return self._project(self._sums(self.node, weight, self.num_nodes))
+
+    def scores(self, side: np.ndarray) -> tuple[np.ndarray, float]:
+        sums = self._sums(2 * self.node + side, np.ones(len(self.node)), 2 * self.num_nodes)
+        norms = np.linalg.norm(sums, axis=1)
+        centroids = sums / np.maximum(norms, 1e-30)[:, None]
+        return self._project(centroids[0::2] - centroids[1::2]), float(norms.sum())
 
 
 class ClusterTables(NamedTuple):
