@@ -183,7 +183,7 @@ def cluster_labels(features: sp.spmatrix | np.ndarray, max_cluster_size: int = 1
         local_start = np.cumsum(lengths) - lengths
         positions = np.repeat(starts - local_start, lengths) + np.arange(len(node))
         rows = order[positions]
-        level = (_SparseLevel if sparse else _DenseLevel)(features[rows], node, len(lengths))
+        level = (_SparseLevel if sparse else _DenseLevel)(features, rows, node, len(lengths))
         side, used = _balanced_two_means(level, node, lengths, local_start, rng, max_iter, tol)
         del level
         iterations.append(used)
@@ -238,9 +238,10 @@ class _SparseLevel:
     row, value and chunk-local run (12 bytes), per run ``T``, ``D`` and the node (12 bytes).
     """
 
-    def __init__(self, rows: sp.csr_matrix, node: np.ndarray, num_nodes: int):
-        by_feature = rows.tocsc()  # nonzeros sorted by (feature, position); a node's positions are contiguous
-        del rows
+    def __init__(self, features: sp.csr_matrix, rows: np.ndarray, node: np.ndarray, num_nodes: int):
+        # nonzeros sorted by (feature, position), where a node's positions are contiguous; the row copy is freed
+        # as soon as tocsc returns
+        by_feature = features[rows].tocsc()
         self.position, self.value = by_feature.indices, by_feature.data
         self.num_nodes, self.length = num_nodes, len(node)
         nnz = len(self.value)
@@ -316,8 +317,8 @@ class _SparseLevel:
 class _DenseLevel:
     """One level's active labels as dense rows (embedding label features): centroids are ``[2 × nodes, D]``."""
 
-    def __init__(self, rows: np.ndarray, node: np.ndarray, num_nodes: int):
-        self.rows, self.node, self.num_nodes = rows, node, num_nodes
+    def __init__(self, features: np.ndarray, rows: np.ndarray, node: np.ndarray, num_nodes: int):
+        self.rows, self.node, self.num_nodes = features[rows], node, num_nodes
 
     def _sums(self, group: np.ndarray, weight: np.ndarray, num_groups: int) -> np.ndarray:
         membership = sp.csr_matrix((weight, (group, np.arange(len(self.node)))),
@@ -363,7 +364,7 @@ def candidates(cluster_scores: torch.Tensor, tables: ClusterTables, top_c: int,
     """The labels of each document's ``top_c`` highest-scoring clusters, gathered on the scores' device.
 
     ``K = c · S`` candidates per document (S = the largest cluster's size, at most ``max_cluster_size``), with
-    ``c = top_c``. In training, pass ``true_labels`` (``[B, T]`` label ids, -1 padded; see
+    ``c = top_c``. In training, pass ``true_labels`` (``[B, T]`` train label ids < L, -1 padded; see
     :func:`padded_label_ids`): their clusters are ranked first, so every true label is a candidate and the other
     labels of its cluster are hard negatives (LightXML's scheme). If a document in the batch has more distinct
     true clusters than ``top_c``, ``c`` grows to that number for the batch (one device sync to read it), so a true
