@@ -71,6 +71,11 @@ def test_clusters_are_balanced_and_cover_every_label_once(num_labels):
         assert sorted(sizes.tolist()) == [50, 51, 100]
 
 
+@pytest.mark.parametrize("features", [sp.csr_matrix((500, 10), dtype=np.float32), np.zeros((500, 4))])
+def test_labels_without_features_still_split_evenly(features):  # labels whose documents have no known term
+    assert sorted(set(cluster_labels(features, 64).sizes.tolist())) == [62, 63]
+
+
 def test_clustering_is_deterministic_for_a_seed():
     features = random_features(800)
     first, again = cluster_labels(features, 50, seed=7), cluster_labels(features, 50, seed=7)
