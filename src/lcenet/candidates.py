@@ -27,7 +27,7 @@ How the clustering stays at minutes and O(nnz + L) memory at 500K labels (LightX
   therefore O(nnz) time, the whole tree O(nnz · depth · iterations); memory is the features plus, per level, one
   column-major copy and a few nnz-sized arrays (about 3× the feature matrix), processed in column chunks so the
   temporaries stay small. Measured in benchmarks/results/cluster_labels_cpu.json (501,070 labels, 95M nonzeros:
-  3.4 minutes on one shared core, 3.2 GiB peak RSS of which 1.05 GiB held the features before clustering).
+  3.5 minutes on one shared core, 3.15 GiB peak RSS of which 1.05 GiB held the features before clustering).
 * The split is balanced by ranking the labels of each node by ``x · (c0 − c1)`` and giving the top half to
   ``c0``: given the centroids this is the best assignment with equal halves, and given an assignment the
   normalised sums are the best centroids, so the objective (the mean cosine of a label to its centroid, which is
