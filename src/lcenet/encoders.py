@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 from lcenet import text
 from lcenet.features import FEATURES_FILE, IDF_FILE, TfidfFeatures, transform_cached
 from lcenet.inference import CsrInputs, InputStore, TokenInputs
+from lcenet.io import atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -56,8 +57,6 @@ class TokenEncoder:
         return text.tokenizer_fingerprint(self.tokenizer)
 
     def save(self, directory: Path) -> None:
-        from lcenet.io import atomic_write_text
-
         atomic_write_text(directory / TOKENIZER_FILE, self.tokenizer.to_str())
 
     @classmethod
