@@ -28,31 +28,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from lcenet import distributed, with_lcenet
 from lcenet.config import TrainSettings
-from lcenet.inference import SplitTensors, TokenInputs
 from lcenet.io import atomic_write_json
 from lcenet.models import build_model
 from lcenet.pipeline import device_name
 from lcenet.provenance import provenance
 from lcenet.train import Trainer
 
+sys.path.insert(0, str(Path(__file__).parent))
+from step_time import synthetic_split  # noqa: E402
+
 VOCAB = 20_000
-
-
-def synthetic_split(docs: int, length: int, num_labels: int) -> SplitTensors:
-    """The same random split on every rank (fixed seed): ids in [1, VOCAB), 1-5 labels a document."""
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1, VOCAB, size=(docs, length), dtype=np.int64)
-    counts = rng.integers(1, 6, size=docs)
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    indices = rng.integers(0, num_labels, size=indptr[-1])
-    labels = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(docs, num_labels))
-    labels.sum_duplicates()
-    return SplitTensors(TokenInputs(ids, 0), labels)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -60,7 +49,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     settings = TrainSettings(batch_size=args.batch, device=args.device, seed=0)
     steps = args.warmup + args.steps
-    split = synthetic_split(args.batch * steps, args.length, args.labels)
+    split = synthetic_split(args.batch * steps, args.length, VOCAB, args.labels)  # seeded: the same on every rank
     with distributed.process_group(args.device), tempfile.TemporaryDirectory() as run_dir:
         torch.manual_seed(0)
         model = with_lcenet(build_model("xmlcnn", args.labels, VOCAB), args.labels, rank=args.rank)

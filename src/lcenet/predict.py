@@ -26,10 +26,6 @@ class Predictor:
         members = load_models([model_dirs] if isinstance(model_dirs, (str, Path)) else model_dirs, device)
         return cls(members, read_label_names(names_file) if names_file else None)
 
-    @property
-    def label_ids(self) -> list[str]:
-        return self.members[0].label_names
-
     def predict(self, texts: list[str], k: int = 5, batch_size: int = 256) -> list[dict]:
         first = self.members[0]
         top, scores = ensemble_top_k([m.model for m in self.members], [m.encoder.encode(texts) for m in self.members],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 CONVERGENCE_WINDOW = 2  # evaluations
 CONVERGENCE_TOLERANCE = 0.001  # nDCG@5 as a fraction: 0.1 points
-STOP_REASONS = ("patience", "epochs", "max_steps", "max_seconds")
 
 
 def stop_reason(stopped_early: bool, stopped_by_time: bool, steps: int, max_steps: int | None) -> str:
