@@ -65,7 +65,13 @@ def _worker(rank: int, world: int, jobs: list[dict]) -> None:
 
 
 def train_in_processes(world: int, jobs: list[dict]) -> None:
-    mp.spawn(_worker, args=(world, [{**job, "port": free_port()} for job in jobs]), nprocs=world, join=True)
+    ports: list[int] = []
+    while len(ports) < len(jobs):  # one port per job: a closed port asked for again may be handed out again
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    mp.spawn(_worker, args=(world, [{**job, "port": port} for job, port in zip(jobs, ports)]), nprocs=world,
+             join=True)
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
