@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything one GPU lease runs, in one call (the lease is 15 minutes, one start):
-#   1. the step-time / throughput benchmark on the GPU (benchmarks/step_time.py),
+#   1. the step-time / throughput benchmark on the GPU (benchmarks/step_time.py; host vs device-resident batches;
+#      in the other suites too with STEP=1),
 #   2. EURLEX57K full-profile XML-CNN and AttentionXML, base vs +LCENet, 3 seeds, all cells side by side
 #      (configs/experiments/paper_eurlex57k_gpu15min.yaml); or, with SUITE=ablation, the XML-CNN ablation
 #      grid (configs/experiments/ablation_eurlex57k_gpu15min.yaml) without the step-time benchmark; or, with
@@ -18,7 +19,7 @@ DATA=${DATA:-.device_data/EURLEX57K}
 OUT=${OUT:-/tmp/lcenet_gpu_out}
 SUITE=${SUITE:-paper}  # paper | ablation | bert | converged
 STEP_TIMEOUT=${STEP_TIMEOUT:-75}
-TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-390}
+TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-390}  # keep it above the grid's train.max_seconds
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 LCENET_CACHE=${LCENET_CACHE:-/tmp/lcenet_cache} OMP_NUM_THREADS=1
 started=$(date +%s)
@@ -28,9 +29,9 @@ stamp "environment"
 { nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; nproc; ls ~/.cache/huggingface/hub 2>&1 | head; } \
     > "$OUT/env.txt" 2>&1
 
-if [ "$SUITE" = paper ]; then
+if [ "$SUITE" = paper ] || [ "${STEP:-0}" = 1 ]; then
     stamp "step-time benchmark"
-    timeout "$STEP_TIMEOUT" python3 benchmarks/step_time.py --device auto --repeats 10 \
+    timeout "$STEP_TIMEOUT" python3 benchmarks/step_time.py --device auto --repeats 10 --paths host resident \
         --output "$OUT/step_time_cuda.json" > "$OUT/step_time.log" 2>&1 || stamp "step-time benchmark exit $?"
 fi
 
