@@ -103,10 +103,11 @@ def step_time_section(paths: list[Path]) -> list[str]:
              "interleaved repeats, median per model and median of the per-repeat ratios. bf16 autocast on CUDA. "
              "Batch path: `host` slices each batch on the host and copies it to the device, `resident` keeps the "
              "split on the device and gathers batches there (records from before the paths were timed apart: "
-             "host); resident vs host is the median per-repeat speed-up of the resident path.", "",
+             "host); `+mode` = the same path with `train.compile: mode`. Speed-up: the median per-repeat "
+             "speed-up of `resident` over `host`, and of a compiled path over the same path eager.", "",
              "| device | family | L | batch × T | LCENet | batch path | base ms/step | +LCENet ms/step | "
              "median ratio | train docs/s (base / +LCENet) | infer docs/s (base / +LCENet) | "
-             "resident vs host (base / +LCENet) |",
+             "speed-up (base / +LCENet) |",
              "|:--|:--|--:|:--|:--|:--|--:|--:|--:|--:|--:|--:|"]
     records = [json.loads(path.read_text()) for path in paths]
     for record in records:
@@ -115,7 +116,8 @@ def step_time_section(paths: list[Path]) -> list[str]:
             settings = case.get("lcenet_settings") or {"rank": 1000, "blocks": 2}
             lcenet = f"R={settings['rank']}, {settings['blocks']} blocks"
             for path, base, enhanced, ratio in timed_paths(case):
-                speedup = case.get("resident_speedup") if path == "resident" else None
+                speedup = (case.get("resident_speedup") if path == "resident"
+                           else case.get("compile_speedup", {}).get(path))
                 lines.append(f"| {record['device_name']} | {case['family']} | {case['num_labels']:,} | "
                              f"{case['batch']} × {case['max_length']} | {lcenet} | {path} | "
                              f"{1000 * base['median_step_s']:.1f} | {1000 * enhanced['median_step_s']:.1f} | "

@@ -2,14 +2,16 @@
 
     python benchmarks/step_time.py                          # CPU, the default cases
     python benchmarks/step_time.py --device cuda --repeats 20 --paths host resident
+    python benchmarks/step_time.py --device cuda --cases xmlcnn-4k --paths resident --compile reduce-overhead
 
 Every timed step is the Trainer's own ``optimizer_step`` (batch gathering, autocast, BCE, the auxiliary loss
 when set, gradient clipping, gradient accumulation, fused Adam), on a synthetic split of random token ids and
 labels. For every case (family, number of labels L) the base model and base+LCENet, on each batch path (``host``:
 slice on the host and copy each batch; ``resident``: the split lives on the device and batches are gathered
-there), get identical batches; their steps are timed in interleaved repeats, so machine noise hits all alike,
-and the median ratios are reported. Inference docs/s comes from the same models in eval mode. Writes a JSON
-record to benchmarks/results/step_time_<device>.json and prints a table.
+there), eager and, with ``--compile``, compiled (``train.compile``; compiled during warm-up), get identical
+batches; their steps are timed in interleaved repeats, so machine noise hits all alike, and the median ratios
+are reported. Inference docs/s comes from the same models in eval mode (eager). Writes a JSON record to
+benchmarks/results/step_time_<device>.json and prints a table.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ CASES = {
     "xmlcnn-4k": ("xmlcnn", 4271, 64, 500, {}),
     "xmlcnn-100k": ("xmlcnn", 100_000, 64, 500, {}),
     "attentionxml-4k": ("attentionxml", 4271, 16, 500, {}),
+    "attentionxml-4k-b128": ("attentionxml", 4271, 128, 500, {}),  # the converged GPU profile's batch
     "bert-4k": ("bert", 4271, 16, 256, {}),
+    "bert-4k-t512": ("bert", 4271, 16, 512, {}),  # the converged GPU profile's length
     "sparse-4k": ("sparse", 4271, 512, 514, {}),
 }
+DEFAULT_CASES = ["xmlcnn-4k", "xmlcnn-100k", "attentionxml-4k", "bert-4k", "sparse-4k"]
 VOCAB = 50_000
 TFIDF_FEATURES = 200_000
 
@@ -118,16 +123,25 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_case(name: str, repeats: int, warmup: int, device, lcenet: dict, paths: list[str], run_dir: Path) -> dict:
+def timing_keys(paths: list[str], compile_modes: list[str]) -> list[tuple[str, str, str | None]]:
+    """(key, batch path, compile mode) for every setting timed: each path eager, then each path compiled."""
+    return [(path, path, None) for path in paths] + [(f"{path}+{mode}", path, mode)
+                                                     for mode in compile_modes for path in paths]
+
+
+def run_case(name: str, repeats: int, warmup: int, device, lcenet: dict, paths: list[str],
+             compile_modes: list[str], run_dir: Path) -> dict:
     family, num_labels, batch, length, args = CASES[name]
     vocab = {"bert": 30522, "sparse": TFIDF_FEATURES}.get(family, VOCAB)
     split = synthetic_split(batch * (warmup + repeats + 1), length, vocab, num_labels, tfidf=family == "sparse")
     timed = {}
-    for path in paths:
-        settings = TrainSettings(batch_size=batch, device=str(device), resident_batches=path == "resident")
+    keys = timing_keys(paths, compile_modes)
+    for key, path, mode in keys:
+        settings = TrainSettings(batch_size=batch, device=str(device), resident_batches=path == "resident",
+                                 compile=mode)
         for variant, head in (("base", None), ("lcenet", lcenet)):
-            timed[f"{variant}/{path}"] = Timed(make_model(family, num_labels, args, head), split, num_labels,
-                                               settings, run_dir / f"{variant}-{path}")
+            timed[f"{variant}/{key}"] = Timed(make_model(family, num_labels, args, head), split, num_labels,
+                                              settings, run_dir / f"{variant}-{key}")
     for _ in range(warmup):
         for item in timed.values():
             item.step()
@@ -138,17 +152,22 @@ def run_case(name: str, repeats: int, warmup: int, device, lcenet: dict, paths: 
             step[key].append(item.step())
             infer[key].append(item.infer())
     first = paths[0]
+
+    def speedup(slow: str, fast: str) -> dict:
+        return {v: statistics.median(a / b for a, b in zip(step[f"{v}/{slow}"], step[f"{v}/{fast}"]))
+                for v in ("base", "lcenet")}
+
     result = {"family": family, "num_labels": num_labels, "batch": batch, "max_length": length,
-              "lcenet_settings": lcenet, "repeats": repeats, "paths": paths,
+              "lcenet_settings": lcenet, "repeats": repeats, "paths": [key for key, _, _ in keys],
               "parameters": {v: sum(p.numel() for p in timed[f"{v}/{first}"].trainer.model.parameters())
                              for v in ("base", "lcenet")},
-              "median_ratio": {path: statistics.median(b / a for a, b in zip(step[f"base/{path}"],
-                                                                              step[f"lcenet/{path}"]))
-                               for path in paths}}
-    if len(paths) == 2:
-        result["resident_speedup"] = {v: statistics.median(a / b for a, b in zip(step[f"{v}/host"],
-                                                                                 step[f"{v}/resident"]))
-                                      for v in ("base", "lcenet")}
+              "median_ratio": {key: statistics.median(b / a for a, b in zip(step[f"base/{key}"],
+                                                                             step[f"lcenet/{key}"]))
+                               for key, _, _ in keys}}
+    if {"host", "resident"} <= set(paths):
+        result["resident_speedup"] = speedup("host", "resident")
+    if compile_modes:
+        result["compile_speedup"] = {key: speedup(path, key) for key, path, mode in keys if mode}
     for key in timed:
         median_step = statistics.median(step[key])
         result[key] = {"median_step_s": median_step, "train_docs_per_s": batch / median_step,
@@ -159,13 +178,15 @@ def run_case(name: str, repeats: int, warmup: int, device, lcenet: dict, paths: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rank", type=int, default=1000, help="LCENet rank R (default: CorNet's 1000)")
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--paths", nargs="+", default=["host", "resident"], choices=["host", "resident"],
                         help="batch paths to time side by side (the trainer's default: resident on CUDA only)")
+    parser.add_argument("--compile", nargs="*", default=[], choices=["default", "reduce-overhead", "max-autotune"],
+                        help="also time each path with train.compile set to these modes (compiled in warm-up)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -175,11 +196,12 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as run_dir:
         for name in args.cases:
-            result = run_case(name, args.repeats, args.warmup, device, lcenet, args.paths, Path(run_dir) / name)
+            result = run_case(name, args.repeats, args.warmup, device, lcenet, args.paths, args.compile,
+                              Path(run_dir) / name)
             record["cases"].append(result)
-            for path in args.paths:
+            for path in result["paths"]:
                 base, head = result[f"base/{path}"], result[f"lcenet/{path}"]
-                print(f"{name:16s} {path:8s} base {base['median_step_s'] * 1000:8.1f} ms/step "
+                print(f"{name:16s} {path:24s} base {base['median_step_s'] * 1000:8.1f} ms/step "
                       f"({base['train_docs_per_s']:8.1f} train docs/s, {base['infer_docs_per_s']:9.1f} infer) | "
                       f"+LCENet {head['median_step_s'] * 1000:8.1f} ms/step ({head['train_docs_per_s']:8.1f} / "
                       f"{head['infer_docs_per_s']:9.1f}) | ratio {result['median_ratio'][path]:.3f}", flush=True)

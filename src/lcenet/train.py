@@ -111,8 +111,10 @@ class Trainer:
         self.batches = EpochBatches(train, num_labels, local_batch, self.device, resident)
         self.rows_per_batch = np.zeros(0, dtype=np.int64)  # this rank's real rows in each global batch
         # The DDP module computes the loss (gradients averaged over ranks); one process calls the loss directly.
-        self.loss = (self._loss if self.world_size == 1
+        self.loss = (TrainingLoss(self.model) if self.world_size == 1
                      else distributed.wrap(TrainingLoss(self.model), self.device))
+        if settings.compile:
+            self.loss = torch.compile(self.loss, mode=settings.compile)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.inv_propensity = inv_propensity
@@ -261,9 +263,6 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         return total
-
-    def _loss(self, inputs: Batch, targets: torch.Tensor) -> torch.Tensor:
-        return training_loss(self.model, inputs, targets)
 
     def _evaluate_dev(self) -> None:
         """Rank 0 scores dev (the other ranks wait) and every rank takes its trainer state: the best score, the
