@@ -10,7 +10,8 @@ from torch import nn
 
 from lcenet import lcenet as lcenet_module
 from lcenet.errors import UserError
-from lcenet.lcenet import PADDING_LOGIT, LCENet, cooccurrence_init_
+from lcenet.lcenet import LCENet, cooccurrence_init_
+from lcenet.output import PADDING_LOGIT
 from lcenet.row_adam import RowAdam
 
 L = 12

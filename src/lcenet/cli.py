@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from lcenet.config import RunConfig, apply_override, load_config, validate
+from lcenet.config import RunConfig, ShortlistSettings, apply_override, load_config, validate
 from lcenet.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -43,6 +43,9 @@ def train(
     config: Annotated[Path | None, typer.Option(help="YAML run config; the flags below override it.")] = None,
     lcenet: Annotated[bool | None, typer.Option("--lcenet/--no-lcenet",
                                                 help="Add LCENet after the output layer (default: config).")] = None,
+    shortlist: Annotated[bool | None, typer.Option(
+        "--shortlist/--no-shortlist", help="Score only candidate labels from a trained cluster scorer (settings "
+        "under shortlist: in the config; the model directory remembers it).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum number of epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for initial weights, batch order and dropout.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
@@ -67,7 +70,7 @@ def train(
 
     run_config = build_config(config, model, lcenet, set_, epochs=epochs, seed=seed, device=device,
                               batch_size=batch_size, lr=lr, embeddings=embeddings, max_length=max_length,
-                              pretrained=pretrained)
+                              pretrained=pretrained, shortlist=shortlist)
     # Under torchrun (torchrun --nproc-per-node N -m lcenet train ...) every process runs this; rank 0 prints.
     with distributed.process_group(run_config.train.device):
         summary = run_training(run_config, data, output, resume=resume, cache_dir=cache_dir, progress=progress)
@@ -76,13 +79,16 @@ def train(
 
 
 def build_config(config: Path | None, model: str | None, lcenet: bool | None, assignments: list[str] | None,
-                 max_length: int | None = None, pretrained: str | None = None, **train_settings) -> RunConfig:
+                 max_length: int | None = None, pretrained: str | None = None, shortlist: bool | None = None,
+                 **train_settings) -> RunConfig:
     """The YAML config (or defaults), then explicit flags, then --set assignments."""
     run_config = load_config(config) if config else RunConfig()
     if model is not None:
         run_config.model = model
     if lcenet is not None:
         run_config.lcenet = (run_config.lcenet or {}) if lcenet else None
+    if shortlist is not None:
+        run_config.shortlist = (run_config.shortlist or ShortlistSettings()) if shortlist else None
     for name, value in train_settings.items():
         if value is not None:
             setattr(run_config.train, name, value)

@@ -70,6 +70,18 @@ class TrainSettings:
 
 
 @dataclass
+class ShortlistSettings:
+    """Shortlist mode (``--shortlist``; see :mod:`lcenet.shortlist`): labels in balanced clusters of at most
+    ``cluster_size`` (built from each label's TF-IDF centroid of its train documents), a cluster scorer on the
+    model's document representation, and only the labels of each document's ``top_clusters`` best clusters
+    scored (K = top_clusters x cluster_size candidates); in training the true labels' clusters are always added."""
+
+    cluster_size: int = 100
+    top_clusters: int = 10
+    cluster_loss_weight: float = 1.0  # weight of the cluster scorer's BCE in the training loss
+
+
+@dataclass
 class RunConfig:
     model: str = "xmlcnn"
     model_args: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +89,7 @@ class RunConfig:
     # Capacity control: LCENet keyword arguments whose parameter count is added to the base model instead, where
     # its own design holds capacity (each family's ``widened_args``); None = off. Excludes ``lcenet``.
     capacity_control: dict[str, Any] | None = None
+    shortlist: ShortlistSettings | None = None  # None = score every label (dense)
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
@@ -93,11 +106,14 @@ class RunConfig:
         for key, value in raw.items():
             if key in sections:
                 kwargs[key] = _build(sections[key], value or {}, source, key, lines or {})
+            elif key == "shortlist":
+                kwargs[key] = None if value is None else _build(ShortlistSettings, value or {}, source, key,
+                                                                lines or {})
             elif key in ("model", "model_args", "lcenet", "capacity_control"):
                 kwargs[key] = value
             else:
                 raise UserError(f"{_at(source, lines, key)}: unknown key {key!r} "
-                                "(expected model, model_args, lcenet, capacity_control, data, train)")
+                                "(expected model, model_args, lcenet, capacity_control, shortlist, data, train)")
         for key in ("model_args", "lcenet", "capacity_control"):
             if kwargs.get(key) is not None and not isinstance(kwargs[key], dict):
                 raise UserError(f"{_at(source, lines, key)}: {key!r} must be a mapping")
@@ -172,7 +188,13 @@ def apply_override(config: RunConfig, assignment: str) -> None:
         if value not in (None, False, True):
             raise UserError(f"--set {assignment!r}: {parts[0]}=true|false|null, or {parts[0]}.KEY=VALUE")
         setattr(config, parts[0], {} if value is True else None)
-    elif parts[0] in ("data", "train") and len(parts) == 2:
+    elif parts[0] == "shortlist" and len(parts) == 1:
+        if value not in (None, False, True):
+            raise UserError(f"--set {assignment!r}: shortlist=true|false|null, or shortlist.KEY=VALUE")
+        config.shortlist = ShortlistSettings() if value is True else None
+    elif parts[0] in ("data", "train", "shortlist") and len(parts) == 2:
+        if parts[0] == "shortlist" and config.shortlist is None:
+            config.shortlist = ShortlistSettings()
         section = getattr(config, parts[0])
         names = {f.name for f in dataclasses.fields(section)}
         if parts[1] not in names:
@@ -180,7 +202,7 @@ def apply_override(config: RunConfig, assignment: str) -> None:
         setattr(section, parts[1], value)
     else:
         raise UserError(f"--set {assignment!r}: unknown key (use model, model_args.X, lcenet.X, capacity_control.X, "
-                        "data.X, train.X)")
+                        "shortlist.X, data.X, train.X)")
 
 
 def _build(cls, values: dict[str, Any], source: str, section: str, lines: dict[str, int]):
@@ -230,6 +252,9 @@ _RANGES: dict[str, tuple[float, bool, float, bool] | tuple[str, ...]] = {
     "train.log_every_steps": (1, True, math.inf, False),
     "train.propensity_a": (0, False, math.inf, False),
     "train.propensity_b": (0, False, math.inf, False),
+    "shortlist.cluster_size": (2, True, math.inf, False),
+    "shortlist.top_clusters": (1, True, math.inf, False),
+    "shortlist.cluster_loss_weight": (0, True, math.inf, False),
 }
 
 
@@ -252,8 +277,12 @@ def _out_of_range(value: Any, allowed: tuple) -> str | None:
 def validate(config: RunConfig, source: str = "config", lines: dict[str, int] | None = None) -> RunConfig:
     """Check every data/train setting's type and range, so a bad value stops with one clear line (naming the
     config file's line when known) instead of deep inside."""
-    for section_name in ("data", "train"):
+    for section_name in ("data", "train", "shortlist"):
         section = getattr(config, section_name)
+        if section is None:
+            continue
+        if not dataclasses.is_dataclass(section):
+            raise UserError(f"{_at(source, lines, section_name)}: {section_name!r} must be a mapping")
         for item in dataclasses.fields(section):
             key = f"{section_name}.{item.name}"
             value = getattr(section, item.name)

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 import torch
 
 from lcenet.errors import UserError
+from lcenet.output import ModelOutput, top_k
 
-__all__ = ["DEFAULT_CANDIDATES", "average_over_union", "check_same_labels"]
+__all__ = ["DEFAULT_CANDIDATES", "average_over_union", "check_same_labels", "sigmoid_at"]
 
 DEFAULT_CANDIDATES = 50
 
@@ -37,23 +38,34 @@ def check_same_labels(label_lists: Sequence[Sequence[str]], names: Sequence[str]
                         "models trained on the same labels")
 
 
-def average_over_union(logits: Sequence[torch.Tensor], k: int, candidates: int = DEFAULT_CANDIDATES
+def average_over_union(outputs: Sequence[ModelOutput], k: int, candidates: int = DEFAULT_CANDIDATES
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k labels of the models' mean sigmoid score over the union of their top-``candidates`` labels:
-    ``(indices [B, k], scores [B, k])`` from one ``[B, L]`` logits tensor per model. Ties go to the lower index."""
-    if not logits:
+    ``(indices [B, k], scores [B, k])`` from each model's output for the batch (dense ``[B, L]`` logits, or a
+    shortlist's candidate logits: a label a shortlist did not score counts 0 for it). Ties go to the lower index.
+    """
+    if not outputs:
         raise UserError("an ensemble needs at least one model")
-    shapes = {tuple(item.shape) for item in logits}
-    if len(shapes) != 1:
-        raise UserError(f"ensemble members disagree on the batch's shape: {sorted(shapes)}")
-    labels = logits[0].shape[1]
-    width = min(max(candidates, k), labels)  # at least k per model, so the union always holds k labels
-    pool = torch.cat([torch.topk(item, width, dim=1).indices for item in logits], dim=1)
+    batch_sizes = {item.logits.shape[0] for item in outputs}
+    if len(batch_sizes) != 1 or len({item.logits.shape[1] for item in outputs if item.label_ids is None}) > 1:
+        raise UserError(f"ensemble members disagree on the batch's shape: "
+                        f"{sorted({tuple(item.logits.shape) for item in outputs})}")
+    width = max(candidates, k)  # at least k per model, so the union holds k labels where the models score k
+    pool = torch.cat([top_k(item, width)[0] for item in outputs], dim=1)
     pool, _ = torch.sort(pool, dim=1)  # duplicates (labels several models ranked) become neighbours
-    mean = torch.stack([torch.sigmoid(item.float()).gather(1, pool) for item in logits]).mean(dim=0)
-    duplicate = torch.zeros_like(pool, dtype=torch.bool)
-    duplicate[:, 1:] = pool[:, 1:] == pool[:, :-1]
-    mean = mean.masked_fill(duplicate, -1.0)  # below every sigmoid score: never picked while a label is left
+    mean = torch.stack([sigmoid_at(item, pool) for item in outputs]).mean(dim=0)
+    unusable = pool < 0  # a shortlist's padding
+    unusable[:, 1:] |= pool[:, 1:] == pool[:, :-1]
+    mean = mean.masked_fill(unusable, -1.0)  # below every sigmoid score: never picked while a label is left
     # stable descending sort on the label-sorted pool: equal scores keep the lower label first
-    order = torch.sort(mean, dim=1, descending=True, stable=True).indices[:, :min(k, width)]
+    order = torch.sort(mean, dim=1, descending=True, stable=True).indices[:, :min(k, pool.shape[1])]
     return pool.gather(1, order), mean.gather(1, order)
+
+
+def sigmoid_at(output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
+    """Each document's sigmoid score of ``labels`` ``[B, P]`` (-1 allowed): 0 where the model scored no such label."""
+    scores = torch.sigmoid(output.logits.float())
+    if output.label_ids is None:
+        return scores.gather(1, labels.clamp(min=0))
+    match = (labels.unsqueeze(2) == output.label_ids.unsqueeze(1)) & (output.label_ids >= 0).unsqueeze(1)
+    return (match * scores.unsqueeze(1)).amax(dim=2)  # [B, P, K] -> [B, P]; a label is once among the candidates

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 import torch
 
 from lcenet import metrics
+from lcenet.candidates import padded_label_ids
 from lcenet.ensemble import DEFAULT_CANDIDATES, average_over_union
 
 Batch = tuple[torch.Tensor, ...]
@@ -142,6 +143,12 @@ class ResidentCsr:
             return np.zeros(0, dtype=np.int64)
         return np.add.reduceat(self.row_nnz[order], np.arange(0, len(order), batch_size))
 
+    def batch_widths(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        """The most non-zeros of one row in each batch (the width of padded per-row tables)."""
+        if not len(order):
+            return np.zeros(0, dtype=np.int64)
+        return np.maximum.reduceat(self.row_nnz[order], np.arange(0, len(order), batch_size))
+
     def gather(self, rows: torch.Tensor, nnz: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row position in the batch, column, value) of every non-zero of ``rows`` in row order, and each
         row's start in that output. ``nnz`` (from ``batch_sizes``) spares a device → host read."""
@@ -182,12 +189,15 @@ class EpochBatches:
     """(inputs, targets) of consecutive ``batch_size`` slices of one epoch's row order.
 
     ``resident=False`` slices on the host and copies each batch to ``device`` (memory-mapped ids stay on
-    disk); ``resident=True`` keeps the split on ``device`` and gathers batches there.
+    disk); ``resident=True`` keeps the split on ``device`` and gathers batches there. Targets are dense
+    ``[B, L]`` 0/1, or with ``label_ids`` (for models that score candidates) each row's train label ids
+    ``[B, T]`` padded with -1, T = the batch's most labels per document: nothing of size L per document.
     """
 
     def __init__(self, split: SplitTensors, num_labels: int, batch_size: int, device: torch.device,
-                 resident: bool):
+                 resident: bool, label_ids: bool = False):
         self.split, self.num_labels, self.batch_size, self.device = split, num_labels, batch_size, device
+        self.label_ids = label_ids
         self.inputs: ResidentStore | None = None
         self.labels: ResidentCsr | None = None
         if resident:
@@ -202,19 +212,30 @@ class EpochBatches:
             self.order_on_device = torch.from_numpy(order).to(self.device)
             self.input_sizes = self.inputs.batch_sizes(order, self.batch_size)
             self.label_sizes = self.labels.batch_sizes(order, self.batch_size)
+            self.label_widths = self.labels.batch_widths(order, self.batch_size)
 
     def get(self, start: int) -> tuple[Batch, torch.Tensor]:
         """The batch of ``order[start:start + batch_size]``; ``start`` is a multiple of ``batch_size``."""
         stop = start + self.batch_size
         if self.inputs is None:
             rows = self.order[start:stop]
-            return (self.split.inputs.batch(rows, self.device),
-                    host_targets(self.split.labels, rows, self.num_labels, self.device))
+            if self.label_ids:
+                truth = self.split.labels[rows]
+                targets = padded_label_ids(truth[:, :self.num_labels] if truth.shape[1] != self.num_labels
+                                           else truth, self.device)
+            else:
+                targets = host_targets(self.split.labels, rows, self.num_labels, self.device)
+            return self.split.inputs.batch(rows, self.device), targets
         rows = self.order_on_device[start:stop]
         index = start // self.batch_size
-        position, columns, _, _ = self.labels.gather(rows, int(self.label_sizes[index]))
-        targets = torch.zeros(len(rows), self.num_labels, device=self.device)
-        targets.index_put_((position, columns), torch.ones_like(columns, dtype=targets.dtype))
+        position, columns, _, first = self.labels.gather(rows, int(self.label_sizes[index]))
+        if self.label_ids:
+            targets = torch.full((len(rows), max(1, int(self.label_widths[index]))), -1, device=self.device)
+            within = torch.arange(len(columns), device=self.device) - first.index_select(0, position)
+            targets.index_put_((position, within), columns)
+        else:
+            targets = torch.zeros(len(rows), self.num_labels, device=self.device)
+            targets.index_put_((position, columns), torch.ones_like(columns, dtype=targets.dtype))
         return self.inputs.batch(rows, int(self.input_sizes[index])), targets
 
 
@@ -244,8 +265,8 @@ def ensemble_top_k(models: Sequence[torch.nn.Module], inputs: Sequence[InputStor
     for start in range(0, count, batch_size):
         rows = np.arange(start, min(start + batch_size, count))
         with autocast(device, bf16):
-            logits = [model(*store.batch(rows, device)).float() for model, store in zip(models, inputs)]
-        top, top_scores = average_over_union(logits, k, candidates)
+            outputs = [model.score(*store.batch(rows, device)) for model, store in zip(models, inputs)]
+        top, top_scores = average_over_union(outputs, k, candidates)
         indices.append(top.cpu().numpy())
         scores.append(top_scores.cpu().numpy())
     if not indices:

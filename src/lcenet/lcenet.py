@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from lcenet.errors import UserError
+from lcenet.output import PADDING_LOGIT, ModelOutput
 
 INPUT_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "none": nn.Identity}
 HIDDEN_ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "gelu": nn.GELU, "none": nn.Identity}
@@ -63,9 +64,6 @@ INITS = ("xavier", "identity", "cooccurrence")
 # A full-rank block holds an L x L weight; refuse it past this size (fp32 weights + Adam's two moments).
 FULL_RANK_MEMORY_LIMIT_BYTES = 8 * 2**30
 
-# What shortlist mode returns at padded candidates (label id -1): sigmoid gives exactly 0, BCE against a 0 target
-# is 0 with no gradient, and top-k never picks it; finite, so fp16 and bf16 hold it.
-PADDING_LOGIT = -1e4
 
 
 class LabelRowsLinear(nn.Module):
@@ -287,15 +285,28 @@ class LCENet(nn.Module):
 
 
 class LCENetWrapped(nn.Module):
-    """Any logits-returning model followed by LCENet: ``forward(*a, **kw) = lcenet(base(*a, **kw))``."""
+    """Any logits-returning model followed by LCENet: ``forward(*a, **kw) = lcenet(base(*a, **kw))``.
+
+    ``score`` (the :class:`lcenet.output.Scorer` hook) does the same on the base's typed output: dense logits,
+    or a shortlist's candidate logits with their label ids (shortlist LCENet, O(K·R) per document)."""
 
     def __init__(self, base: nn.Module, lcenet: LCENet):
         super().__init__()
         self.base = base
         self.lcenet = lcenet
 
+    @property
+    def scores_candidates(self) -> bool:
+        return self.base.scores_candidates
+
     def forward(self, *args, **kwargs) -> torch.Tensor:
         return self.lcenet(self.base(*args, **kwargs))
+
+    def score(self, *inputs: torch.Tensor, true_labels: torch.Tensor | None = None) -> ModelOutput:
+        output = self.base.score(*inputs, true_labels=true_labels)
+        weight = self.lcenet.aux_loss_weight
+        return output._replace(logits=self.lcenet(output.logits, output.label_ids),
+                               base_logits=output.logits if weight > 0 else None, aux_loss_weight=weight)
 
 
 def with_lcenet(model: nn.Module, num_labels: int, **lcenet_kwargs) -> LCENetWrapped:

@@ -20,20 +20,26 @@ from lcenet.config import RunConfig, TrainSettings
 from lcenet.encoders import Encoder, TfidfEncoder, TokenEncoder, load_encoder
 from lcenet.ensemble import check_same_labels
 from lcenet.errors import UserError
-from lcenet.features import fit_cached
+from lcenet.features import TfidfFeatures, fit_cached
 from lcenet.inference import SplitTensors, ensemble_top_k, evaluate_model, predict_top_k
 from lcenet.io import atomic_write_json, read_model_dir, write_model_dir
 from lcenet.lcenet import LCENet, cooccurrence_init_, with_lcenet
 from lcenet.models import XMTCModel, build_model, model_class
 from lcenet.provenance import provenance
+from lcenet.shortlist import ShortlistModel, build_clusters, shortlist_args, shortlist_recall
 from lcenet.train import Trainer, resolve_device
 
 log = logging.getLogger("lcenet")
 
 
-def build(model: str, model_args: dict, lcenet: dict | None, num_labels: int, vocab_size: int) -> torch.nn.Module:
-    """The base model from the registry, wrapped with LCENet when ``lcenet`` (its keyword arguments) is set."""
+def build(model: str, model_args: dict, lcenet: dict | None, num_labels: int, vocab_size: int,
+          shortlist: dict | None = None) -> torch.nn.Module:
+    """The base model from the registry, in shortlist mode when ``shortlist`` (ShortlistModel's arguments, as
+    its ``describe`` gives them; the cluster tables arrive with the weights or through ``use_clusters``) is set,
+    then wrapped with LCENet when ``lcenet`` (its keyword arguments) is set."""
     network = build_model(model, num_labels, vocab_size, **model_args)
+    if shortlist is not None:
+        network = ShortlistModel(network, num_labels, **shortlist)
     return network if lcenet is None else with_lcenet(network, num_labels, **lcenet)
 
 
@@ -48,8 +54,28 @@ def effective_model_args(config: RunConfig, num_labels: int, vocab_size: int) ->
     return {**config.model_args, **base.widened_args(extra)}
 
 
-def base_of(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "base", model)
+def base_of(model: torch.nn.Module) -> XMTCModel:
+    """The family model inside LCENet and shortlist wrappers."""
+    while not isinstance(model, XMTCModel):
+        model = model.base
+    return model
+
+
+def shortlist_of(model: torch.nn.Module) -> ShortlistModel | None:
+    return next((module for module in model.modules() if isinstance(module, ShortlistModel)), None)
+
+
+def tfidf_settings(settings) -> dict:
+    return {"ngram_max": settings.tfidf_ngram_max, "min_df": settings.tfidf_min_df,
+            "max_features": settings.tfidf_max_features, "lowercase": settings.lowercase}
+
+
+def train_tfidf(config: RunConfig, train_texts: list[str], cache_dir: Path, source_hash: str
+                ) -> tuple[TfidfFeatures, sp.csr_matrix]:
+    """TF-IDF fitted on the train texts with the data settings, and the train rows' features (cached)."""
+    tfidf = tfidf_settings(config.data)
+    key = text.cache_key(source_hash, "tfidf", *(f"{k}={v}" for k, v in sorted(tfidf.items())))
+    return fit_cached(train_texts, cache_dir, key, **tfidf)
 
 
 def make_encoder(config: RunConfig, train_texts: list[str], cache_dir: Path, source_hash: str) -> Encoder:
@@ -58,11 +84,7 @@ def make_encoder(config: RunConfig, train_texts: list[str], cache_dir: Path, sou
     cls = model_class(config.model)
     settings = config.data
     if cls.input_kind == "tfidf":
-        tfidf = {"ngram_max": settings.tfidf_ngram_max, "min_df": settings.tfidf_min_df,
-                 "max_features": settings.tfidf_max_features, "lowercase": settings.lowercase}
-        key = text.cache_key(source_hash, "tfidf", *(f"{k}={v}" for k, v in sorted(tfidf.items())))
-        features, _ = fit_cached(train_texts, cache_dir, key, **tfidf)
-        return TfidfEncoder(features)
+        return TfidfEncoder(train_tfidf(config, train_texts, cache_dir, source_hash)[0])
     if cls.uses_pretrained_tokenizer:
         pretrained = config.model_args.get("pretrained")
         if not pretrained:
@@ -121,8 +143,15 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
 
     num_labels = dataset.num_labels
     model_args = effective_model_args(config, num_labels, encoder.vocab_size)
+    clusters = None
+    if config.shortlist is not None:  # label clusters from TF-IDF label centroids; the same for every seed
+        _, features = train_tfidf(config, dataset.train.texts, cache_dir, dataset.source_hash)
+        clusters = build_clusters(splits["train"].labels[:, :num_labels], features, config.shortlist)
     torch.manual_seed(config.train.seed)  # initial weights depend on the seed alone
-    model = build(config.model, model_args, config.lcenet, num_labels, encoder.vocab_size)
+    model = build(config.model, model_args, config.lcenet, num_labels, encoder.vocab_size,
+                  shortlist_args(clusters, config.shortlist) if clusters is not None else None)
+    if clusters is not None:
+        shortlist_of(model).use_clusters(clusters)
     if config.lcenet is not None and model.lcenet.config["init"] == "cooccurrence":
         cooccurrence_init_(model.lcenet, splits["train"].labels[:, :num_labels], seed=config.train.seed)
     embedding_stats = (load_embeddings_into(base_of(model), config.train.embeddings, encoder)
@@ -143,10 +172,12 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
     results["test"] = metrics.evaluate(top, splits["test"].labels, inv_propensity=inv_propensity)
     atomic_write_json(output / "test_documents.json", document_hits(top, splits["test"].labels))
     base = base_of(model)
+    shortlist = shortlist_of(model)
     saved_config = {
         "model": config.model,
         "model_args": base.saved_args(),
         "lcenet": model.lcenet.config if config.lcenet is not None else None,
+        "shortlist": shortlist.describe() if shortlist is not None else None,
         "num_labels": num_labels,
         "vocab_size": encoder.vocab_size,
         "max_length": config.data.max_length,
@@ -171,6 +202,12 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
         "lcenet_parameters": model.lcenet.num_parameters() if config.lcenet is not None else 0,
         "lcenet_settings": model.lcenet.config if config.lcenet is not None else None,  # as built (rank capped)
         "num_labels": num_labels, "unseen_test_labels": len(dataset.unseen_labels),
+        # The candidates' recall of the true labels at inference (no true clusters added), dev and test.
+        "shortlist": None if shortlist is None else {
+            **shortlist.describe(), "candidates_per_document": shortlist.top_clusters * shortlist.members.shape[1],
+            **{f"{name}_recall": shortlist_recall(trainer.model, splits[name].inputs, splits[name].labels,
+                                                  trainer.device, config.train.eval_batch_size)
+               for name in ("dev", "test")}},
         "word_vectors": embedding_stats,
         "train_docs": len(dataset.train), "dev_docs": len(dataset.dev), "test_docs": len(dataset.test),
         "config": config.to_dict(),
@@ -248,7 +285,7 @@ class LoadedModel:
 def load_model(model_dir: str | Path, device: str = "auto") -> LoadedModel:
     config, state, label_names, label_frequency = read_model_dir(model_dir)
     model = build(config["model"], config["model_args"], config.get("lcenet"), config["num_labels"],
-                  config["vocab_size"])
+                  config["vocab_size"], config.get("shortlist"))
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -32,8 +32,9 @@ class Predictor:
                                      k, first.device, batch_size, first.bf16)
         results = []
         for row, row_scores in zip(top, scores):
-            labels = [first.label_names[i] for i in row]
-            result = {"labels": labels, "scores": [round(float(s), 6) for s in row_scores]}
+            scored = row >= 0  # a shortlist model may score fewer than k labels for a document
+            labels = [first.label_names[i] for i in row[scored]]
+            result = {"labels": labels, "scores": [round(float(s), 6) for s in row_scores[scored]]}
             if self.label_names is not None:
                 result["names"] = [self.label_names.get(label, label) for label in labels]
             results.append(result)

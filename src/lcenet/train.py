@@ -22,7 +22,7 @@ from lcenet.config import TrainSettings
 from lcenet.errors import UserError
 from lcenet.inference import Batch, EpochBatches, SplitTensors, autocast, evaluate_model
 from lcenet.io import atomic_write_text, load_tensors, save_tensors
-from lcenet.lcenet import LCENetWrapped
+from lcenet.output import candidate_targets
 from lcenet.stopping import converged, stop_reason
 
 log = logging.getLogger("lcenet")
@@ -64,13 +64,24 @@ def parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[di
 
 
 def training_loss(model: torch.nn.Module, inputs: Batch, targets: torch.Tensor) -> torch.Tensor:
-    """Mean BCE over the batch's ``[B, L]`` targets (plus the weighted BCE of the base logits with aux loss)."""
-    if isinstance(model, LCENetWrapped) and model.lcenet.aux_loss_weight > 0:
-        base_logits = model.base(*inputs)
-        enhanced = model.lcenet(base_logits)
-        return (F.binary_cross_entropy_with_logits(enhanced.float(), targets)
-                + model.lcenet.aux_loss_weight * F.binary_cross_entropy_with_logits(base_logits.float(), targets))
-    return F.binary_cross_entropy_with_logits(model(*inputs).float(), targets)
+    """Mean BCE of the model's logits against ``targets`` (plus the weighted BCE of the base logits with LCENet's
+    aux loss, and any loss the model adds, such as a shortlist's cluster scorer).
+
+    ``targets``: dense ``[B, L]`` 0/1 for a model that scores every label; for one that scores candidates
+    (``model.scores_candidates``), the true label ids ``[B, T]`` (-1 padded), from which the candidates' targets
+    are built on the device (O(B·K·T), never O(L) per document). Padded candidates carry ``PADDING_LOGIT`` and
+    target 0, so they add nothing."""
+    if model.scores_candidates:
+        output = model.score(*inputs, true_labels=targets)
+        targets = candidate_targets(output.label_ids, targets)
+    else:
+        output = model.score(*inputs)
+    loss = F.binary_cross_entropy_with_logits(output.logits.float(), targets)
+    if output.aux_loss_weight > 0:
+        loss = loss + output.aux_loss_weight * F.binary_cross_entropy_with_logits(output.base_logits.float(), targets)
+    if output.extra_loss is not None:
+        loss = loss + output.extra_loss
+    return loss
 
 
 class TrainingLoss(torch.nn.Module):
@@ -108,7 +119,8 @@ class Trainer:
         resident = settings.resident_batches if settings.resident_batches is not None else self.device.type == "cuda"
         self.world_size, self.rank = distributed.world_size(), distributed.rank()
         local_batch = distributed.local_batch_size(settings.batch_size, self.world_size)
-        self.batches = EpochBatches(train, num_labels, local_batch, self.device, resident)
+        self.batches = EpochBatches(train, num_labels, local_batch, self.device, resident,
+                                    label_ids=model.scores_candidates)
         self.rows_per_batch = np.zeros(0, dtype=np.int64)  # this rank's real rows in each global batch
         # The DDP module computes the loss (gradients averaged over ranks); one process calls the loss directly.
         self.loss = (TrainingLoss(self.model) if self.world_size == 1

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from lcenet.errors import UserError
+from lcenet.output import ModelOutput
 
 
 class XMTCModel(nn.Module):
@@ -23,6 +25,18 @@ class XMTCModel(nn.Module):
     input_kind: ClassVar[str] = "tokens"
     # True: the tokenizer is the pretrained checkpoint's (``tokenizer_file``), not one trained on the data.
     uses_pretrained_tokenizer: ClassVar[bool] = False
+    scores_candidates: ClassVar[bool] = False  # a family scores every label; lcenet.shortlist adds candidates
+
+    def score(self, *inputs: torch.Tensor, true_labels: torch.Tensor | None = None) -> ModelOutput:
+        """The :class:`lcenet.output.Scorer` hook: dense logits ``[B, L]``."""
+        return ModelOutput(self(*inputs))
+
+    def features(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The document representation ``[B, H]`` that the family's output layer ``self.output`` (an
+        ``nn.Linear`` H -> L) scores: ``forward = output(features)``. Shortlist mode scores only the candidate
+        rows of ``output`` on it, so a family that has this split supports ``--shortlist``."""
+        raise UserError(f"model {self.registry_name!r} has no shortlist mode (its labels are not scored by one "
+                        "output layer over a shared document representation)")
 
     def saved_args(self) -> dict:
         """Keyword arguments that rebuild this model without any outside file (config.json's model_args)."""

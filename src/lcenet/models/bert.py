@@ -84,11 +84,14 @@ class BertClassifier(XMTCModel):
         return {"head_hidden": round((head + extra_parameters - labels) / (features + 1 + labels))}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.output(self.features(input_ids, attention_mask))
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask.long(), output_hidden_states=True)
         cls = torch.cat([h[:, 0] for h in out.hidden_states[-self.num_cls_layers:]], dim=-1)
         if self.hidden is not None:
             cls = torch.relu(self.hidden(self.dropout(cls)))
-        return self.output(self.dropout(cls))
+        return self.dropout(cls)
 
 
 def _transformers():

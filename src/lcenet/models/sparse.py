@@ -69,7 +69,10 @@ class SparseMLP(XMTCModel):
         return {"hidden_dims": sizes}
 
     def forward(self, indices: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return self.output(self.features(indices, offsets, weights))
+
+    def features(self, indices: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         h = self.dropout(self.activation(self.input(indices, offsets, per_sample_weights=weights) + self.input_bias))
         for layer in self.hidden:
             h = self.dropout(self.activation(layer(h)))
-        return self.output(h)
+        return h

@@ -31,6 +31,9 @@ class XMLCNN(XMTCModel):
         self.output = nn.Linear(hidden_dim, num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.output(self.features(input_ids, attention_mask))
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         lengths = attention_mask.sum(dim=1).clamp(min=1)
         x = self.embedding_dropout(self.embedding(input_ids)).transpose(1, 2)  # [B, E, T]
         pooled = []
@@ -40,7 +43,7 @@ class XMLCNN(XMTCModel):
             features = F.relu(conv(x))  # [B, C, T - width + 1]
             pooled.append(self._dynamic_max_pool(features, (lengths - width + 1).clamp(min=1)))
         hidden = F.relu(self.hidden(torch.cat(pooled, dim=1)))
-        return self.output(self.dropout(hidden))
+        return self.dropout(hidden)
 
     def word_embedding(self) -> nn.Embedding:
         return self.embedding
