@@ -12,7 +12,7 @@ from lcenet import lcenet as lcenet_module
 from lcenet.errors import UserError
 from lcenet.lcenet import LCENet, cooccurrence_init_
 from lcenet.output import PADDING_LOGIT
-from lcenet.row_adam import RowAdam
+from lcenet.row_adam import RowAdam, clip_grad_norm_
 
 L = 12
 
@@ -212,11 +212,33 @@ def test_row_adam_sums_repeated_rows():
     assert torch.all(params[0][[1, 3]] == 1)
 
 
-def test_row_adam_refuses_dense_gradients():
-    param = nn.Parameter(torch.zeros(3, 2))
-    param.grad = torch.ones(3, 2)
-    with pytest.raises(UserError, match="sparse"):
-        RowAdam([param]).step()
+def test_row_adam_on_dense_gradients_is_adamw_and_on_all_rows_the_sparse_update_is_the_same():
+    """The rest of a model (dense gradients) trains in the same optimizer: AdamW's result (to its placement of
+    eps), and a sparse gradient naming every row gives the dense update, weight decay included."""
+    torch.manual_seed(0)
+    grads = [torch.randn(4, 3) for _ in range(3)]
+    params = [nn.Parameter(torch.ones(4, 3)) for _ in range(3)]
+    optimizers = [RowAdam([params[0]], lr=0.1, weight_decay=0.5), torch.optim.AdamW([params[1]], lr=0.1,
+                                                                                     weight_decay=0.5),
+                  RowAdam([params[2]], lr=0.1, weight_decay=0.5)]
+    for grad in grads:
+        params[0].grad, params[1].grad = grad.clone(), grad.clone()
+        params[2].grad = torch.sparse_coo_tensor(torch.arange(4).unsqueeze(0), grad.clone(), (4, 3),
+                                                 check_invariants=True)
+        for optimizer in optimizers:
+            optimizer.step()
+    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(params[0], params[2])
+
+
+def test_clipping_counts_sparse_and_dense_gradients_together():
+    dense, table = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(5, 2))
+    dense.grad = torch.tensor([3.0, 0.0])
+    table.grad = torch.sparse_coo_tensor(torch.tensor([[1, 1]]), torch.tensor([[2.0, 0.0], [2.0, 0.0]]), (5, 2),
+                                         check_invariants=True)
+    total = clip_grad_norm_([dense, table], max_norm=1.0)
+    assert float(total) == pytest.approx(5.0)  # the repeated row sums to 4: sqrt(3² + 4²)
+    assert float(torch.cat([dense.grad, table.grad.coalesce().values().flatten()]).norm()) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("ids, match", [

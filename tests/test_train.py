@@ -35,13 +35,22 @@ def test_training_learns_and_writes_everything(tiny_data, tmp_path):
     assert summary["best_step"] == max(evals, key=lambda r: r["metrics"]["nDCG@5"])["step"]
 
 
-def test_kill_and_resume_gives_identical_weights(tiny_data, tmp_path):
+@pytest.mark.parametrize("shortlist", [False, True])
+def test_kill_and_resume_gives_identical_weights(tiny_data, tmp_path, shortlist):
+    """Also in shortlist mode, whose label tables train with row-sparse gradients and RowAdam."""
+    from lcenet.config import ShortlistSettings
+
+    def config_with(**train):
+        config = tiny_config(epochs=2, lcenet=True, **train)
+        config.shortlist = ShortlistSettings(cluster_size=2, top_clusters=4) if shortlist else None
+        return config
+
     straight = tmp_path / "straight"
-    run_training(tiny_config(epochs=2, lcenet=True), tiny_data, straight, cache_dir=tmp_path / "c", progress=False)
+    run_training(config_with(), tiny_data, straight, cache_dir=tmp_path / "c", progress=False)
 
     # 1 epoch, then "kill" in the middle of epoch 2 (after a mid-epoch checkpoint), then resume.
     killed = tmp_path / "killed"
-    config = tiny_config(epochs=2, lcenet=True, checkpoint_every_steps=1)
+    config = config_with(checkpoint_every_steps=1)
     import lcenet.train as train_module
 
     original = train_module.Trainer.fit

@@ -56,6 +56,7 @@ from torch import nn
 
 from lcenet.errors import UserError
 from lcenet.output import PADDING_LOGIT, ModelOutput
+from lcenet.row_adam import gather_rows
 
 INPUT_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "none": nn.Identity}
 HIDDEN_ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "gelu": nn.GELU, "none": nn.Identity}
@@ -123,29 +124,6 @@ class Shortlist:
                    len(unique) <= UNION_GEMM_MAX_RATIO * label_ids.shape[1])
 
 
-class _GatherRows(torch.autograd.Function):
-    """``table[rows]`` for sorted, distinct ``rows``, whose gradient is a coalesced sparse COO tensor holding just
-    those rows (F.embedding(sparse=True) would give one entry per lookup, to be sorted again by the optimizer)."""
-
-    @staticmethod
-    def forward(ctx, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(rows)
-        ctx.table_shape = table.shape
-        return table.index_select(0, rows)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (rows,) = ctx.saved_tensors
-        return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.table_shape, is_coalesced=True,
-                                       check_invariants=False), None
-
-
-def _gather_rows(table: torch.Tensor, rows: torch.Tensor, sparse: bool) -> torch.Tensor:
-    """Rows of ``table``; the gradient reaches only those rows, as a sparse tensor or (``sparse=False``) as a dense
-    one that is zero elsewhere."""
-    return _GatherRows.apply(table, rows) if sparse else table.index_select(0, rows)
-
-
 class LCENetBlock(nn.Module):
     def __init__(self, num_labels: int, rank: int, input_activation: str, hidden_activation: str,
                  residual: bool, bottleneck: bool, init: str):
@@ -181,8 +159,8 @@ class LCENetBlock(nn.Module):
         if self.down is None:
             correction = self._full_rank_shortlist(h, shortlist)
         else:
-            w1 = _gather_rows(self.down.weight, shortlist.unique, sparse)  # [U, R]
-            w2 = _gather_rows(self.up.weight, shortlist.unique, sparse)
+            w1 = gather_rows(self.down.weight, shortlist.unique, sparse)  # [U, R]
+            w2 = gather_rows(self.up.weight, shortlist.unique, sparse)
             batch, candidates = h.shape
             if shortlist.union_gemm:
                 h_union = h.new_zeros(batch, len(shortlist.unique)).scatter_add(1, shortlist.inverse, h)

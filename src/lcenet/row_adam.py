@@ -1,14 +1,17 @@
-"""Adam that touches only the rows a row-sparse gradient names, for LCENet's label tables in shortlist mode.
+"""Row-sparse gradients for label tables, and the Adam that touches only the rows they name.
 
-With dense gradients every Adam step reads and writes all L·R entries of each table (parameter, gradient, two
-moments) although a batch's shortlist touches a few thousand labels, and the backward pass first fills an L·R
-gradient with zeros. With ``LCENet(sparse_gradients=True)`` the tables' gradients are coalesced sparse tensors
-over the batch's distinct labels, and :class:`RowAdam` gathers those rows of the parameter and moments, updates
-them, and writes them back: O(touched rows · R) per step whatever L is.
+At large L the label tables — LCENet's [L, R] tables in shortlist mode and a shortlist model's output layer
+[L, H] — are the model's largest parameters, and a step's candidates touch a few thousand of their rows. With
+dense gradients every step still fills an L-row gradient with zeros and Adam reads and writes all L rows of the
+parameter and both moments. :func:`gather_rows` gives a table's gradient as a coalesced sparse tensor over the
+gathered rows, and :class:`RowAdam` gathers those rows of the parameter and moments, updates them, and writes
+them back: O(touched rows) per step whatever L is.
 
-It is torch.optim.SparseAdam's update ("lazy" Adam: an untouched row's moments neither decay nor move it; bias
-correction by the step count), with the same results; SparseAdam reaches them through sparse_mask and sparse
-additions, several times slower on CPU. No weight decay, as SparseAdam: the tables train without it.
+RowAdam's update of a sparse gradient is torch.optim.SparseAdam's ("lazy" Adam: an untouched row's moments
+neither decay nor move it; bias correction by the step count), with the same results; SparseAdam reaches them
+through sparse_mask and sparse additions, several times slower on CPU. Dense gradients (every other parameter
+of the model) get the same formula over all entries, and ``weight_decay`` is decoupled (AdamW), applied to the
+rows a step updates. :func:`clip_grad_norm_` clips both kinds together.
 """
 
 from __future__ import annotations
@@ -17,12 +20,63 @@ import torch
 
 from lcenet.errors import UserError
 
+__all__ = ["RowAdam", "clip_grad_norm_", "gather_rows"]
+
+
+class _GatherRows(torch.autograd.Function):
+    """``table[rows]`` for sorted, distinct ``rows``, whose gradient is a coalesced sparse COO tensor holding just
+    those rows (F.embedding(sparse=True) would give one entry per lookup, to be sorted again by the optimizer)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        ctx.table_shape = table.shape
+        return table.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rows,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.table_shape, is_coalesced=True,
+                                       check_invariants=False), None
+
+
+def gather_rows(table: torch.Tensor, rows: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """Rows ``rows`` (sorted, distinct) of ``table``; the gradient reaches only those rows, as a sparse tensor or
+    (``sparse=False``) as a dense one that is zero elsewhere."""
+    return _GatherRows.apply(table, rows) if sparse else table.index_select(0, rows)
+
+
+def _rows_and_values(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A row-sparse gradient's distinct rows and their values (gather_rows' come sorted and distinct; the sum of
+    several micro-batches' forgets it was coalesced, and others, e.g. F.embedding's, may repeat rows)."""
+    rows, values = grad._indices()[0], grad._values()
+    if not bool((rows[1:] > rows[:-1]).all()):
+        grad = grad.coalesce()
+        rows, values = grad.indices()[0], grad.values()
+    return rows, values
+
+
+@torch.no_grad()
+def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ (2-norm over all gradients together) for dense and row-sparse gradients."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = [(_rows_and_values(g)[1] if g.is_sparse else g).float().norm() for g in grads]
+    total = torch.stack(norms).norm()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for grad in grads:
+        (grad._values() if grad.is_sparse else grad).mul_(scale.to(grad.dtype))
+    return total
+
 
 class RowAdam(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        if lr <= 0 or eps <= 0 or not all(0 <= beta < 1 for beta in betas):
-            raise UserError(f"RowAdam needs lr > 0, eps > 0 and betas in [0, 1) (got {lr}, {eps}, {betas})")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        if lr <= 0 or eps <= 0 or weight_decay < 0 or not all(0 <= beta < 1 for beta in betas):
+            raise UserError(f"RowAdam needs lr > 0, eps > 0, weight_decay >= 0 and betas in [0, 1) (got {lr}, {eps}, "
+                            f"{weight_decay}, {betas})")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -35,26 +89,30 @@ class RowAdam(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                if not param.grad.is_sparse:
-                    raise UserError("RowAdam takes row-sparse gradients (LCENet sparse_gradients=True); "
-                                    "use Adam for dense ones")
-                rows, values = param.grad._indices()[0], param.grad._values()
-                # LCENet's rows come sorted and distinct (the accumulated gradient forgets it was coalesced, and
-                # coalescing again would copy it); others, e.g. F.embedding's, may repeat rows, to be summed.
-                if not bool((rows[1:] > rows[:-1]).all()):
-                    grad = param.grad.coalesce()
-                    rows, values = grad.indices()[0], grad.values()
                 state = self.state[param]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 state["step"] += 1
+                step_size = group["lr"] * (1 - beta2 ** state["step"]) ** 0.5 / (1 - beta1 ** state["step"])
+                decay = 1 - group["lr"] * group["weight_decay"]
+                if not param.grad.is_sparse:
+                    exp_avg, exp_avg_sq, grad = state["exp_avg"], state["exp_avg_sq"], param.grad
+                    exp_avg.lerp_(grad, 1 - beta1)
+                    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    if decay != 1:
+                        param.mul_(decay)
+                    param.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"]), value=-step_size)
+                    continue
+                rows, values = _rows_and_values(param.grad)
                 exp_avg = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
                 exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2)
                 exp_avg_sq.addcmul_(values, values, value=1 - beta2)
                 state["exp_avg"].index_copy_(0, rows, exp_avg)
                 state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-                step_size = group["lr"] * (1 - beta2 ** state["step"]) ** 0.5 / (1 - beta1 ** state["step"])
-                param.index_add_(0, rows, exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"])), alpha=-step_size)
+                update = exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"])).mul_(-step_size)
+                if decay != 1:
+                    update.add_(param.index_select(0, rows), alpha=decay - 1)
+                param.index_add_(0, rows, update)
         return loss

@@ -13,10 +13,11 @@ The loss (:func:`lcenet.train.training_loss`) is BCE over the candidates plus ``
 the cluster scorer against the true labels' clusters. LCENet after a shortlist runs in its shortlist mode,
 O(K·R) per document.
 
-Cost per document: the candidate logits are one GEMM against the rows of the batch's distinct candidate labels
-U (at most min(L, B·K)), so a step never costs more than the dense output layer. At 500K labels the output
-layer's gradient is still a dense ``[L, H]`` tensor (a row-sparse gradient with an optimizer that updates only
-touched rows, as :mod:`lcenet.row_adam` does for LCENet, is the next step there).
+Cost: the candidate logits are one GEMM against the rows of the batch's distinct candidate labels U (at most
+min(L, B·K)), so a step never costs more than the dense output layer. With ``sparse_gradients`` (on in
+single-process training) the output layer's weight and LCENet's tables get row-sparse gradients over those U
+labels and the trainer steps them with :class:`lcenet.row_adam.RowAdam`: nothing of size L is written per step
+but the output bias and the cluster scorer (C ≈ L / cluster_size rows).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from lcenet.config import ShortlistSettings
 from lcenet.errors import UserError
 from lcenet.models import XMTCModel
 from lcenet.output import PADDING_LOGIT, ModelOutput
+from lcenet.row_adam import gather_rows
 
 __all__ = ["ShortlistModel", "build_clusters", "shortlist_args", "shortlist_recall"]
 
@@ -45,7 +47,7 @@ class ShortlistModel(nn.Module):
     scores_candidates = True
 
     def __init__(self, base: XMTCModel, num_labels: int, num_clusters: int, cluster_width: int, top_clusters: int,
-                 cluster_loss_weight: float = 1.0):
+                 cluster_loss_weight: float = 1.0, sparse_gradients: bool = False):
         super().__init__()
         output = getattr(base, "output", None)
         if type(base).features is XMTCModel.features:
@@ -55,6 +57,8 @@ class ShortlistModel(nn.Module):
         self.base = base
         self.top_clusters = min(top_clusters, num_clusters)
         self.cluster_loss_weight = cluster_loss_weight
+        # The output layer's weight gets a row-sparse gradient over the batch's candidates (lcenet.row_adam).
+        self.sparse_gradients = sparse_gradients
         self.cluster_scorer = nn.Linear(output.in_features, num_clusters)
         self.register_buffer("members", torch.full((num_clusters, cluster_width), -1, dtype=torch.int64))
         self.register_buffer("cluster_of_label", torch.zeros(num_labels, dtype=torch.int64))
@@ -71,7 +75,8 @@ class ShortlistModel(nn.Module):
     def describe(self) -> dict:
         """What config.json needs to rebuild this module before loading its weights and tables."""
         return {"num_clusters": self.members.shape[0], "cluster_width": self.members.shape[1],
-                "top_clusters": self.top_clusters, "cluster_loss_weight": self.cluster_loss_weight}
+                "top_clusters": self.top_clusters, "cluster_loss_weight": self.cluster_loss_weight,
+                "sparse_gradients": self.sparse_gradients}
 
     def forward(self, *inputs: torch.Tensor, true_labels: torch.Tensor | None = None) -> ModelOutput:
         return self.score(*inputs, true_labels=true_labels)
@@ -83,7 +88,8 @@ class ShortlistModel(nn.Module):
                             true_labels).labels
         unique, inverse = torch.unique(chosen.clamp(min=0), return_inverse=True)
         output = self.base.output
-        scores = h @ output.weight.index_select(0, unique).to(h.dtype).T + output.bias.index_select(0, unique)
+        rows = gather_rows(output.weight, unique, self.sparse_gradients)
+        scores = h @ rows.to(h.dtype).T + output.bias.index_select(0, unique)
         logits = scores.gather(1, inverse).masked_fill(chosen < 0, PADDING_LOGIT)
         if true_labels is None:
             return ModelOutput(logits, chosen)
@@ -97,14 +103,15 @@ class ShortlistModel(nn.Module):
                                        (true_labels >= 0).float(), reduce="amax")
 
 
-def shortlist_args(clusters: LabelClusters, settings: ShortlistSettings) -> dict:
+def shortlist_args(clusters: LabelClusters, settings: ShortlistSettings, sparse_gradients: bool = False) -> dict:
     """ShortlistModel's arguments for these clusters (checked to leave every document enough candidates)."""
-    smallest = int(clusters.sizes.min())
-    if min(settings.top_clusters, clusters.num_clusters) * smallest < min(MIN_CANDIDATES, clusters.num_labels):
-        raise UserError(f"shortlist.top_clusters {settings.top_clusters} x the smallest cluster ({smallest} "
-                        f"labels) gives fewer than {MIN_CANDIDATES} candidates; raise shortlist.top_clusters")
+    fewest = int(np.sort(clusters.sizes)[:settings.top_clusters].sum())  # the top clusters, at their smallest
+    if fewest < min(MIN_CANDIDATES, clusters.num_labels):
+        raise UserError(f"shortlist.top_clusters {settings.top_clusters} can leave a document {fewest} candidate "
+                        f"labels, fewer than {MIN_CANDIDATES}; raise shortlist.top_clusters")
     return {"num_clusters": clusters.num_clusters, "cluster_width": int(clusters.sizes.max()),
-            "top_clusters": settings.top_clusters, "cluster_loss_weight": settings.cluster_loss_weight}
+            "top_clusters": settings.top_clusters, "cluster_loss_weight": settings.cluster_loss_weight,
+            "sparse_gradients": sparse_gradients}
 
 
 def build_clusters(train_labels: sp.csr_matrix, train_features: sp.csr_matrix, settings: ShortlistSettings,

@@ -23,6 +23,7 @@ from lcenet.errors import UserError
 from lcenet.inference import Batch, EpochBatches, SplitTensors, autocast, evaluate_model
 from lcenet.io import atomic_write_text, load_tensors, save_tensors
 from lcenet.output import candidate_targets
+from lcenet.row_adam import RowAdam, clip_grad_norm_
 from lcenet.stopping import converged, stop_reason
 
 log = logging.getLogger("lcenet")
@@ -138,9 +139,17 @@ class Trainer:
             self.total_steps = min(self.total_steps, settings.max_steps)
         if settings.optimizer not in ("adam", "adamw"):
             raise UserError(f"train.optimizer must be adam or adamw (got {settings.optimizer!r})")
-        optimizer_class = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
-        # fused: one kernel for all parameters; about 2x faster than the default on CPU, same results.
-        self.optimizer = optimizer_class(parameter_groups(self.model, settings), lr=settings.lr, fused=True)
+        groups = parameter_groups(self.model, settings)
+        if model.scores_candidates:
+            # A shortlist's label tables may get row-sparse gradients: RowAdam updates just their touched rows
+            # (and every dense parameter as AdamW does; plain Adam's L2 decay has no row-sparse form).
+            self.optimizer = RowAdam(groups, lr=settings.lr)
+            self.clip_grad_norm = clip_grad_norm_
+        else:
+            optimizer_class = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+            # fused: one kernel for all parameters; about 2x faster than the default on CPU, same results.
+            self.optimizer = optimizer_class(groups, lr=settings.lr, fused=True)
+            self.clip_grad_norm = torch.nn.utils.clip_grad_norm_
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_score": -1.0, "best_step": 0,
                       "evals_without_improvement": 0, "train_seconds": 0.0, "stopped_early": False,
@@ -271,7 +280,7 @@ class Trainer:
                 loss.backward()
             total += loss.detach()
         if settings.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
+            self.clip_grad_norm(self.model.parameters(), settings.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         return total
