@@ -147,10 +147,24 @@ def test_shortlist_training_learns_and_the_model_directory_remembers_it(tmp_path
     assert np.mean([p["labels"][0] in t for p, t in zip(predicted, truth)]) == pytest.approx(summary["test"]["P@1"])
 
 
-def test_a_family_without_one_output_layer_is_refused_in_shortlist_mode():
-    args = shortlist_args(clusters_of(12, 3), ShortlistSettings(cluster_size=3, top_clusters=2))
-    with pytest.raises(UserError, match="attentionxml.*no shortlist mode"):
-        build("attentionxml", {"embedding_dim": 8, "hidden_size": 4, "linear_sizes": [4]}, None, 12, 30, args)
+@pytest.mark.parametrize("sparse", [False, True])
+def test_attentionxml_attends_with_the_candidates_queries_only(sparse):
+    """With every cluster chosen, AttentionXML's candidate logits are its dense logits at those labels, and the
+    label queries' gradient reaches only the candidates' rows."""
+    clusters = clusters_of(12, 3)
+    torch.manual_seed(0)
+    model = build("attentionxml", {"embedding_dim": 8, "hidden_size": 4, "linear_sizes": [4]}, None, 12, 30,
+                  shortlist_args(clusters, ShortlistSettings(cluster_size=3, top_clusters=4), sparse))
+    model.use_clusters(clusters)
+    model.eval()
+    batch = inputs(3)
+    output = model.score(*batch)
+    torch.testing.assert_close(output.logits, model.base(*batch).gather(1, output.label_ids), rtol=1e-5, atol=1e-6)
+    model.members[2:] = -1  # two clusters left: labels of clusters 0 and 1 only
+    model.score(*batch).logits.sum().backward()
+    grad = model.base.attention.grad
+    touched = (grad.coalesce().indices()[0] if sparse else grad.abs().sum(1).nonzero().flatten()).tolist()
+    assert sorted(touched) == sorted(clusters.labels[:6].tolist())
 
 
 def test_too_few_candidates_and_bad_settings_stop_with_one_line():

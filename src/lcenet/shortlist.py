@@ -1,10 +1,13 @@
-"""Shortlist mode: score each document's candidate labels only (LightXML's scheme, on any family whose labels
-are scored by one output layer over a shared document representation: XML-CNN, BERT, sparse).
+"""Shortlist mode: score each document's candidate labels only (LightXML's scheme), for every family.
 
-    h = base.features(inputs)                    [B, H]
-    cluster logits = cluster_scorer(h)           [B, C]   (C ≈ L / cluster_size)
-    candidates = labels of the top-c clusters    [B, K]   (K = c · S; in training the true labels' clusters first)
-    logits = output.weight[candidates] · h + b   [B, K]
+    e = base.encode(inputs)
+    cluster logits = cluster_scorer(base.document_vector(e))   [B, C]   (C ≈ L / cluster_size)
+    candidates = labels of the top-c clusters                  [B, K]   (K = c · S; in training the true
+                                                                         labels' clusters first)
+    logits = base.candidate_logits(e, candidates)              [B, K]
+
+For XML-CNN, BERT and the sparse family e is the representation their output layer scores, and a candidate's
+logit is its output row · e + bias; AttentionXML attends over the text with the candidates' queries only.
 
 Labels are grouped by :func:`lcenet.candidates.cluster_labels` (balanced 2-means over each label's TF-IDF
 centroid of its train documents). The cluster tables are buffers, so the model directory and checkpoints hold
@@ -33,7 +36,6 @@ from lcenet.config import ShortlistSettings
 from lcenet.errors import UserError
 from lcenet.models import XMTCModel
 from lcenet.output import PADDING_LOGIT, ModelOutput
-from lcenet.row_adam import gather_rows
 
 __all__ = ["ShortlistModel", "build_clusters", "shortlist_args", "shortlist_recall"]
 
@@ -49,17 +51,12 @@ class ShortlistModel(nn.Module):
     def __init__(self, base: XMTCModel, num_labels: int, num_clusters: int, cluster_width: int, top_clusters: int,
                  cluster_loss_weight: float = 1.0, sparse_gradients: bool = False):
         super().__init__()
-        output = getattr(base, "output", None)
-        if type(base).features is XMTCModel.features:
-            base.features()  # the hook's default raises the UserError that names the family
-        if not isinstance(output, nn.Linear) or output.out_features != num_labels:
-            raise UserError(f"shortlist: model {type(base).__name__} needs an output layer nn.Linear(H, {num_labels})")
         self.base = base
         self.top_clusters = min(top_clusters, num_clusters)
         self.cluster_loss_weight = cluster_loss_weight
         # The output layer's weight gets a row-sparse gradient over the batch's candidates (lcenet.row_adam).
         self.sparse_gradients = sparse_gradients
-        self.cluster_scorer = nn.Linear(output.in_features, num_clusters)
+        self.cluster_scorer = nn.Linear(base.document_size, num_clusters)
         self.register_buffer("members", torch.full((num_clusters, cluster_width), -1, dtype=torch.int64))
         self.register_buffer("cluster_of_label", torch.zeros(num_labels, dtype=torch.int64))
 
@@ -82,15 +79,17 @@ class ShortlistModel(nn.Module):
         return self.score(*inputs, true_labels=true_labels)
 
     def score(self, *inputs: torch.Tensor, true_labels: torch.Tensor | None = None) -> ModelOutput:
-        h = self.base.features(*inputs)
-        cluster_logits = self.cluster_scorer(h)
+        encoded = self.base.encode(*inputs)
+        cluster_logits = self.cluster_scorer(self.base.document_vector(encoded))
         chosen = candidates(cluster_logits, ClusterTables(self.members, self.cluster_of_label), self.top_clusters,
                             true_labels).labels
-        unique, inverse = torch.unique(chosen.clamp(min=0), return_inverse=True)
-        output = self.base.output
-        rows = gather_rows(output.weight, unique, self.sparse_gradients)
-        scores = h @ rows.to(h.dtype).T + output.bias.index_select(0, unique)
-        logits = scores.gather(1, inverse).masked_fill(chosen < 0, PADDING_LOGIT)
+        # The batch's distinct candidates; padded slots point at the first of them and are masked below, so no
+        # label row is touched for padding.
+        valid = chosen >= 0
+        unique, inverse = torch.unique(chosen[valid], return_inverse=True)
+        inverse = torch.zeros_like(chosen).masked_scatter(valid, inverse)
+        logits = self.base.candidate_logits(encoded, unique, inverse, self.sparse_gradients)
+        logits = logits.masked_fill(chosen < 0, PADDING_LOGIT)
         if true_labels is None:
             return ModelOutput(logits, chosen)
         return ModelOutput(logits, chosen, extra_loss=self.cluster_loss_weight * F.binary_cross_entropy_with_logits(

@@ -14,6 +14,7 @@ from torch import nn
 
 from lcenet.errors import UserError
 from lcenet.output import ModelOutput
+from lcenet.row_adam import gather_rows
 
 
 class XMTCModel(nn.Module):
@@ -31,12 +32,32 @@ class XMTCModel(nn.Module):
         """The :class:`lcenet.output.Scorer` hook: dense logits ``[B, L]``."""
         return ModelOutput(self(*inputs))
 
+    # Shortlist mode (lcenet.shortlist) asks four things of a family: ``encode`` the inputs once, a
+    # ``document_vector`` [B, document_size] for the cluster scorer, and ``candidate_logits`` for the batch's
+    # candidates only. The defaults serve families whose labels are the rows of one output layer ``self.output``
+    # (nn.Linear H -> L) over a shared representation ``features`` (forward = output(features)).
+
     def features(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """The document representation ``[B, H]`` that the family's output layer ``self.output`` (an
-        ``nn.Linear`` H -> L) scores: ``forward = output(features)``. Shortlist mode scores only the candidate
-        rows of ``output`` on it, so a family that has this split supports ``--shortlist``."""
-        raise UserError(f"model {self.registry_name!r} has no shortlist mode (its labels are not scored by one "
-                        "output layer over a shared document representation)")
+        """The document representation ``[B, H]`` that the output layer scores."""
+        raise UserError(f"model {self.registry_name!r} has no shortlist mode")
+
+    def encode(self, *inputs: torch.Tensor):
+        """What the candidates' scores are computed from (any structure ``candidate_logits`` reads)."""
+        return self.features(*inputs)
+
+    def document_vector(self, encoded) -> torch.Tensor:
+        return encoded
+
+    @property
+    def document_size(self) -> int:
+        return self.output.in_features
+
+    def candidate_logits(self, encoded, unique: torch.Tensor, inverse: torch.Tensor, sparse: bool) -> torch.Tensor:
+        """``[B, K]`` logits of the candidates ``unique[inverse]`` (``unique`` [U]: the batch's distinct candidate
+        labels, sorted; ``inverse`` [B, K] positions in it); ``sparse``: row-sparse gradients for label tables."""
+        rows = gather_rows(self.output.weight, unique, sparse)
+        scores = encoded @ rows.to(encoded.dtype).T + self.output.bias.index_select(0, unique)  # [B, U]: one GEMM
+        return scores.gather(1, inverse)
 
     def saved_args(self) -> dict:
         """Keyword arguments that rebuild this model without any outside file (config.json's model_args)."""

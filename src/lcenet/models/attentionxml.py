@@ -49,6 +49,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lcenet.errors import UserError
 from lcenet.models import XMTCModel, register
+from lcenet.row_adam import gather_rows
 
 CHUNK_BUDGET_BYTES = 2 * 2**30  # one label chunk's attention transients, "auto" chunking
 
@@ -99,10 +100,7 @@ class AttentionXML(XMTCModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         batch, positions = input_ids.shape
-        lengths = attention_mask.sum(dim=1).clamp(min=1)
-        hidden = self._encode(input_ids, lengths, positions)  # [B, T, 2H]
-        valid = torch.arange(positions, device=input_ids.device).unsqueeze(0) < lengths.unsqueeze(1)
-        valid = valid.unsqueeze(1)  # [B, 1, T]
+        hidden, valid = self.encode(input_ids, attention_mask)
         step = self.chunk_size(batch, positions)
         use_checkpoint = self.checkpoint_chunks and self.training and torch.is_grad_enabled()
         chunks = []
@@ -113,6 +111,31 @@ class AttentionXML(XMTCModel):
             else:
                 chunks.append(self._score_chunk(hidden, valid, query))
         return torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The BiLSTM states ``[B, T, 2H]`` and the valid positions ``[B, 1, T]``."""
+        positions = input_ids.shape[1]
+        lengths = attention_mask.sum(dim=1).clamp(min=1)
+        hidden = self._encode(input_ids, lengths, positions)
+        valid = torch.arange(positions, device=input_ids.device).unsqueeze(0) < lengths.unsqueeze(1)
+        return hidden, valid.unsqueeze(1)
+
+    def document_vector(self, encoded: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The mean of the valid BiLSTM states (the shortlist's cluster scorer reads it)."""
+        hidden, valid = encoded
+        mask = valid.transpose(1, 2).to(hidden.dtype)  # [B, T, 1]
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+
+    @property
+    def document_size(self) -> int:
+        return self.attention.shape[1]
+
+    def candidate_logits(self, encoded: tuple[torch.Tensor, torch.Tensor], unique: torch.Tensor,
+                         inverse: torch.Tensor, sparse: bool) -> torch.Tensor:
+        """Label-wise attention with each document's candidates' queries only: O(B·K·T·2H), not O(B·L·T·2H)."""
+        hidden, valid = encoded
+        queries = gather_rows(self.attention, unique, sparse)[inverse]  # [B, K, 2H]
+        return self._score_chunk(hidden, valid, queries)
 
     def chunk_size(self, batch: int, positions: int) -> int:
         """Labels per chunk: the setting, or with "auto" all labels unless one chunk's transients (scores, masked
@@ -132,7 +155,8 @@ class AttentionXML(XMTCModel):
         return self.dropout(out)
 
     def _score_chunk(self, hidden: torch.Tensor, valid: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """Scores of the labels whose queries are ``query`` [C, 2H]: -> [B, C]."""
+        """Scores of the labels whose queries are ``query``, [C, 2H] for every document or [B, C, 2H] per
+        document: -> [B, C]."""
         scores = torch.matmul(query.to(hidden.dtype), hidden.transpose(1, 2))  # [B, C, T]
         # Softmax in fp32 (autocast does the same); every row has a valid position, so -inf is safe.
         weights = scores.float().masked_fill(~valid, float("-inf")).softmax(dim=-1).to(hidden.dtype)
