@@ -9,8 +9,8 @@ the optimizer step. Each document has K candidates (a random 90-100% of --candid
 with -1 to the longest) holding its 5 positive labels. Modes:
 
 - ``shortlist``: ``sparse_gradients=True``; RowAdam on the [L, R] tables, fused Adam on the rest (biases).
-- ``shortlist-dense-grad``: dense gradients (zero outside the batch's labels) and fused Adam on everything, as
-  the trainer does today: the backward fills and Adam reads and writes all L·R of every table.
+- ``shortlist-dense-grad``: dense gradients (zero outside the batch's labels) and fused Adam on everything (the
+  trainer's gradients under torchrun): the backward fills and Adam reads and writes all L·R of every table.
 - ``shortlist-sparseadam``: sparse gradients with torch.optim.SparseAdam on the tables.
 - ``dense``: dense LCENet over all L logits, fused Adam.
 
