@@ -13,6 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import tiny_config, write_tiny_dataset
+from lcenet.config import ShortlistSettings
 from lcenet.distributed import shard_epoch
 from lcenet.errors import UserError
 from lcenet.io import load_tensors
@@ -93,9 +94,15 @@ def ddp_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     data = write_tiny_dataset(root / "data", docs=(57, 20, 20))
     config = no_dropout_config(grad_accum_steps=2)
+    # Shortlist mode: every label a candidate (6 labels, 4 clusters, all chosen), so one process's row-sparse
+    # gradients and DDP's dense ones train the same weights.
+    shortlist = no_dropout_config()
+    shortlist.shortlist = ShortlistSettings(cluster_size=2, top_clusters=4)
     run_training(config, data, root / "one", cache_dir=root / "cache", progress=False)
+    run_training(shortlist, data, root / "one_shortlist", cache_dir=root / "cache", progress=False)
     common = {"data": data, "cache": root / "cache"}
     train_in_processes(2, [{**common, "config": config, "output": root / "two"},
+                           {**common, "config": shortlist, "output": root / "two_shortlist"},
                            {**common, "config": tiny_config(epochs=3, max_seconds=0.5), "output": root / "time_limit",
                             "fast_clock_rank": 1}])
     return root
@@ -116,6 +123,13 @@ def test_two_processes_take_the_same_steps_to_the_same_weights(ddp_run):
     assert [r["step"] for r in log_two] == [r["step"] for r in log_one]  # rank 0 alone wrote the log
     losses = [(a["loss"], b["loss"]) for a, b in zip(log_one, log_two) if a["event"] == "train"]
     assert losses and all(abs(a - b) < ATOL for a, b in losses)  # the logged loss is the global batch's
+
+
+def test_shortlist_mode_trains_the_same_weights_in_two_processes(ddp_run):
+    one, two = final_weights(ddp_run / "one_shortlist"), final_weights(ddp_run / "two_shortlist")
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=ATOL, msg=name)
 
 
 def test_a_model_trained_in_two_processes_predicts_in_one(ddp_run):
