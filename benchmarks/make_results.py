@@ -270,11 +270,11 @@ def scale_step_section(paths: list[Path]) -> list[str]:
              "The trainer's step; shortlist = balanced clusters of 100 labels, top 10 plus the true labels' clusters, "
              "row-sparse label-table gradients and RowAdam. Each measurement in its own process (peak: its RSS, or "
              "CUDA max allocated), so the LCENet ratio compares two processes. Targets: at L = 501,070 a step fits "
-             "24 GiB on CPU; the shortlist step at 500K ≤ 2× the 4K one; LCENet ≤ ×1.10 in shortlist mode.", "",
-             "| device | L | mode | R | base s/step | +LCENet s/step | LCENet ratio | × the 4K step (base) | "
-             "peak GiB (base / +LCENet) |", "|:--|--:|:--|--:|--:|--:|--:|--:|--:|"]
+             "24 GiB on CPU; the shortlist step at 500K ≤ 2× the 4K one; LCENet ≤ ×1.10 in shortlist mode.", ""]
     for path in paths:
         record = json.loads(path.read_text())
+        lines += [f"`{path.name}`:", "", "| device | L | mode | R | base s/step | +LCENet s/step | LCENet ratio | "
+                  "× the 4K step (base) | peak GiB (base / +LCENet) |", "|:--|--:|:--|--:|--:|--:|--:|--:|--:|"]
         first = {c["mode"]: c["base"]["median_step_s"] for c in record["cases"]
                  if c["num_labels"] == min(x["num_labels"] for x in record["cases"]) and "median_step_s" in c}
         for case in record["cases"]:
