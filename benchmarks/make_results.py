@@ -274,24 +274,31 @@ def scale_step_section(paths: list[Path]) -> list[str]:
     for path in paths:
         record = json.loads(path.read_text())
         lines += [f"`{path.name}`:", "", "| device | L | mode | R | base s/step | +LCENet s/step | LCENet ratio | "
-                  "× the 4K step (base) | peak GiB (base / +LCENet) |", "|:--|--:|:--|--:|--:|--:|--:|--:|--:|"]
+                  "× the 4K step (base) | peak GiB (base / +LCENet) | predict 1 doc p50 / p99 ms (base; +LCENet) |",
+                  "|:--|--:|:--|--:|--:|--:|--:|--:|--:|--:|"]
         first = {c["mode"]: c["base"]["median_step_s"] for c in record["cases"]
                  if c["num_labels"] == min(x["num_labels"] for x in record["cases"]) and "median_step_s" in c}
         for case in record["cases"]:
             base, head = case.get("base", {}), case.get("lcenet", {})
             if "median_step_s" not in case:
                 lines.append(f"| {record['device_name']} | {case['num_labels']:,} | {case['mode']} | — | "
-                             f"failed: {base.get('error') or head.get('error')} | | | | |")
+                             f"failed: {base.get('error') or head.get('error')} | | | | | |")
                 continue
             lines.append(f"| {record['device_name']} | {case['num_labels']:,} | {case['mode']} | "
                          f"{head['lcenet_settings']['rank']} | {base['median_step_s']:.3f} | "
                          f"{head['median_step_s']:.3f} | ×{case['lcenet_step_ratio']:.3f} | "
                          f"×{base['median_step_s'] / first[case['mode']]:.2f} | "
-                         f"{base['peak_memory_gib']:.2f} / {head['peak_memory_gib']:.2f} |")
+                         f"{base['peak_memory_gib']:.2f} / {head['peak_memory_gib']:.2f} | "
+                         f"{latency_text(base)}; {latency_text(head)} |")
         load = record.get("load_average_at_start")
         lines += ["", f"- `{path.name}`: `{record['command']}` ({record['wall_seconds']:.0f} s, "
                   f"{provenance_text(record)}" + (f"; load average at start {load[0]:.1f}" if load else "") + ")", ""]
     return lines
+
+
+def latency_text(measurement: dict) -> str:
+    latency = measurement.get("predict_latency_ms")
+    return f"{latency['p50']:.1f} / {latency['p99']:.1f}" if latency else "—"
 
 
 def best_ensemble_section(paths: list[Path]) -> list[str]:

@@ -16,7 +16,9 @@ shape (T = 500, 300-d embeddings, 128 filters × widths 2/4/8, hidden 512), batc
 LCENet: 2 blocks, R = 1000 up to 13K labels and 100 beyond (CorNet's choice at 500K labels). Every (L, mode,
 variant) runs in its own process, one after another, so its peak RSS (ru_maxrss: the whole process, Python and
 torch included; on CUDA torch.cuda.max_memory_allocated) is its own; ``lcenet_step_ratio`` therefore compares
-medians from two processes, not interleaved repeats. Writes benchmarks/results/scale_<device>.json.
+medians from two processes, not interleaved repeats. Each process also times single-document prediction
+(``predict_latency_ms``, p50 / p99 of 50 documents, batch 1, as ``lcenet predict`` runs; target at 500K labels
+with the shortlist on one CPU thread: p50 ≤ 20 ms). Writes benchmarks/results/scale_<device>.json.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from step_time import Timed, sync, synthetic_split  # noqa: E402 -- the same tim
 
 from lcenet.candidates import LabelClusters  # noqa: E402
 from lcenet.config import ShortlistSettings, TrainSettings  # noqa: E402
+from lcenet.inference import TokenInputs, ensemble_top_k  # noqa: E402
 from lcenet.io import atomic_write_json  # noqa: E402
 from lcenet.pipeline import build, device_name, shortlist_of  # noqa: E402
 from lcenet.provenance import provenance  # noqa: E402
@@ -60,6 +63,22 @@ def rank_for(num_labels: int) -> int:
 def random_clusters(num_labels: int, size: int) -> LabelClusters:
     labels = np.random.default_rng(0).permutation(num_labels)
     return LabelClusters(np.r_[np.arange(0, num_labels, size), num_labels], labels)
+
+
+def single_document_latency(model: torch.nn.Module, split, device: torch.device, repeats: int = 50,
+                            warmup: int = 5) -> dict:
+    """p50 / p99 milliseconds of predicting one document's top 5 as ``lcenet predict`` does (ensemble_top_k of
+    one model, batch 1: host batch, forward, top-k, copy back), over distinct documents."""
+    times = []
+    for i in range(warmup + repeats):
+        document = TokenInputs(split.inputs.ids[i % len(split): i % len(split) + 1], split.inputs.pad_id)
+        sync(device)
+        started = time.perf_counter()
+        ensemble_top_k([model], [document], 5, device, batch_size=1)
+        sync(device)
+        times.append(time.perf_counter() - started)
+    times = np.array(times[warmup:]) * 1000
+    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)), "repeats": repeats}
 
 
 def measure(num_labels: int, mode: str, variant: str, device_arg: str, repeats: int, warmup: int) -> dict:
@@ -84,10 +103,12 @@ def measure(num_labels: int, mode: str, variant: str, device_arg: str, repeats: 
             timed.step()
         steps = [timed.step() for _ in range(repeats)]
         sync(device)
+    latency = single_document_latency(model, split, device)
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"num_labels": num_labels, "mode": mode, "variant": variant, "median_step_s": statistics.median(steps),
             "steps_s": steps, "peak_memory_gib": peak / 2**30, "lcenet_settings": lcenet,
+            "predict_latency_ms": latency,
             "parameters": sum(p.numel() for p in model.parameters()), "device_name": device_name(device)}
 
 
@@ -128,10 +149,12 @@ def main() -> None:
                 case["lcenet_step_ratio"] = case["lcenet"]["median_step_s"] / case["base"]["median_step_s"]
             record["cases"].append(case)
             base, head = case.get("base", {}), case.get("lcenet", {})
+            latency = [item.get("predict_latency_ms", {}).get("p50", float("nan")) for item in (base, head)]
             print(f"L={num_labels:>7,} {mode:9s} base {base.get('median_step_s', float('nan')):7.3f} s "
                   f"({base.get('peak_memory_gib', float('nan')):5.2f} GiB) | +LCENet "
                   f"{head.get('median_step_s', float('nan')):7.3f} s ({head.get('peak_memory_gib', float('nan')):5.2f}"
-                  f" GiB) | ratio {case.get('lcenet_step_ratio', float('nan')):.3f}", flush=True)
+                  f" GiB) | ratio {case.get('lcenet_step_ratio', float('nan')):.3f} | predict p50 "
+                  f"{latency[0]:.1f} / {latency[1]:.1f} ms", flush=True)
     record["wall_seconds"] = time.perf_counter() - started
     output = args.output or Path(__file__).parent / "results" / f"scale_{device.type}.json"
     atomic_write_json(output, record)
