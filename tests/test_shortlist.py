@@ -88,6 +88,22 @@ def test_row_sparse_gradients_train_exactly_as_dense_ones(tmp_path):
     torch.testing.assert_close(results[0], results[1])
 
 
+@pytest.mark.parametrize("switch", [{"bottleneck": False}, {"residual": False}, {"input_activation": "tanh"},
+                                    {"hidden_activation": "relu"}, {"init": "identity"}, {"aux_loss_weight": 0.5},
+                                    {"blocks": 1}])
+def test_every_lcenet_switch_trains_in_shortlist_mode(tmp_path, switch):
+    """Each ablation switch trains through the pipeline in shortlist mode (a full-rank block without row-sparse
+    gradients: it has no label rows to gather)."""
+    data = write_many_labels(tmp_path / "data", docs=(48, 16, 16))
+    config = tiny_config(lcenet=True, epochs=1)
+    config.lcenet.update(switch)
+    config.model_args = dict(XMLCNN)
+    config.data.min_frequency = 1
+    config.shortlist = ShortlistSettings(cluster_size=4, top_clusters=3)
+    summary = run_training(config, data, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    assert summary["steps"] == 6 and 0 <= summary["test"]["P@1"] <= 1
+
+
 def test_label_id_targets_are_the_same_on_the_host_and_the_resident_path():
     rng = np.random.default_rng(0)
     labels = sp.random(50, 20, density=0.15, format="csr", random_state=1, dtype=np.float32)

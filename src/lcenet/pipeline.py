@@ -147,9 +147,12 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
     if config.shortlist is not None:  # label clusters from TF-IDF label centroids; the same for every seed
         _, features = train_tfidf(config, dataset.train.texts, cache_dir, dataset.source_hash)
         clusters = build_clusters(splits["train"].labels[:, :num_labels], features, config.shortlist)
-    # Row-sparse gradients for the label tables in shortlist mode; DDP all-reduces dense gradients only.
+    # Row-sparse gradients for the label tables in shortlist mode; DDP all-reduces dense gradients only, and a
+    # full-rank LCENet block (bottleneck false) has no label rows to gather.
     sparse = clusters is not None and distributed.world_size() == 1
-    lcenet_args = config.lcenet if config.lcenet is None or not sparse else {"sparse_gradients": True, **config.lcenet}
+    lcenet_args = config.lcenet
+    if lcenet_args is not None and sparse and lcenet_args.get("bottleneck", True):
+        lcenet_args = {"sparse_gradients": True, **lcenet_args}
     torch.manual_seed(config.train.seed)  # initial weights depend on the seed alone
     model = build(config.model, model_args, lcenet_args, num_labels, encoder.vocab_size,
                   shortlist_args(clusters, config.shortlist, sparse) if clusters is not None else None)
