@@ -218,22 +218,31 @@ def test_encode_cached_reuses_file(tmp_path, monkeypatch, word_tok):
 def test_encode_cached_recomputes_a_mismatched_or_damaged_file(tmp_path, word_tok):
     texts = ["the cat sat", "dog"]
     np.save(tmp_path / "k.npy", np.zeros((5, 5), dtype=np.int32))
-    ids = encode_cached(word_tok, texts, 4, tmp_path, "k")
+    ids = np.array(encode_cached(word_tok, texts, 4, tmp_path, "k"))  # a copy: the file is damaged in place below
     assert ids.shape == (2, 4) and np.array_equal(ids, encode(word_tok, texts, 4))
     (tmp_path / "k.npy").write_bytes(b"\x93NUMPY garbage")
     assert np.array_equal(encode_cached(word_tok, texts, 4, tmp_path, "k"), ids)
     assert np.load(tmp_path / "k.npy").shape == (2, 4)
 
 
-def test_atomic_save_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
-    def failing_save(f, array, allow_pickle=False):
-        f.write(b"partial")
-        raise OSError("disk full")
+def test_encode_cached_writes_in_chunks_and_a_failure_leaves_nothing(tmp_path, monkeypatch, word_tok):
+    texts = ["the cat sat", "on the mat", "dog", "the dog sat on the cat"]
+    monkeypatch.setattr(text_mod, "ENCODE_CHUNK_DOCS", 3)  # chunks of 3 + 1 documents
+    ids = encode_cached(word_tok, texts, 4, tmp_path / "a", "k")
+    assert np.array_equal(ids, encode(word_tok, texts, 4))
+    calls = []
+    original = text_mod.encode
 
-    monkeypatch.setattr(np, "save", failing_save)
+    def fail_on_second_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(text_mod, "encode", fail_on_second_chunk)
     with pytest.raises(OSError, match="disk full"):
-        text_mod._atomic_save_npy(tmp_path / "sub" / "x.npy", np.zeros(3))
-    assert os.listdir(tmp_path / "sub") == []
+        encode_cached(word_tok, texts, 4, tmp_path / "b", "k")
+    assert os.listdir(tmp_path / "b") == []  # no partial cache file, no temp file
 
 
 def test_word_tokenizer_cached(tmp_path, monkeypatch):

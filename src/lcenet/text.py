@@ -224,12 +224,7 @@ def cache_key(*parts: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:  # a file object: np.save would append ".npy" to a bare path
-            np.save(handle, array, allow_pickle=False)
-
-    atomic_write(path, write)
+ENCODE_CHUNK_DOCS = 65_536
 
 
 def _load_cached_ids(path: Path, n_rows: int, max_length: int) -> np.ndarray | None:
@@ -248,7 +243,8 @@ def _load_cached_ids(path: Path, n_rows: int, max_length: int) -> np.ndarray | N
 def encode_cached(
     tokenizer: Tokenizer, texts: Sequence[str], max_length: int, cache_dir: str | Path, key: str
 ) -> np.ndarray:
-    """:func:`encode` with a cache: ``{cache_dir}/{key}.npy`` is memory-mapped (read-only) when present.
+    """:func:`encode` with a cache: ``{cache_dir}/{key}.npy``, written in chunks of ``ENCODE_CHUNK_DOCS``
+    documents and always returned memory-mapped (read-only).
 
     The key must identify the texts, the tokenizer and max_length (see :func:`cache_key`,
     :func:`tokenizer_fingerprint`). A cached file of the wrong shape or dtype is recomputed.
@@ -257,8 +253,20 @@ def encode_cached(
     cached = _load_cached_ids(path, len(texts), max_length)
     if cached is not None:
         return cached
-    ids = encode(tokenizer, texts, max_length)
-    _atomic_save_npy(path, ids)
+
+    def write(tmp: Path) -> None:
+        # Chunk by chunk into the .npy file: memory holds one chunk of ids, not the split's N x T matrix (4.9 GiB
+        # for a Wiki-500K-shaped train split at T = 500).
+        with open(tmp, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, {"descr": np.dtype(np.int32).str, "fortran_order": False,
+                                                          "shape": (len(texts), max_length)})
+            for start in range(0, len(texts), ENCODE_CHUNK_DOCS):
+                handle.write(encode(tokenizer, texts[start:start + ENCODE_CHUNK_DOCS], max_length).tobytes())
+
+    atomic_write(path, write)
+    ids = _load_cached_ids(path, len(texts), max_length)
+    if ids is None:
+        raise UserError(f"{path}: the token-id cache could not be read back after writing it")
     return ids
 
 
