@@ -224,7 +224,7 @@ def cache_key(*parts: str) -> str:
     return digest.hexdigest()[:24]
 
 
-ENCODE_CHUNK_DOCS = 65_536
+ENCODE_CHUNK_DOCS = 8192  # 16 MB of int32 ids at T = 500
 
 
 def _load_cached_ids(path: Path, n_rows: int, max_length: int) -> np.ndarray | None:
