@@ -165,13 +165,11 @@ class ResidentCsr:
         return columns, offsets, values
 
 
-def host_targets(labels: sp.csr_matrix, rows: np.ndarray, num_labels: int, device: torch.device) -> torch.Tensor:
-    """Dense ``[B, L]`` BCE targets for one batch only; columns past ``num_labels`` (labels unseen in train,
+def train_truth(labels: sp.csr_matrix, rows: np.ndarray, num_labels: int) -> sp.csr_matrix:
+    """The truth of one batch's rows as training targets: columns past ``num_labels`` (labels unseen in train,
     kept in dev/test truth as misses) are never targets."""
     block = labels[rows]
-    if block.shape[1] != num_labels:
-        block = block[:, :num_labels]
-    return torch.from_numpy(block.toarray().astype(np.float32, copy=False)).to(device, non_blocking=True)
+    return block[:, :num_labels] if block.shape[1] != num_labels else block
 
 
 @dataclass
@@ -219,12 +217,10 @@ class EpochBatches:
         stop = start + self.batch_size
         if self.inputs is None:
             rows = self.order[start:stop]
-            if self.label_ids:
-                truth = self.split.labels[rows]
-                targets = padded_label_ids(truth[:, :self.num_labels] if truth.shape[1] != self.num_labels
-                                           else truth, self.device)
-            else:
-                targets = host_targets(self.split.labels, rows, self.num_labels, self.device)
+            truth = train_truth(self.split.labels, rows, self.num_labels)
+            targets = (padded_label_ids(truth, self.device) if self.label_ids else
+                       torch.from_numpy(truth.toarray().astype(np.float32, copy=False)).to(self.device,
+                                                                                          non_blocking=True))
             return self.split.inputs.batch(rows, self.device), targets
         rows = self.order_on_device[start:stop]
         index = start // self.batch_size

@@ -65,15 +65,12 @@ def shortlist_of(model: torch.nn.Module) -> ShortlistModel | None:
     return next((module for module in model.modules() if isinstance(module, ShortlistModel)), None)
 
 
-def tfidf_settings(settings) -> dict:
-    return {"ngram_max": settings.tfidf_ngram_max, "min_df": settings.tfidf_min_df,
-            "max_features": settings.tfidf_max_features, "lowercase": settings.lowercase}
-
-
 def train_tfidf(config: RunConfig, train_texts: list[str], cache_dir: Path, source_hash: str
                 ) -> tuple[TfidfFeatures, sp.csr_matrix]:
     """TF-IDF fitted on the train texts with the data settings, and the train rows' features (cached)."""
-    tfidf = tfidf_settings(config.data)
+    settings = config.data
+    tfidf = {"ngram_max": settings.tfidf_ngram_max, "min_df": settings.tfidf_min_df,
+             "max_features": settings.tfidf_max_features, "lowercase": settings.lowercase}
     key = text.cache_key(source_hash, "tfidf", *(f"{k}={v}" for k, v in sorted(tfidf.items())))
     return fit_cached(train_texts, cache_dir, key, **tfidf)
 

@@ -34,6 +34,7 @@ from torch import nn
 from lcenet.candidates import ClusterTables, LabelClusters, candidate_recall, candidates, cluster_labels, label_features
 from lcenet.config import ShortlistSettings
 from lcenet.errors import UserError
+from lcenet.lcenet import Shortlist
 from lcenet.models import XMTCModel
 from lcenet.output import PADDING_LOGIT, ModelOutput
 
@@ -83,13 +84,11 @@ class ShortlistModel(nn.Module):
         cluster_logits = self.cluster_scorer(self.base.document_vector(encoded))
         chosen = candidates(cluster_logits, ClusterTables(self.members, self.cluster_of_label), self.top_clusters,
                             true_labels).labels
-        # The batch's distinct candidates; padded slots point at the first of them and are masked below, so no
-        # label row is touched for padding.
-        valid = chosen >= 0
-        unique, inverse = torch.unique(chosen[valid], return_inverse=True)
-        inverse = torch.zeros_like(chosen).masked_scatter(valid, inverse)
-        logits = self.base.candidate_logits(encoded, unique, inverse, self.sparse_gradients)
-        logits = logits.masked_fill(chosen < 0, PADDING_LOGIT)
+        # The batch's distinct candidates (padded slots point at the first of them and are masked below, so no
+        # label row is touched for padding), as shortlist LCENet sets them up.
+        batch = Shortlist.of(chosen)
+        logits = self.base.candidate_logits(encoded, batch.unique, batch.inverse, self.sparse_gradients)
+        logits = logits.masked_fill(~batch.valid, PADDING_LOGIT)
         if true_labels is None:
             return ModelOutput(logits, chosen)
         return ModelOutput(logits, chosen, extra_loss=self.cluster_loss_weight * F.binary_cross_entropy_with_logits(
