@@ -7,7 +7,7 @@ Stages, each timed (wall seconds) with its peak resident memory (a thread sample
 10 ms; ru_maxrss gives the whole run's peak):
 
 1. ``generate``: ``lcenet synth`` (a child process; its peak is the children's ru_maxrss) writes the files;
-2. ``load``: :func:`lcenet.data.load_dataset` reads every split (texts into lists, labels into CSR);
+2. ``load``: :func:`lcenet.data.load_dataset` reads every split (texts into a temporary file, labels into CSR);
 3. ``fit_encoder``: the family's encoder fitted on train (word tokenizer, or TF-IDF for ``--model sparse``);
 4. ``encode_<split>``: each split encoded into the cache (token ids N x max_length int32, or TF-IDF CSR).
 
@@ -15,9 +15,9 @@ Stages 2-4 are :func:`lcenet.pipeline.prepare` step by step. Each scale runs in 
 freed by one stage or scale does not hide the next one's growth). The record extrapolates to full scale
 (scale 1) linearly in documents from the slope between the two largest scales, which removes fixed costs
 (imports, process start-up); a vocabulary grows more slowly than the documents, so its share is
-over-estimated. It also gives, per document, what stays resident after preparation (the text lists, label
-CSRs, encoded inputs) times the full-scale document count. Targets: 8 GiB peak RSS; AmazonCat-13K-shape preparation
-(stages 2-4) within 15 minutes at full scale.
+over-estimated. It also gives, per document, what stays resident after preparation (the texts' byte ranges,
+label CSRs, encoded inputs) times the full-scale document count; the texts themselves stay in a temporary
+file. Targets: 8 GiB peak RSS; AmazonCat-13K-shape preparation (stages 2-4) within 15 minutes at full scale.
 Writes benchmarks/results/prepare_<shape>_scale<F>[_<model>]_cpu.json (no suffix for xmlcnn).
 """
 
@@ -128,7 +128,8 @@ def measure(shape: str, scale: float, seed: int, workers: int, model: str, workd
         dataset = stage(sampler, stages, "load", lambda: load_dataset(
             data_dir, dev_fraction=config.data.dev_fraction, dev_seed=config.data.dev_seed))
         splits = (dataset.train, dataset.dev, dataset.test)
-        text_bytes = sum(sys.getsizeof(text) for split in splits for text in split.texts)
+        text_bytes = sum(split.texts.resident_bytes for split in splits)
+        text_disk_bytes = sum(split.texts.utf8_bytes for split in splits)
         label_bytes = sum(split.labels.data.nbytes + split.labels.indices.nbytes + split.labels.indptr.nbytes
                           for split in splits)
         encoder = stage(sampler, stages, "fit_encoder", lambda: make_encoder(
@@ -154,10 +155,11 @@ def measure(shape: str, scale: float, seed: int, workers: int, model: str, workd
                                              if key != "generate"),
         "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "bytes_per_doc": {
-            # What prepare() keeps until training starts: text lists (each str + an 8-byte list pointer),
-            # label CSRs, encoded inputs in memory (TF-IDF), and token ids memory-mapped from the cache file
-            # (pages the OS loads as they are read and may drop; not counted as resident).
-            "texts_in_memory": text_bytes / n_docs + 8, "label_csr": label_bytes / n_docs,
+            # What prepare() keeps until training starts: the texts' byte ranges (the texts are in a temporary
+            # file), label CSRs, encoded inputs in memory (TF-IDF), and token ids memory-mapped from the cache
+            # file (pages the OS loads as they are read and may drop; not counted as resident).
+            "texts_in_memory": text_bytes / n_docs, "texts_on_disk": text_disk_bytes / n_docs,
+            "label_csr": label_bytes / n_docs,
             "encoded_inputs": input_bytes / n_docs, "encoded_memory_mapped": mapped_bytes / n_docs,
             "gzip_on_disk": data_bytes / n_docs},
     }

@@ -72,9 +72,9 @@ def test_each_format_reads(tmp_path, fmt, gz):
     assert find_split(tmp_path, "train").fmt == fmt
     assert list(iter_split(tmp_path, "train")) == DOCS
     ds = load_dataset(tmp_path)
-    assert ds.train.texts == [t for t, _ in DOCS]
-    assert ds.dev.texts == [t for t, _ in DOCS[1:3]]
-    assert ds.test.texts == [t for t, _ in DOCS[:2]]
+    assert list(ds.train.texts) == [t for t, _ in DOCS]
+    assert list(ds.dev.texts) == [t for t, _ in DOCS[1:3]]
+    assert list(ds.test.texts) == [t for t, _ in DOCS[:2]]
     assert not ds.dev_from_train
 
 
@@ -157,11 +157,11 @@ def test_dev_carved_from_train_deterministically(tmp_path):
     other = load_dataset(tmp_path, dev_fraction=0.2, dev_seed=4)
     assert ds.dev_from_train
     assert len(ds.dev) == 10 and len(ds.train) == 40
-    assert ds.dev.texts == again.dev.texts and ds.train.texts == again.train.texts
-    assert ds.dev.texts != other.dev.texts
+    assert list(ds.dev.texts) == list(again.dev.texts) and list(ds.train.texts) == list(again.train.texts)
+    assert list(ds.dev.texts) != list(other.dev.texts)
     assert ds.source_hash == again.source_hash != other.source_hash
     assert not set(ds.dev.texts) & set(ds.train.texts)
-    assert sorted(ds.dev.texts + ds.train.texts) == sorted(t for t, _ in docs)
+    assert sorted([*ds.dev.texts, *ds.train.texts]) == sorted(t for t, _ in docs)
     # Order within each part follows the file.
     order = {t: i for i, (t, _) in enumerate(docs)}
     assert [order[t] for t in ds.dev.texts] == sorted(order[t] for t in ds.dev.texts)
@@ -198,7 +198,7 @@ def test_max_docs_caps_each_split_and_changes_hash(tmp_path):
     full = load_dataset(tmp_path)
     capped = load_dataset(tmp_path, max_docs={"train": 5, "test": 3})
     assert (len(capped.train), len(capped.dev), len(capped.test)) == (5, 8, 3)
-    assert capped.train.texts == full.train.texts[:5]
+    assert list(capped.train.texts) == full.train.texts[:5]
     assert capped.source_hash != full.source_hash
     assert load_dataset(tmp_path).source_hash == full.source_hash
 
@@ -216,15 +216,15 @@ def test_sample_seed_draws_a_random_subset_in_file_order(tmp_path):
     first_n = load_dataset(tmp_path, max_docs=caps)
     for name in ("train", "dev", "test"):
         whole, subset = getattr(full, name), getattr(sampled, name)
-        assert len(subset) == caps[name] and subset.texts != getattr(first_n, name).texts
+        assert len(subset) == caps[name] and list(subset.texts) != list(getattr(first_n, name).texts)
         rows = [whole.texts.index(text) for text in subset.texts]
         assert rows == sorted(rows)  # file order kept
         for i, row in enumerate(rows):  # each text keeps its own labels
             assert _label_names(subset, i, sampled) == _label_names(whole, row, full)
     again = load_dataset(tmp_path, max_docs=caps, sample_seed=1)
-    assert again.train.texts == sampled.train.texts and again.source_hash == sampled.source_hash
+    assert list(again.train.texts) == list(sampled.train.texts) and again.source_hash == sampled.source_hash
     other = load_dataset(tmp_path, max_docs=caps, sample_seed=2)
-    assert other.train.texts != sampled.train.texts
+    assert list(other.train.texts) != list(sampled.train.texts)
     assert len({sampled.source_hash, other.source_hash, first_n.source_hash}) == 3
     # without max_docs the seed changes nothing, not even the cache key
     assert load_dataset(tmp_path, sample_seed=1).source_hash == full.source_hash

@@ -9,7 +9,8 @@ one of three formats (detected per split):
 
 Every problem with the input is raised as :class:`~lcenet.errors.DataError` naming the file and the 1-based
 line. :func:`iter_split` streams ``(text, labels)`` pairs; :func:`load_dataset` reads a whole data set into
-texts and sparse CSR label matrices (built from index arrays, never dense) with a train-only label vocabulary.
+texts kept on disk (:class:`~lcenet.text_column.TextColumn`) and sparse CSR label matrices (built from index
+arrays, never dense) with a train-only label vocabulary.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from lcenet.errors import DataError, UserError
+from lcenet.text_column import TextColumn, TextColumnWriter
 
 __all__ = [
     "SPLITS",
@@ -297,9 +299,10 @@ def iter_split(data_dir: str | Path, split: str) -> Iterator[tuple[str, list[str
 
 @dataclass
 class Split:
-    """One split: texts and a float32 CSR truth matrix (N, num_columns) with 1.0 entries."""
+    """One split: texts (on disk, read on demand) and a float32 CSR truth matrix (N, num_columns) with 1.0
+    entries."""
 
-    texts: list[str]
+    texts: TextColumn
     labels: sp.csr_matrix
     name: str
 
@@ -382,7 +385,7 @@ def _csr(indptr: np.ndarray, indices: np.ndarray, num_columns: int) -> sp.csr_ma
 class _RawSplit:
     """Texts plus labels as provisional integer ids (shared id space across splits), in CSR layout."""
 
-    def __init__(self, texts: list[str], indptr: np.ndarray, ids: np.ndarray):
+    def __init__(self, texts: TextColumn, indptr: np.ndarray, ids: np.ndarray):
         self.texts = texts
         self.indptr = indptr
         self.ids = ids
@@ -397,11 +400,11 @@ class _RawSplit:
         np.cumsum(lengths, out=indptr[1:])
         # Gather the id ranges of the selected rows without a Python loop.
         offsets = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1], dtype=np.int64)
-        return _RawSplit([self.texts[i] for i in rows.tolist()], indptr, self.ids[offsets])
+        return _RawSplit(self.texts.take(rows), indptr, self.ids[offsets])
 
 
 def _read_raw(files: SplitFiles, label_ids: dict[str, int], max_docs: int | None) -> _RawSplit:
-    texts: list[str] = []
+    texts = TextColumnWriter()
     indptr = array("q", [0])
     ids = array("q")
     for text, labels in _iter_files(files):
@@ -414,9 +417,9 @@ def _read_raw(files: SplitFiles, label_ids: dict[str, int], max_docs: int | None
         indptr.append(len(ids))
         if max_docs is not None and len(texts) >= max_docs:
             break
-    if not texts:
+    if not len(texts):
         raise DataError(files.paths[0], f"the {files.split!r} split has no documents")
-    return _RawSplit(texts, np.frombuffer(indptr, dtype=np.int64), np.frombuffer(ids, dtype=np.int64))
+    return _RawSplit(texts.finish(), np.frombuffer(indptr, dtype=np.int64), np.frombuffer(ids, dtype=np.int64))
 
 
 def _capped(files: SplitFiles, label_ids: dict[str, int], cap: int | None, sample_seed: int | None) -> _RawSplit:

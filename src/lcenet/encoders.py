@@ -10,6 +10,7 @@ turn text into exactly the same inputs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -27,9 +28,9 @@ class Encoder(Protocol):
     vocab_size: int
     files: tuple[str, ...]  # what ``save`` writes into a model directory
 
-    def encode(self, texts: list[str]) -> InputStore: ...
+    def encode(self, texts: Sequence[str]) -> InputStore: ...
 
-    def encode_cached(self, texts: list[str], cache_dir: Path, source_hash: str, split: str) -> InputStore:
+    def encode_cached(self, texts: Sequence[str], cache_dir: Path, source_hash: str, split: str) -> InputStore:
         """``encode`` with the on-disk cache, keyed by the data files (``source_hash``), split and encoder."""
         ...
 
@@ -46,10 +47,10 @@ class TokenEncoder:
         self.pad_id = text.pad_token_id(tokenizer)
         self.vocab_size = tokenizer.get_vocab_size()
 
-    def encode(self, texts: list[str]) -> TokenInputs:
+    def encode(self, texts: Sequence[str]) -> TokenInputs:
         return TokenInputs(text.encode(self.tokenizer, texts, self.max_length), self.pad_id)
 
-    def encode_cached(self, texts: list[str], cache_dir: Path, source_hash: str, split: str) -> TokenInputs:
+    def encode_cached(self, texts: Sequence[str], cache_dir: Path, source_hash: str, split: str) -> TokenInputs:
         key = text.cache_key(source_hash, split, self.fingerprint(), str(self.max_length))
         return TokenInputs(text.encode_cached(self.tokenizer, texts, self.max_length, cache_dir, key), self.pad_id)
 
@@ -71,10 +72,10 @@ class TfidfEncoder:
         self.features = features
         self.vocab_size = features.num_features
 
-    def encode(self, texts: list[str]) -> CsrInputs:
+    def encode(self, texts: Sequence[str]) -> CsrInputs:
         return CsrInputs(self.features.transform(texts))
 
-    def encode_cached(self, texts: list[str], cache_dir: Path, source_hash: str, split: str) -> CsrInputs:
+    def encode_cached(self, texts: Sequence[str], cache_dir: Path, source_hash: str, split: str) -> CsrInputs:
         key = text.cache_key(source_hash, split, self.fingerprint())
         return CsrInputs(transform_cached(self.features, texts, cache_dir, key))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def shortlist_of(model: torch.nn.Module) -> ShortlistModel | None:
     return next((module for module in model.modules() if isinstance(module, ShortlistModel)), None)
 
 
-def train_tfidf(config: RunConfig, train_texts: list[str], cache_dir: Path, source_hash: str
+def train_tfidf(config: RunConfig, train_texts: Sequence[str], cache_dir: Path, source_hash: str
                 ) -> tuple[TfidfFeatures, sp.csr_matrix]:
     """TF-IDF fitted on the train texts with the data settings, and the train rows' features (cached)."""
     settings = config.data
@@ -75,7 +76,7 @@ def train_tfidf(config: RunConfig, train_texts: list[str], cache_dir: Path, sour
     return fit_cached(train_texts, cache_dir, key, **tfidf)
 
 
-def make_encoder(config: RunConfig, train_texts: list[str], cache_dir: Path, source_hash: str) -> Encoder:
+def make_encoder(config: RunConfig, train_texts: Sequence[str], cache_dir: Path, source_hash: str) -> Encoder:
     """The family's encoder: TF-IDF features or a word tokenizer fitted on train (cached), or a pretrained
     checkpoint's tokenizer."""
     cls = model_class(config.model)
