@@ -287,6 +287,32 @@ def test_experiment_failed_cell(finished_experiment, tmp_path):
     assert_figures_ok(out / "report.md")
 
 
+def test_a_synthetic_data_set_is_generated_once_into_the_experiment(tmp_path):
+    spec = experiment_spec(tmp_path, tmp_path / "unused", {"base": {"lcenet": None}})
+    content = yaml.safe_load(spec.read_text())
+    content["datasets"] = {"synthetic": {"synth": {"shape": "amazoncat13k", "scale": 0.0001, "labels": 40}}}
+    spec.write_text(yaml.safe_dump(content))
+    out, env = tmp_path / "out", {"LCENET_CACHE": str(tmp_path / "cache")}
+    result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out), "--no-report"], env=env)
+    assert result.exit_code == 0, result.output
+    stats = json.loads((out / "data" / "synthetic" / "stats.json").read_text())
+    assert stats["labels"] == 40 and stats["generated"]["train"]["docs"] == 119  # 0.0001 x 1,186,239
+    record = json.loads((out / "records" / "synthetic__xmlcnn__base__s0.json").read_text())
+    assert f"--data {out / 'data' / 'synthetic'} " in record["command"]
+
+    generated = (out / "data" / "synthetic" / "train_texts.txt.gz").stat().st_mtime_ns
+    content["variants"]["lcenet"] = {"lcenet": {"rank": 4}}
+    spec.write_text(yaml.safe_dump(content))
+    result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out), "--no-report"], env=env)
+    assert result.exit_code == 0, result.output
+    assert (out / "data" / "synthetic" / "train_texts.txt.gz").stat().st_mtime_ns == generated  # reused
+
+    content["datasets"]["synthetic"]["synth"]["seed"] = 1
+    spec.write_text(yaml.safe_dump(content))
+    result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out)], env=env)
+    assert result.exit_code == 2 and "other settings" in result.output and "Traceback" not in result.output
+
+
 def test_experiment_checks_every_cell_before_running(tmp_path):
     data = write_tiny_dataset(tmp_path / "data")
     spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None}, "lcenet": {"lcenet": {"rank": 4}}})

@@ -6,7 +6,8 @@ skips finished cells and resumes killed ones from their checkpoints.
 
     name: quick_cooking
     profile: cpu-quick                     # a label carried into every record and table
-    datasets: {cooking: ../shared/data/CookingStackExchange}
+    datasets: {cooking: ../shared/data/CookingStackExchange}   # or a synthetic shape, generated once into
+                                           # OUTPUT/data/NAME: {synth: {shape: wiki500k, scale: 0.02, seed: 0}}
     models: {xmlcnn: configs/cooking_xmlcnn.yaml}        # or {config: ..., set: [...]}
     variants:
       base: {lcenet: null}
@@ -28,10 +29,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lcenet import synth
 from lcenet.config import read_yaml_mapping
 from lcenet.errors import UserError
 from lcenet.io import atomic_write_json
@@ -85,6 +87,7 @@ class Experiment:
     profile: str
     cells: list[Cell]
     parallel: int = 1
+    synthetic: dict[str, synth.SynthSettings] = field(default_factory=dict)  # generated into OUTPUT/data/NAME
 
 
 def load_experiment(path: str | Path, data_overrides: dict[str, str] | None = None) -> Experiment:
@@ -100,9 +103,15 @@ def load_experiment(path: str | Path, data_overrides: dict[str, str] | None = No
     datasets = {**spec["datasets"], **(data_overrides or {})}
     shared = _string_list(spec.get("set", []), path, "set")
     cells = []
+    synthetic = {}
     for dataset, data_dir in datasets.items():
         if dataset not in spec["datasets"]:
             raise UserError(f"--data {dataset}=...: the experiment has no data set {dataset!r}")
+        if isinstance(data_dir, dict):
+            synthetic[dataset] = _synthetic_settings(data_dir, path, dataset)
+            data_dir = ""  # known once the output directory is: run_experiment fills it in
+        elif not isinstance(data_dir, str):
+            raise UserError(f"{path}: datasets.{dataset} must be a directory or {{synth: {{shape: ..., scale: ...}}}}")
         for model, model_spec in spec["models"].items():
             model_spec = {"config": model_spec} if isinstance(model_spec, str) else dict(model_spec or {})
             if "config" not in model_spec:
@@ -126,7 +135,34 @@ def load_experiment(path: str | Path, data_overrides: dict[str, str] | None = No
                                       int(seed), shared + model_set + variant_set,
                                       variant_spec.get("capacity_control")))
     return Experiment(spec.get("name", path.stem), str(spec.get("profile", "default")), cells,
-                      int(spec.get("parallel", 1)))
+                      int(spec.get("parallel", 1)), synthetic)
+
+
+def _synthetic_settings(spec: dict, path: Path, dataset: str) -> synth.SynthSettings:
+    arguments = spec.get("synth")
+    allowed = {"shape", "scale", "seed", "labels"}
+    if set(spec) != {"synth"} or not isinstance(arguments, dict) or not set(arguments) <= allowed:
+        raise UserError(f"{path}: datasets.{dataset}: a synthetic data set is {{synth: {{shape: NAME, scale: F, "
+                        "seed: N, labels: N}}}} (labels: the shape's unless given)")
+    if "shape" not in arguments:
+        raise UserError(f"{path}: datasets.{dataset}.synth needs a shape ({', '.join(synth.SHAPES)})")
+    return synth.settings_for(arguments["shape"], arguments.get("scale", 1.0), arguments.get("labels"),
+                              arguments.get("seed", 0))
+
+
+def generate_synthetic(settings: synth.SynthSettings, directory: Path) -> None:
+    """Generate the data set into ``directory`` unless it is there already (with the same settings)."""
+    stats_path = directory / "stats.json"
+    if stats_path.exists():
+        found = json.loads(stats_path.read_text(encoding="utf-8"))["settings"]
+        wanted = {"shape": settings.shape, "scale": settings.scale, "seed": settings.seed, "labels": settings.labels}
+        if {key: found[key] for key in wanted} != wanted:
+            raise UserError(f"{directory}: holds a synthetic data set with other settings "
+                            f"({', '.join(f'{k}={found[k]}' for k in wanted)}); expected "
+                            f"{', '.join(f'{k}={v}' for k, v in wanted.items())}")
+        return
+    log.info("generating %s (shape %s, scale %g, seed %d)", directory, settings.shape, settings.scale, settings.seed)
+    synth.generate(settings, directory)
 
 
 def _string_list(value: Any, path: Path, key: str) -> list[str]:
@@ -160,11 +196,17 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
     output = Path(output)
     (output / "records").mkdir(parents=True, exist_ok=True)
     (output / "runs").mkdir(exist_ok=True)
+    data_dirs = {}
+    for dataset, settings in experiment.synthetic.items():
+        data_dirs[dataset] = output / "data" / dataset
+        if not collect_only:
+            generate_synthetic(settings, data_dirs[dataset])
+    cells = [replace(c, data_dir=str(data_dirs[c.dataset])) if c.dataset in data_dirs else c for c in experiment.cells]
     atomic_write_json(output / "experiment.json", {
         "name": experiment.name, "profile": experiment.profile,
         "cells": [{"name": c.name, "dataset": c.dataset, "model": c.model, "variant": c.variant, "seed": c.seed,
                    "lcenet": c.lcenet, "capacity_control": c.capacity_control, "overrides": c.overrides}
-                  for c in experiment.cells]})
+                  for c in cells]})
 
     def run_cell(cell: Cell) -> str:
         run_dir = output / "runs" / cell.name
@@ -202,7 +244,7 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
 
     workers = max(1, parallel or experiment.parallel)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        statuses = dict(zip([c.name for c in experiment.cells], pool.map(run_cell, experiment.cells)))
+        statuses = dict(zip([c.name for c in cells], pool.map(run_cell, cells)))
     return statuses
 
 
