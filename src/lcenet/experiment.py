@@ -150,7 +150,7 @@ def _synthetic_settings(spec: dict, path: Path, dataset: str) -> synth.SynthSett
                               arguments.get("seed", 0))
 
 
-def generate_synthetic(settings: synth.SynthSettings, directory: Path) -> None:
+def _generate_synthetic(settings: synth.SynthSettings, directory: Path) -> None:
     """Generate the data set into ``directory`` unless it is there already (with the same settings)."""
     stats_path = directory / "stats.json"
     if stats_path.exists():
@@ -200,7 +200,7 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
     for dataset, settings in experiment.synthetic.items():
         data_dirs[dataset] = output / "data" / dataset
         if not collect_only:
-            generate_synthetic(settings, data_dirs[dataset])
+            _generate_synthetic(settings, data_dirs[dataset])
     cells = [replace(c, data_dir=str(data_dirs[c.dataset])) if c.dataset in data_dirs else c for c in experiment.cells]
     atomic_write_json(output / "experiment.json", {
         "name": experiment.name, "profile": experiment.profile,
