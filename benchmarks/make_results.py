@@ -60,11 +60,29 @@ def experiment_section(directory: Path) -> list[str]:
                      f" | {np.mean([r['train_seconds'] / e for r, e in zip(group, epochs)]):.0f}"
                      f" | {sum(bool(r.get('stopped_by_time')) for r in group)}/{len(group)}"
                      f" | {converged_text(group)} | {stop_reasons_text(group)} |")
+    lines += shortlist_lines(seen)
     lines += ["", "### Test set, base vs +LCENet", "", results_table(records, n_resamples=2000), ""]
     lines += target_lines(records)
     if len({r.get("variant") for r in records}) > 2:
         lines += ["### All variants", "", ablation_table(records), ""]
     return lines
+
+
+def shortlist_lines(cells: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """Per cell in shortlist mode: L, the candidates per document and the shortlist's recall (the share of a
+    document's true labels among its candidates at inference; labels unseen in train count as misses)."""
+    lines = []
+    for (model, variant), group in cells.items():
+        shortlists = [r.get("shortlist") for r in group]
+        if not all(shortlists):
+            continue
+        recall = {split: [100 * s[f"{split}_recall"] for s in shortlists] for split in ("dev", "test")}
+        lines.append(f"- {model} {variant}: L = {group[0]['num_labels']:,}, {shortlists[0]['num_clusters']:,} "
+                     f"clusters, {shortlists[0]['candidates_per_document']:,} candidates per document; shortlist "
+                     f"recall dev {np.mean(recall['dev']):.2f} ± {np.std(recall['dev']):.2f}, test "
+                     f"{np.mean(recall['test']):.2f} ± {np.std(recall['test']):.2f} % (labels unseen in train "
+                     "count as misses).")
+    return ["", *lines] if lines else []
 
 
 def epochs_trained(record: dict) -> float:

@@ -18,6 +18,7 @@ from lcenet.inference import EpochBatches, SplitTensors, TokenInputs
 from lcenet.output import candidate_targets
 from lcenet.pipeline import build, evaluate_directory, load_model, run_training, shortlist_of
 from lcenet.predict import Predictor
+from lcenet.records import run_record
 from lcenet.shortlist import shortlist_args
 
 XMLCNN = {"embedding_dim": 8, "num_filters": 4, "hidden_dim": 8, "filter_sizes": [2], "pool_chunks": 2,
@@ -150,6 +151,8 @@ def test_shortlist_training_learns_and_the_model_directory_remembers_it(tmp_path
     assert shortlist["candidates_per_document"] == 3 * shortlist["cluster_width"] <= 12  # of 40 labels
     assert summary["shortlist"]["test_recall"] > 0.8
     assert summary["test"]["P@1"] > 0.8  # the dense model: 0.95
+    record = run_record(tmp_path / "run", "many_labels", "test", "lcenet train ...")
+    assert record["shortlist"]["test_recall"] == shortlist["test_recall"]  # what RESULTS.md reports
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["shortlist"]["top_clusters"] == 3
     assert load_model(tmp_path / "run" / "model", "cpu").model.scores_candidates

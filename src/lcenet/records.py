@@ -63,6 +63,7 @@ def run_record(run_dir: str | Path, dataset: str, profile: str, command: str) ->
         "lcenet_settings": summary.get("lcenet_settings"),
         "model_args": summary.get("model_args"),  # as built: a capacity control's widened arguments
         "num_labels": summary.get("num_labels"),
+        "shortlist": summary.get("shortlist"),  # clusters, candidates per document, dev/test recall (or None)
         "command": command,
         "test": summary["test"],
         "dev": summary["dev"],
