@@ -13,7 +13,7 @@ shape (T = 500, 300-d embeddings, 128 filters × widths 2/4/8, hidden 512), batc
   true labels' clusters as candidates (K ≈ 1,000-1,500), label-id targets, row-sparse gradients for the output
   layer and LCENet's tables, RowAdam; LCENet in its shortlist mode.
 
-LCENet: 2 blocks, R = 1000 up to 13K labels and 100 beyond (CorNet's choice at 500K labels). Every (L, mode,
+LCENet: 2 blocks, R = 1000 up to 13,330 labels and 100 beyond (CorNet's choice at 500K labels). Every (L, mode,
 variant) runs in its own process, one after another, so its peak RSS (ru_maxrss: the whole process, Python and
 torch included; on CUDA torch.cuda.max_memory_allocated) is its own; ``lcenet_step_ratio`` therefore compares
 medians from two processes, not interleaved repeats. Each process also times single-document prediction
@@ -57,7 +57,8 @@ SHORTLIST = ShortlistSettings(cluster_size=100, top_clusters=10)
 
 
 def rank_for(num_labels: int) -> int:
-    return 1000 if num_labels <= 13_000 else 100
+    """CorNet's rank: 1000 up to AmazonCat-13K's 13,330 labels, 100 beyond (its choice at 500K)."""
+    return 1000 if num_labels <= 13_330 else 100
 
 
 def random_clusters(num_labels: int, size: int) -> LabelClusters:
