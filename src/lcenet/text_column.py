@@ -14,7 +14,7 @@ import operator
 import os
 import tempfile
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO, overload
 
 import numpy as np
@@ -29,13 +29,6 @@ class TextColumn(Sequence[str]):
         self._fd = file.fileno()
         self._starts = starts
         self._lengths = lengths
-
-    @classmethod
-    def from_texts(cls, texts: Iterable[str]) -> TextColumn:
-        writer = TextColumnWriter()
-        for text in texts:
-            writer.append(text)
-        return writer.finish()
 
     def __len__(self) -> int:
         return len(self._starts)
