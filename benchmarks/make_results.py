@@ -121,8 +121,9 @@ def step_time_section(paths: list[Path]) -> list[str]:
              "interleaved repeats, median per model and median of the per-repeat ratios. bf16 autocast on CUDA. "
              "Batch path: `host` slices each batch on the host and copies it to the device, `resident` keeps the "
              "split on the device and gathers batches there (records from before the paths were timed apart: "
-             "host); `+mode` = the same path with `train.compile: mode`. Speed-up: the median per-repeat "
-             "speed-up of `resident` over `host`, and of a compiled path over the same path eager.", "",
+             "host); `+mode` = the same path with `train.compile: mode`, `+bf16_cpu` with `train.bf16_cpu` (bf16 "
+             "autocast on the CPU). Speed-up: the median per-repeat speed-up of `resident` over `host`, and of a "
+             "compiled or bf16_cpu path over the same path eager in fp32.", "",
              "| device | family | L | batch × T | LCENet | batch path | base ms/step | +LCENet ms/step | "
              "median ratio | train docs/s (base / +LCENet) | infer docs/s (base / +LCENet) | "
              "speed-up (base / +LCENet) |",
@@ -135,13 +136,38 @@ def step_time_section(paths: list[Path]) -> list[str]:
             lcenet = f"R={settings['rank']}, {settings['blocks']} blocks"
             for path, base, enhanced, ratio in timed_paths(case):
                 speedup = (case.get("resident_speedup") if path == "resident"
-                           else case.get("compile_speedup", {}).get(path))
+                           else {**case.get("compile_speedup", {}), **case.get("bf16_cpu_speedup", {})}.get(path))
                 lines.append(f"| {record['device_name']} | {case['family']} | {case['num_labels']:,} | "
                              f"{case['batch']} × {case['max_length']} | {lcenet} | {path} | "
                              f"{1000 * base['median_step_s']:.1f} | {1000 * enhanced['median_step_s']:.1f} | "
                              f"×{ratio:.3f} | {base['train_docs_per_s']:,.0f} / {enhanced['train_docs_per_s']:,.0f} | "
                              f"{base['infer_docs_per_s']:,.0f} / {enhanced['infer_docs_per_s']:,.0f} | "
                              + (f"×{speedup['base']:.2f} / ×{speedup['lcenet']:.2f} |" if speedup else "— |"))
+    lines.append("")
+    lines += [f"- `{path.name}`: `{record['command']}` ({record['wall_seconds']:.0f} s, {provenance_text(record)})"
+              for path, record in zip(paths, records)]
+    return lines + [""]
+
+
+def sparse_epoch_section(paths: list[Path]) -> list[str]:
+    """One real EURLEX57K training epoch of the sparse family per variant (benchmarks/sparse_epoch.py)."""
+    if not paths:
+        return []
+    lines = ["## Sparse family: one training epoch on EURLEX57K", "",
+             "All 45,000 train documents, batch 512, `lcenet train` for one epoch per variant in its own process; "
+             "seconds are the run's training steps (dev evaluation excluded). The dev scores after one epoch only "
+             "check that bf16 trains as fp32 does.", "",
+             "| record | threads | variant | LCENet | s/epoch | train docs/s | dev P@1 / nDCG@5 after 1 epoch |",
+             "|:--|--:|:--|:--|--:|--:|--:|"]
+    records = [json.loads(path.read_text()) for path in paths]
+    for path, record in zip(paths, records):
+        for name, run in record["variants"].items():
+            settings = run["lcenet_settings"]
+            lcenet = f"R={settings['rank']}, {settings['blocks']} blocks" if settings else "—"
+            dev = run["dev_after_one_epoch"]
+            lines.append(f"| `{path.name}` | {record['threads']} | {name} | {lcenet} | "
+                         f"{run['epoch_train_seconds']:.1f} | {run['train_docs_per_s']:,.0f} | "
+                         f"{100 * dev['P@1']:.2f} / {100 * dev['nDCG@5']:.2f} |")
     lines.append("")
     lines += [f"- `{path.name}`: `{record['command']}` ({record['wall_seconds']:.0f} s, {provenance_text(record)})"
               for path, record in zip(paths, records)]
@@ -348,6 +374,7 @@ def main() -> None:
     for directory in sorted(p for p in RESULTS.iterdir() if (p / "records").is_dir()):
         lines += experiment_section(directory)
     lines += step_time_section(sorted(RESULTS.glob("step_time_*.json")))
+    lines += sparse_epoch_section(sorted(RESULTS.glob("sparse_epoch_*.json")))
     lines += serve_load_section(sorted(RESULTS.glob("serve_load_*.json")))
     lines += reliability_section(sorted(RESULTS.glob("kill_fuzz_*.json")),
                                  sorted(RESULTS.glob("ddp_throughput_*.json")),

@@ -3,12 +3,14 @@
     python benchmarks/step_time.py                          # CPU, the default cases
     python benchmarks/step_time.py --device cuda --repeats 20 --paths host resident
     python benchmarks/step_time.py --device cuda --cases xmlcnn-4k --paths resident --compile reduce-overhead
+    OMP_NUM_THREADS=2 python benchmarks/step_time.py --cases sparse-4k --paths host --bf16-cpu
 
 Every timed step is the Trainer's own ``optimizer_step`` (batch gathering, autocast, BCE, the auxiliary loss
 when set, gradient clipping, gradient accumulation, fused Adam), on a synthetic split of random token ids and
 labels. For every case (family, number of labels L) the base model and base+LCENet, on each batch path (``host``:
 slice on the host and copy each batch; ``resident``: the split lives on the device and batches are gathered
-there), eager and, with ``--compile``, compiled (``train.compile``; compiled during warm-up), get identical
+there), eager and, with ``--compile``, compiled (``train.compile``; compiled during warm-up), and with
+``--bf16-cpu`` eager under ``train.bf16_cpu`` (bf16 autocast on the CPU), get identical
 batches; their steps are timed in interleaved repeats, so machine noise hits all alike, and the median ratios
 are reported. Inference docs/s comes from the same models in eval mode (eager). Writes a JSON record to
 benchmarks/results/step_time_<device>.json and prints a table.
@@ -123,22 +125,25 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timing_keys(paths: list[str], compile_modes: list[str]) -> list[tuple[str, str, str | None]]:
-    """(key, batch path, compile mode) for every setting timed: each path eager, then each path compiled."""
-    return [(path, path, None) for path in paths] + [(f"{path}+{mode}", path, mode)
-                                                     for mode in compile_modes for path in paths]
+def timing_keys(paths: list[str], compile_modes: list[str], bf16_cpu: bool = False
+                ) -> list[tuple[str, str, str | None, bool]]:
+    """(key, batch path, compile mode, bf16_cpu) for every setting timed: each path eager, then each path
+    compiled, then (``bf16_cpu``) each path eager with train.bf16_cpu."""
+    return ([(path, path, None, False) for path in paths]
+            + [(f"{path}+{mode}", path, mode, False) for mode in compile_modes for path in paths]
+            + [(f"{path}+bf16_cpu", path, None, True) for path in paths if bf16_cpu])
 
 
 def run_case(name: str, repeats: int, warmup: int, device, lcenet: dict, paths: list[str],
-             compile_modes: list[str], run_dir: Path) -> dict:
+             compile_modes: list[str], bf16_cpu: bool, run_dir: Path) -> dict:
     family, num_labels, batch, length, args = CASES[name]
     vocab = {"bert": 30522, "sparse": TFIDF_FEATURES}.get(family, VOCAB)
     split = synthetic_split(batch * (warmup + repeats + 1), length, vocab, num_labels, tfidf=family == "sparse")
     timed = {}
-    keys = timing_keys(paths, compile_modes)
-    for key, path, mode in keys:
+    keys = timing_keys(paths, compile_modes, bf16_cpu)
+    for key, path, mode, bf16 in keys:
         settings = TrainSettings(batch_size=batch, device=str(device), resident_batches=path == "resident",
-                                 compile=mode)
+                                 compile=mode, bf16_cpu=bf16)
         for variant, head in (("base", None), ("lcenet", lcenet)):
             timed[f"{variant}/{key}"] = Timed(make_model(family, num_labels, args, head), split, num_labels,
                                               settings, run_dir / f"{variant}-{key}")
@@ -158,16 +163,18 @@ def run_case(name: str, repeats: int, warmup: int, device, lcenet: dict, paths: 
                 for v in ("base", "lcenet")}
 
     result = {"family": family, "num_labels": num_labels, "batch": batch, "max_length": length,
-              "lcenet_settings": lcenet, "repeats": repeats, "paths": [key for key, _, _ in keys],
+              "lcenet_settings": lcenet, "repeats": repeats, "paths": [key for key, *_ in keys],
               "parameters": {v: sum(p.numel() for p in timed[f"{v}/{first}"].trainer.model.parameters())
                              for v in ("base", "lcenet")},
               "median_ratio": {key: statistics.median(b / a for a, b in zip(step[f"base/{key}"],
                                                                              step[f"lcenet/{key}"]))
-                               for key, _, _ in keys}}
+                               for key, *_ in keys}}
     if {"host", "resident"} <= set(paths):
         result["resident_speedup"] = speedup("host", "resident")
     if compile_modes:
-        result["compile_speedup"] = {key: speedup(path, key) for key, path, mode in keys if mode}
+        result["compile_speedup"] = {key: speedup(path, key) for key, path, mode, _ in keys if mode}
+    if bf16_cpu:
+        result["bf16_cpu_speedup"] = {key: speedup(path, key) for key, path, _, bf16 in keys if bf16}
     for key in timed:
         median_step = statistics.median(step[key])
         result[key] = {"median_step_s": median_step, "train_docs_per_s": batch / median_step,
@@ -187,6 +194,8 @@ def main() -> None:
                         help="batch paths to time side by side (the trainer's default: resident on CUDA only)")
     parser.add_argument("--compile", nargs="*", default=[], choices=["default", "reduce-overhead", "max-autotune"],
                         help="also time each path with train.compile set to these modes (compiled in warm-up)")
+    parser.add_argument("--bf16-cpu", action="store_true",
+                        help="also time each path with train.bf16_cpu (bf16 autocast on the CPU; no effect on CUDA)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -197,7 +206,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         for name in args.cases:
             result = run_case(name, args.repeats, args.warmup, device, lcenet, args.paths, args.compile,
-                              Path(run_dir) / name)
+                              args.bf16_cpu, Path(run_dir) / name)
             record["cases"].append(result)
             for path in result["paths"]:
                 base, head = result[f"base/{path}"], result[f"lcenet/{path}"]

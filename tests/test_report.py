@@ -520,10 +520,13 @@ def test_step_time_section_old_and_new_formats(tmp_path):
     new = {"device_name": "new gpu", "command": "python benchmarks/step_time.py --device cuda", "wall_seconds": 20.0,
            "torch": "2.13.0", "torch_version": "2.13.0", "git_commit": "6a1142158f56142835285b2bf64b22c636642488",
            "git_dirty": True, "date": "2026-11-26T10:00:00+00:00",
-           "cases": [{**case, "lcenet_settings": {"rank": 64, "blocks": 1}, "paths": ["host", "resident"],
+           "cases": [{**case, "lcenet_settings": {"rank": 64, "blocks": 1},
+                      "paths": ["host", "resident", "host+bf16_cpu"],
                       "base/host": timing, "lcenet/host": slower, "base/resident": slower, "lcenet/resident": timing,
-                      "median_ratio": {"host": 1.2, "resident": 0.9},
-                      "resident_speedup": {"base": 1.5, "lcenet": 2.25}}]}
+                      "base/host+bf16_cpu": timing, "lcenet/host+bf16_cpu": timing,
+                      "median_ratio": {"host": 1.2, "resident": 0.9, "host+bf16_cpu": 1.0},
+                      "resident_speedup": {"base": 1.5, "lcenet": 2.25},
+                      "bf16_cpu_speedup": {"host+bf16_cpu": {"base": 1.0, "lcenet": 1.2}}}]}
     paths = [tmp_path / "step_time_cpu.json", tmp_path / "step_time_cuda.json"]
     for path, record in zip(paths, (old, new)):
         path.write_text(json.dumps(record))
@@ -533,6 +536,7 @@ def test_step_time_section_old_and_new_formats(tmp_path):
     assert "| new gpu | xmlcnn | 4,271 | 64 × 500 | R=64, 1 blocks | host | 10.0 | 12.0 | ×1.200 |" in text
     assert "| new gpu | xmlcnn | 4,271 | 64 × 500 | R=64, 1 blocks | resident | 12.0 | 10.0 | ×0.900 | 5,333 / 6,400 " \
            "| 18,000 / 20,000 | ×1.50 / ×2.25 |" in text
+    assert "| host+bf16_cpu | 10.0 | 10.0 | ×1.000 | 6,400 / 6,400 | 20,000 / 20,000 | ×1.00 / ×1.20 |" in text
     assert "(10 s, torch 2.4.0)" in text
     assert "(20 s, torch 2.13.0, git `6a1142158f` (uncommitted changes), 2026-11-26)" in text
 
@@ -546,3 +550,19 @@ def test_grid_lcenet_settings_size_the_capacity_control_and_leave_the_base_alone
     assert plain.assignments() == ["lcenet=true", "lcenet.rank=8"]
     base = Cell("d", "data", "xmlcnn", "c.yaml", "base", None, 0, ["lcenet.rank=8", "train.lr=0.1"])
     assert base.assignments() == ["lcenet=null", "train.lr=0.1"]  # stays a base
+
+
+def test_sparse_epoch_section_lists_every_variant(tmp_path):
+    make_results = load_make_results()
+    run = {"epoch_train_seconds": 40.0, "train_docs_per_s": 1125.0, "lcenet_settings": None,
+           "dev_after_one_epoch": {"P@1": 0.5, "nDCG@5": 0.4}}
+    record = {"threads": 2, "command": "python benchmarks/sparse_epoch.py", "wall_seconds": 90.0,
+              "torch_version": "2.13.0", "variants": {
+                  "base": run, "lcenet+bf16_cpu": {**run, "lcenet_settings": {"rank": 1000, "blocks": 2},
+                                                   "epoch_train_seconds": 60.0, "train_docs_per_s": 750.0}}}
+    path = tmp_path / "sparse_epoch_cpu.json"
+    path.write_text(json.dumps(record))
+    text = "\n".join(make_results.sparse_epoch_section([path]))
+    assert "| `sparse_epoch_cpu.json` | 2 | base | — | 40.0 | 1,125 | 50.00 / 40.00 |" in text
+    assert "| `sparse_epoch_cpu.json` | 2 | lcenet+bf16_cpu | R=1000, 2 blocks | 60.0 | 750 | 50.00 / 40.00 |" in text
+    assert make_results.sparse_epoch_section([]) == []

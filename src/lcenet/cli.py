@@ -39,7 +39,7 @@ def user_errors(command):
 def train(
     data: Annotated[Path, typer.Option(help="Data set directory (train, optional dev, test splits).")],
     output: Annotated[Path, typer.Option(help="Run directory: model/, log.jsonl, metrics.json, checkpoints.")],
-    model: Annotated[str | None, typer.Option(help="Base architecture: xmlcnn, attentionxml, bert.")] = None,
+    model: Annotated[str | None, typer.Option(help="Base architecture: xmlcnn, attentionxml, bert, sparse.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML run config; the flags below override it.")] = None,
     lcenet: Annotated[bool | None, typer.Option("--lcenet/--no-lcenet",
                                                 help="Add LCENet after the output layer (default: config).")] = None,
