@@ -159,18 +159,19 @@ class LCENetBlock(nn.Module):
         if self.down is None:
             correction = self._full_rank_shortlist(h, shortlist)
         else:
-            w1 = gather_rows(self.down.weight, shortlist.unique, sparse)  # [U, R]
-            w2 = gather_rows(self.up.weight, shortlist.unique, sparse)
             batch, candidates = h.shape
             if shortlist.union_gemm:
+                w1 = gather_rows(self.down.weight, shortlist.unique, sparse)  # [U, R]
+                w2 = gather_rows(self.up.weight, shortlist.unique, sparse)
                 h_union = h.new_zeros(batch, len(shortlist.unique)).scatter_add(1, shortlist.inverse, h)
                 hidden = self.hidden_activation(torch.addmm(self.down.bias, h_union, w1))
                 correction = (hidden @ w2.t()).gather(1, shortlist.inverse)
             else:
-                rows = shortlist.inverse.flatten()
-                w1 = w1.index_select(0, rows).view(batch, candidates, -1)  # [B, K, R]
+                # Each candidate's row in one gather from the table, [B, K, R]; gradients summed per label.
+                slots = shortlist.inverse.flatten()
+                w1 = gather_rows(self.down.weight, shortlist.unique, sparse, slots).view(batch, candidates, -1)
                 hidden = self.hidden_activation(torch.bmm(h.unsqueeze(1), w1).squeeze(1) + self.down.bias)
-                w2 = w2.index_select(0, rows).view(batch, candidates, -1)
+                w2 = gather_rows(self.up.weight, shortlist.unique, sparse, slots).view(batch, candidates, -1)
                 correction = torch.bmm(w2, hidden.unsqueeze(2)).squeeze(2)
             correction = correction + self.up.bias.index_select(0, shortlist.label_ids.flatten()).view(h.shape)
         return logits + correction if self.residual else correction

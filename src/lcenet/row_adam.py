@@ -24,26 +24,34 @@ __all__ = ["RowAdam", "clip_grad_norm_", "gather_rows"]
 
 
 class _GatherRows(torch.autograd.Function):
-    """``table[rows]`` for sorted, distinct ``rows``, whose gradient is a coalesced sparse COO tensor holding just
-    those rows (F.embedding(sparse=True) would give one entry per lookup, to be sorted again by the optimizer)."""
+    """``table[rows[repeat]]`` for sorted, distinct ``rows`` (``repeat``: positions in ``rows``, or None for
+    ``table[rows]``), whose gradient is a coalesced sparse COO tensor holding just ``rows``: the gradients of
+    repeated lookups are summed into their row here, so the optimizer never sorts (F.embedding(sparse=True)
+    would give one entry per lookup)."""
 
     @staticmethod
-    def forward(ctx, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(rows)
+    def forward(ctx, table: torch.Tensor, rows: torch.Tensor, repeat: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(rows, repeat)
         ctx.table_shape = table.shape
-        return table.index_select(0, rows)
+        return table.index_select(0, rows if repeat is None else rows.index_select(0, repeat))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (rows,) = ctx.saved_tensors
+        rows, repeat = ctx.saved_tensors
+        if repeat is not None:
+            grad = grad.new_zeros(len(rows), grad.shape[1]).index_add_(0, repeat, grad)
         return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.table_shape, is_coalesced=True,
-                                       check_invariants=False), None
+                                       check_invariants=False), None, None
 
 
-def gather_rows(table: torch.Tensor, rows: torch.Tensor, sparse: bool) -> torch.Tensor:
-    """Rows ``rows`` (sorted, distinct) of ``table``; the gradient reaches only those rows, as a sparse tensor or
-    (``sparse=False``) as a dense one that is zero elsewhere."""
-    return _GatherRows.apply(table, rows) if sparse else table.index_select(0, rows)
+def gather_rows(table: torch.Tensor, rows: torch.Tensor, sparse: bool, repeat: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """Rows ``rows`` (sorted, distinct) of ``table``, or with ``repeat`` (positions in ``rows``) the rows
+    ``rows[repeat]`` in one gather; the gradient reaches only ``rows``, as a sparse tensor or (``sparse=False``)
+    as a dense one that is zero elsewhere."""
+    if sparse:
+        return _GatherRows.apply(table, rows, repeat)
+    return table.index_select(0, rows if repeat is None else rows.index_select(0, repeat))
 
 
 def _rows_and_values(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
