@@ -8,6 +8,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+import lcenet.features as features_module
 from lcenet.errors import UserError
 from lcenet.features import TOKEN_PATTERN, TfidfFeatures, fit_cached, transform_cached
 from lcenet.inference import CsrInputs
@@ -35,6 +36,30 @@ def test_fit_transform_equals_fit_then_transform():
     features, matrix = TfidfFeatures.fit_transform(TRAIN, max_features=7)
     assert features.num_features == 7
     assert (matrix != features.transform(TRAIN)).nnz == 0
+
+
+def test_a_large_train_split_is_fitted_on_a_random_sample_and_transformed_whole():
+    """Past fit_max_docs the vocabulary and idf are those of fit_max_docs documents drawn with seed 0 (terms only
+    in the other documents are not features), and every document gets its row."""
+    texts = [f"common words here unique{i} token{i % 7}" for i in range(40)]
+    features, matrix = TfidfFeatures.fit_transform(texts, min_df=1, ngram_max=1, fit_max_docs=10)
+    sample = np.sort(np.random.default_rng(0).choice(40, 10, replace=False))
+    alone = TfidfFeatures.fit([texts[i] for i in sample], min_df=1, ngram_max=1, fit_max_docs=10)
+    assert features.terms == alone.terms and np.array_equal(features.idf, alone.idf)
+    assert sum(term.startswith("unique") for term in features.terms) == 10
+    assert matrix.shape == (40, features.num_features)
+    assert (matrix != features.transform(texts)).nnz == 0
+    with pytest.raises(UserError, match="fit_max_docs"):
+        TfidfFeatures.fit(texts, fit_max_docs=0)
+
+
+def test_transform_in_chunks_gives_the_rows_of_one_call(monkeypatch):
+    features = TfidfFeatures.fit(TRAIN)
+    whole = features.transform(TRAIN + NEW)
+    monkeypatch.setattr(features_module, "TRANSFORM_CHUNK", 3)
+    chunked = features.transform(iter(TRAIN + NEW))
+    assert chunked.shape == whole.shape and (chunked != whole).nnz == 0
+    assert features.transform([]).shape == (0, features.num_features)
 
 
 def test_save_load_round_trip_transforms_new_text_identically(tmp_path):

@@ -30,6 +30,9 @@ class DataSettings:
     tfidf_ngram_max: int = 2
     tfidf_min_df: int = 2
     tfidf_max_features: int = 200_000
+    # Larger train splits fit the vocabulary and idf on this many of their documents drawn at random (bounded
+    # memory at a million documents; lcenet.features), then transform every document.
+    tfidf_fit_max_docs: int = 100_000
 
 
 @dataclass

@@ -12,11 +12,20 @@ Tokens are runs of two or more word characters (``TOKEN_PATTERN``, scikit-learn'
 one-letter words are dropped, numbers are kept. Features are word unigrams and bigrams (``ngram_max=2``)
 seen in at least ``min_df`` train documents, the ``max_features`` most frequent kept; values are
 ``(1 + log tf) * idf``, each row l2-normalised, float32.
+
+Memory at a million documents: scikit-learn's fit counts every distinct n-gram of the texts it is given before
+``min_df`` and ``max_features`` prune them, about 23 KB per AmazonCat-13K-shaped document (≈ 27 GiB at its
+1.19M train documents). So a train split larger than ``fit_max_docs`` (default 100,000) has its vocabulary and
+idf fitted on that many of its documents drawn at random (seed 0): a few thousand frequent n-grams decide
+``max_features``, and their document frequencies are estimated well from 100,000 documents. Every document is
+then transformed, ``TRANSFORM_CHUNK`` at a time, so transforming holds one chunk's n-gram counts, not the
+split's. Smaller splits are fitted on all their documents, as before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -35,7 +44,10 @@ TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 FEATURES_FILE = "features.json"
 IDF_FILE = "features_idf.safetensors"
 TRAIN_FILE = "train.npz"
-DEFAULT_SETTINGS = {"ngram_max": 2, "min_df": 2, "max_features": 200_000, "lowercase": True, "sublinear_tf": True}
+DEFAULT_SETTINGS = {"ngram_max": 2, "min_df": 2, "max_features": 200_000, "lowercase": True, "sublinear_tf": True,
+                    "fit_max_docs": 100_000}
+TRANSFORM_CHUNK = 20_000  # documents transformed at a time
+FIT_SAMPLE_SEED = 0
 
 
 class TfidfFeatures:
@@ -63,26 +75,40 @@ class TfidfFeatures:
             raise UserError(f"unknown TF-IDF setting(s) {', '.join(unknown)}; choose from "
                             f"{', '.join(DEFAULT_SETTINGS)}")
         settings = {**DEFAULT_SETTINGS, **settings}
-        for name in ("ngram_max", "min_df", "max_features"):  # scikit-learn reads a float min_df as a fraction
+        integers = ("ngram_max", "min_df", "max_features", "fit_max_docs")
+        for name in integers:  # scikit-learn reads a float min_df as a fraction
             if isinstance(settings[name], bool) or not isinstance(settings[name], int):
                 raise UserError(f"TF-IDF {name} must be an integer (got {settings[name]!r})")
-        if settings["ngram_max"] < 1 or settings["min_df"] < 1 or settings["max_features"] < 1:
-            raise UserError(f"TF-IDF ngram_max, min_df and max_features must be >= 1 (got {settings['ngram_max']}, "
-                            f"{settings['min_df']}, {settings['max_features']})")
+        if min(settings[name] for name in integers) < 1:
+            raise UserError(f"TF-IDF {', '.join(integers)} must be >= 1 (got "
+                            f"{', '.join(str(settings[name]) for name in integers)})")
         vectorizer = _vectorizer(settings)
+        sampled = len(texts) > settings["fit_max_docs"]
         try:
-            matrix = vectorizer.fit_transform(texts)
+            if sampled:  # see the module docstring: the fit's memory grows with the texts it counts
+                rows = np.random.default_rng(FIT_SAMPLE_SEED).choice(len(texts), settings["fit_max_docs"],
+                                                                     replace=False)
+                vectorizer.fit(texts[int(row)] for row in np.sort(rows))
+            else:
+                matrix = _csr32(vectorizer.fit_transform(texts))
         except ValueError as error:  # "empty vocabulary" when min_df prunes every term
             raise UserError(f"TF-IDF features: {error}") from None
-        terms = vectorizer.get_feature_names_out().tolist()
-        return cls(settings, terms, vectorizer.idf_), _csr32(matrix)
+        features = cls(settings, vectorizer.get_feature_names_out().tolist(), vectorizer.idf_)
+        return features, features.transform(texts) if sampled else matrix
 
     @property
     def num_features(self) -> int:
         return len(self.terms)
 
     def transform(self, texts: Iterable[str]) -> sp.csr_matrix:
-        return _csr32(self._vectorizer.transform(texts))
+        """Features of ``texts``, ``TRANSFORM_CHUNK`` documents at a time (the same rows as one call)."""
+        texts = iter(texts)
+        chunks = []
+        while chunk := list(itertools.islice(texts, TRANSFORM_CHUNK)):
+            chunks.append(_csr32(self._vectorizer.transform(chunk)))
+        if not chunks:
+            return sp.csr_matrix((0, self.num_features), dtype=np.float32)
+        return chunks[0] if len(chunks) == 1 else _csr32(sp.vstack(chunks, format="csr"))
 
     def fingerprint(self) -> str:
         """A short hash of the settings, terms and idf values (for cache keys)."""

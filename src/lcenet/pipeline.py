@@ -71,7 +71,8 @@ def train_tfidf(config: RunConfig, train_texts: Sequence[str], cache_dir: Path, 
     """TF-IDF fitted on the train texts with the data settings, and the train rows' features (cached)."""
     settings = config.data
     tfidf = {"ngram_max": settings.tfidf_ngram_max, "min_df": settings.tfidf_min_df,
-             "max_features": settings.tfidf_max_features, "lowercase": settings.lowercase}
+             "max_features": settings.tfidf_max_features, "lowercase": settings.lowercase,
+             "fit_max_docs": settings.tfidf_fit_max_docs}
     key = text.cache_key(source_hash, "tfidf", *(f"{k}={v}" for k, v in sorted(tfidf.items())))
     return fit_cached(train_texts, cache_dir, key, **tfidf)
 
