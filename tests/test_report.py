@@ -566,3 +566,17 @@ def test_sparse_epoch_section_lists_every_variant(tmp_path):
     assert "| `sparse_epoch_cpu.json` | 2 | base | — | 40.0 | 1,125 | 50.00 / 40.00 |" in text
     assert "| `sparse_epoch_cpu.json` | 2 | lcenet+bf16_cpu | R=1000, 2 blocks | 60.0 | 750 | 50.00 / 40.00 |" in text
     assert make_results.sparse_epoch_section([]) == []
+
+
+@pytest.mark.parametrize("spec", sorted((Path(__file__).parent.parent / "configs" / "experiments").glob("*.yaml")),
+                         ids=lambda path: path.stem)
+def test_every_shipped_experiment_builds_every_cell(spec, monkeypatch):
+    """A typo in a shipped grid (an unknown setting, a bad value) fails here, not hours into a run."""
+    from lcenet.cli import build_config
+    from lcenet.experiment import load_experiment
+
+    monkeypatch.chdir(spec.parent.parent.parent)  # configs name their model configs from the repository root
+    plan = load_experiment(spec)
+    assert plan.cells
+    for cell in plan.cells:
+        build_config(Path(cell.config), None, None, cell.assignments(), seed=cell.seed)
