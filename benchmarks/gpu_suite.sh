@@ -10,6 +10,8 @@
 #      GRID=configs/experiments/ablation_eurlex57k_bert_gpu15min.yaml runs the BERT head learning-rate check;
 #      or, with SUITE=converged FAMILY=xmlcnn|attentionxml, configs/experiments/converged_gpu_$FAMILY.yaml (the
 #      converged full-shape profile; BERT's is SUITE=bert GRID=configs/experiments/converged_gpu_bert.yaml).
+#   SUITE=scale runs only benchmarks/scale_step.py on the GPU (dense and shortlist training steps, peak memory and
+#   predict latency from 4K to 500K labels; about 16 short processes) into $OUT/scale_cuda.json.
 # The report (report.md + figures) is generated on the device, so $OUT holds records, report and plots.
 # Results come back through $OUT: the step-time record, logs, and the experiment directory without weights.
 #   DATA=.device_data/EURLEX57K OUT=/tmp/out bash benchmarks/gpu_suite.sh
@@ -17,7 +19,7 @@
 set -u
 DATA=${DATA:-.device_data/EURLEX57K}
 OUT=${OUT:-/tmp/lcenet_gpu_out}
-SUITE=${SUITE:-paper}  # paper | ablation | bert | converged
+SUITE=${SUITE:-paper}  # paper | ablation | bert | converged | scale
 STEP_TIMEOUT=${STEP_TIMEOUT:-75}
 TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-390}  # keep it above the grid's train.max_seconds
 mkdir -p "$OUT"
@@ -28,6 +30,14 @@ stamp() { echo "[$(( $(date +%s) - started ))s] $*" | tee -a "$OUT/suite.log"; }
 stamp "environment"
 { nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; nproc; ls ~/.cache/huggingface/hub 2>&1 | head; } \
     > "$OUT/env.txt" 2>&1
+
+if [ "$SUITE" = scale ]; then
+    stamp "scale benchmark"
+    timeout "${SCALE_TIMEOUT:-480}" python3 benchmarks/scale_step.py --device cuda --repeats 5 \
+        --output "$OUT/scale_cuda.json" > "$OUT/scale.log" 2>&1 || stamp "scale benchmark exit $?"
+    stamp "done"
+    exit 0
+fi
 
 if [ "$SUITE" = paper ] || [ "${STEP:-0}" = 1 ]; then
     stamp "step-time benchmark"

@@ -336,7 +336,8 @@ def scale_step_section(paths: list[Path]) -> list[str]:
                          f"{latency_text(base)}; {latency_text(head)} |")
         load = record.get("load_average_at_start")
         lines += ["", f"- `{path.name}`: `{record['command']}` ({record['wall_seconds']:.0f} s, "
-                  f"{provenance_text(record)}" + (f"; load average at start {load[0]:.1f}" if load else "") + ")", ""]
+                  f"{provenance_text(record)}" + (f"; load average at start {load[0]:.1f}" if load else "")
+                  + ("; **stopped before every case ran**" if record.get("finished") is False else "") + ")", ""]
     return lines
 
 

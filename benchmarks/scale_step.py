@@ -133,6 +133,7 @@ def main() -> None:
               "max_length": LENGTH, "family": "xmlcnn", "shortlist": vars(SHORTLIST), **provenance(),
               "load_average_at_start": os.getloadavg(), "cases": []}
     started = time.perf_counter()
+    output = args.output or Path(__file__).parent / "results" / f"scale_{device.type}.json"
     for num_labels in args.labels:
         for mode in args.modes:
             case = {"num_labels": num_labels, "mode": mode}
@@ -156,9 +157,10 @@ def main() -> None:
                   f"{head.get('median_step_s', float('nan')):7.3f} s ({head.get('peak_memory_gib', float('nan')):5.2f}"
                   f" GiB) | ratio {case.get('lcenet_step_ratio', float('nan')):.3f} | predict p50 "
                   f"{latency[0]:.1f} / {latency[1]:.1f} ms", flush=True)
-    record["wall_seconds"] = time.perf_counter() - started
-    output = args.output or Path(__file__).parent / "results" / f"scale_{device.type}.json"
-    atomic_write_json(output, record)
+            # After every case, so a run stopped by a time limit keeps the cases it finished.
+            record["wall_seconds"] = time.perf_counter() - started
+            record["finished"] = len(record["cases"]) == len(args.labels) * len(args.modes)
+            atomic_write_json(output, record)
     print(f"wrote {output}")
 
 
