@@ -43,7 +43,6 @@ __all__ = ["TOKEN_PATTERN", "TfidfFeatures", "fit_cached", "transform_cached"]
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 FEATURES_FILE = "features.json"
 IDF_FILE = "features_idf.safetensors"
-TRAIN_FILE = "train.npz"
 DEFAULT_SETTINGS = {"ngram_max": 2, "min_df": 2, "max_features": 200_000, "lowercase": True, "sublinear_tf": True,
                     "fit_max_docs": 100_000}
 TRANSFORM_CHUNK = 20_000  # documents transformed at a time
@@ -65,11 +64,19 @@ class TfidfFeatures:
     @classmethod
     def fit(cls, texts: Sequence[str], **settings) -> TfidfFeatures:
         """Fit on ``texts`` (the train split); ``settings`` override :data:`DEFAULT_SETTINGS`."""
-        return cls.fit_transform(texts, **settings)[0]
+        return cls._fit(texts, settings, with_matrix=False)[0]
 
     @classmethod
     def fit_transform(cls, texts: Sequence[str], **settings) -> tuple[TfidfFeatures, sp.csr_matrix]:
-        """:meth:`fit` and the features of ``texts`` in one pass (about half the time of fit + transform)."""
+        """:meth:`fit` and the features of ``texts`` (one pass where the fit used every document: about half
+        the time of fit + transform)."""
+        features, matrix = cls._fit(texts, settings, with_matrix=True)
+        return features, features.transform(texts) if matrix is None else matrix
+
+    @classmethod
+    def _fit(cls, texts: Sequence[str], settings: dict, with_matrix: bool
+             ) -> tuple[TfidfFeatures, sp.csr_matrix | None]:
+        """The fitted features, and (``with_matrix``, when the fit saw every document) those of ``texts``."""
         unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
         if unknown:
             raise UserError(f"unknown TF-IDF setting(s) {', '.join(unknown)}; choose from "
@@ -83,18 +90,19 @@ class TfidfFeatures:
             raise UserError(f"TF-IDF {', '.join(integers)} must be >= 1 (got "
                             f"{', '.join(str(settings[name]) for name in integers)})")
         vectorizer = _vectorizer(settings)
-        sampled = len(texts) > settings["fit_max_docs"]
+        matrix = None
         try:
-            if sampled:  # see the module docstring: the fit's memory grows with the texts it counts
+            if len(texts) > settings["fit_max_docs"]:  # see the module docstring: the fit's memory grows with them
                 rows = np.random.default_rng(FIT_SAMPLE_SEED).choice(len(texts), settings["fit_max_docs"],
                                                                      replace=False)
                 vectorizer.fit(texts[int(row)] for row in np.sort(rows))
-            else:
+            elif with_matrix:
                 matrix = _csr32(vectorizer.fit_transform(texts))
+            else:
+                vectorizer.fit(texts)
         except ValueError as error:  # "empty vocabulary" when min_df prunes every term
             raise UserError(f"TF-IDF features: {error}") from None
-        features = cls(settings, vectorizer.get_feature_names_out().tolist(), vectorizer.idf_)
-        return features, features.transform(texts) if sampled else matrix
+        return cls(settings, vectorizer.get_feature_names_out().tolist(), vectorizer.idf_), matrix
 
     @property
     def num_features(self) -> int:
@@ -202,24 +210,17 @@ def transform_cached(features: TfidfFeatures, texts: Sequence[str], cache_dir: s
     return matrix
 
 
-def fit_cached(texts: Sequence[str], cache_dir: str | Path, key: str, **settings
-               ) -> tuple[TfidfFeatures, sp.csr_matrix]:
-    """:meth:`TfidfFeatures.fit_transform` with a cache: the folder ``{cache_dir}/{key}.tfidf`` (the saved
-    features and ``train.npz``, the features of ``texts``) is read when present.
-
-    The key must cover the texts and ``settings``. Other splits go through :func:`transform_cached`.
+def fit_cached(texts: Sequence[str], cache_dir: str | Path, key: str, **settings) -> TfidfFeatures:
+    """:meth:`TfidfFeatures.fit` with a cache: the folder ``{cache_dir}/{key}.tfidf`` (the saved features) is read
+    when present. The key must cover the texts and ``settings``. The features of every split, train included, go
+    through :func:`transform_cached`.
     """
     directory = Path(cache_dir) / f"{key}.tfidf"
     if (directory / FEATURES_FILE).is_file() and (directory / IDF_FILE).is_file():
         try:
-            features = TfidfFeatures.load(directory)
+            return TfidfFeatures.load(directory)
         except UserError:
-            features = None  # a damaged cache entry: fit again and overwrite it
-        if features is not None:
-            matrix = _load_csr(directory / TRAIN_FILE, len(texts), features.num_features)
-            if matrix is not None:
-                return features, matrix
-    features, matrix = TfidfFeatures.fit_transform(texts, **settings)
+            pass  # a damaged cache entry: fit again and overwrite it
+    features = TfidfFeatures.fit(texts, **settings)
     features.save(directory)
-    _save_csr(directory / TRAIN_FILE, matrix)
-    return features, matrix
+    return features

@@ -21,7 +21,7 @@ from lcenet.config import RunConfig, TrainSettings
 from lcenet.encoders import Encoder, TfidfEncoder, TokenEncoder, load_encoder
 from lcenet.ensemble import check_same_labels
 from lcenet.errors import UserError
-from lcenet.features import TfidfFeatures, fit_cached
+from lcenet.features import fit_cached
 from lcenet.inference import SplitTensors, ensemble_top_k, evaluate_model, predict_top_k
 from lcenet.io import atomic_write_json, read_model_dir, write_model_dir
 from lcenet.lcenet import LCENet, cooccurrence_init_, with_lcenet
@@ -66,15 +66,14 @@ def shortlist_of(model: torch.nn.Module) -> ShortlistModel | None:
     return next((module for module in model.modules() if isinstance(module, ShortlistModel)), None)
 
 
-def train_tfidf(config: RunConfig, train_texts: Sequence[str], cache_dir: Path, source_hash: str
-                ) -> tuple[TfidfFeatures, sp.csr_matrix]:
-    """TF-IDF fitted on the train texts with the data settings, and the train rows' features (cached)."""
+def train_tfidf(config: RunConfig, train_texts: Sequence[str], cache_dir: Path, source_hash: str) -> TfidfEncoder:
+    """TF-IDF fitted on the train texts with the data settings (cached), as the encoder of the sparse family."""
     settings = config.data
     tfidf = {"ngram_max": settings.tfidf_ngram_max, "min_df": settings.tfidf_min_df,
              "max_features": settings.tfidf_max_features, "lowercase": settings.lowercase,
              "fit_max_docs": settings.tfidf_fit_max_docs}
     key = text.cache_key(source_hash, "tfidf", *(f"{k}={v}" for k, v in sorted(tfidf.items())))
-    return fit_cached(train_texts, cache_dir, key, **tfidf)
+    return TfidfEncoder(fit_cached(train_texts, cache_dir, key, **tfidf))
 
 
 def make_encoder(config: RunConfig, train_texts: Sequence[str], cache_dir: Path, source_hash: str) -> Encoder:
@@ -83,7 +82,7 @@ def make_encoder(config: RunConfig, train_texts: Sequence[str], cache_dir: Path,
     cls = model_class(config.model)
     settings = config.data
     if cls.input_kind == "tfidf":
-        return TfidfEncoder(train_tfidf(config, train_texts, cache_dir, source_hash)[0])
+        return train_tfidf(config, train_texts, cache_dir, source_hash)
     if cls.uses_pretrained_tokenizer:
         pretrained = config.model_args.get("pretrained")
         if not pretrained:
@@ -144,7 +143,8 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
     model_args = effective_model_args(config, num_labels, encoder.vocab_size)
     clusters = None
     if config.shortlist is not None:  # label clusters from TF-IDF label centroids; the same for every seed
-        _, features = train_tfidf(config, dataset.train.texts, cache_dir, dataset.source_hash)
+        features = train_tfidf(config, dataset.train.texts, cache_dir, dataset.source_hash).encode_cached(
+            dataset.train.texts, cache_dir, dataset.source_hash, "train").features  # the sparse family's: cached
         clusters = build_clusters(splits["train"].labels[:, :num_labels], features, config.shortlist)
     # Row-sparse gradients for the label tables in shortlist mode; DDP all-reduces dense gradients only, and a
     # full-rank LCENet block (bottleneck false) has no label rows to gather.
