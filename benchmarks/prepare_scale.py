@@ -15,7 +15,9 @@ Stages 2-4 are :func:`lcenet.pipeline.prepare` step by step. Each scale runs in 
 freed by one stage or scale does not hide the next one's growth). The record extrapolates to full scale
 (scale 1) linearly in documents from the slope between the two largest scales, which removes fixed costs
 (imports, process start-up); a vocabulary grows more slowly than the documents, so its share is
-over-estimated. It also gives, per document, what stays resident after preparation (the texts' byte ranges,
+over-estimated. Each stage's peak RSS is extrapolated on its own slope and the largest is the full-scale peak
+(``peak_stage`` names it): a TF-IDF fit on a fixed sample peaks highest at small scales but stays flat, while
+encoding every document grows. It also gives, per document, what stays resident after preparation (the texts' byte ranges,
 label CSRs, encoded inputs) times the full-scale document count; the texts themselves stay in a temporary
 file. Targets: 8 GiB peak RSS; AmazonCat-13K-shape preparation (stages 2-4) within 15 minutes at full scale.
 Writes benchmarks/results/prepare_<shape>_scale<F>[_<model>]_cpu.json (no suffix for xmlcnn).
@@ -174,7 +176,13 @@ def extrapolate(runs: list[dict], full_docs: int) -> dict:
     added = sum(last["docs"].values()) - sum(first["docs"].values())
     per_doc = {name: (last["stages"][name]["seconds"] - first["stages"][name]["seconds"]) / added
                for name in last["stages"]}
-    peak_slope = (last["peak_rss_after_generate_bytes"] - first["peak_rss_after_generate_bytes"]) / added
+    # Each stage's peak on its own line: the largest peak at two small scales (e.g. a TF-IDF fit on a fixed
+    # sample) need not be the one that grows fastest (encoding every document).
+    stage_peaks = {name: last["stages"][name]["peak_rss_bytes"]
+                   + (last["stages"][name]["peak_rss_bytes"] - first["stages"][name].get("peak_rss_bytes", 0))
+                   / added * (full_docs - sum(last["docs"].values()))
+                   for name in last["stages"] if name != "generate"}
+    peak_stage = max(stage_peaks, key=stage_peaks.get)
     resident = sum(last["bytes_per_doc"][key] for key in ("texts_in_memory", "label_csr", "encoded_inputs"))
     return {
         "method": "slope between the two scales" if len(runs) > 1 else "proportional to documents",
@@ -182,9 +190,9 @@ def extrapolate(runs: list[dict], full_docs: int) -> dict:
         "generate_minutes_one_worker": per_doc["generate"] * full_docs / 60,
         "prepare_minutes": sum(value for key, value in per_doc.items() if key != "generate") * full_docs / 60,
         "stage_minutes": {name: value * full_docs / 60 for name, value in per_doc.items()},
-        "peak_rss_bytes_per_doc": peak_slope,
-        "peak_rss_gib": (last["peak_rss_after_generate_bytes"] + peak_slope * (full_docs - sum(last["docs"].values())))
-        / GIB,
+        "stage_peak_rss_gib": {name: value / GIB for name, value in stage_peaks.items()},
+        "peak_rss_gib": stage_peaks[peak_stage] / GIB,
+        "peak_stage": peak_stage,
         "resident_after_prepare_gib": {key: last["bytes_per_doc"][key] * full_docs / GIB
                                        for key in ("texts_in_memory", "label_csr", "encoded_inputs")}
         | {"total": resident * full_docs / GIB},
