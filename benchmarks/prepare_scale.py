@@ -17,9 +17,10 @@ freed by one stage or scale does not hide the next one's growth). The record ext
 (imports, process start-up); a vocabulary grows more slowly than the documents, so its share is
 over-estimated. Each stage's peak RSS is extrapolated on its own slope and the largest is the full-scale peak
 (``peak_stage`` names it): a TF-IDF fit on a fixed sample peaks highest at small scales but stays flat, while
-encoding every document grows. It also gives, per document, what stays resident after preparation (the texts' byte ranges,
-label CSRs, encoded inputs) times the full-scale document count; the texts themselves stay in a temporary
-file. Targets: 8 GiB peak RSS; AmazonCat-13K-shape preparation (stages 2-4) within 15 minutes at full scale.
+encoding every document grows. It also gives, per document, what stays resident after preparation (the
+texts' byte ranges, label CSRs, encoded inputs) times the full-scale document count; the texts themselves stay
+in a temporary file. Targets: 8 GiB peak RSS; AmazonCat-13K-shape preparation (stages 2-4) within 15 minutes
+at full scale.
 Writes benchmarks/results/prepare_<shape>_scale<F>[_<model>]_cpu.json (no suffix for xmlcnn).
 """
 

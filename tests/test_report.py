@@ -580,3 +580,24 @@ def test_every_shipped_experiment_builds_every_cell(spec, monkeypatch):
     assert plan.cells
     for cell in plan.cells:
         build_config(Path(cell.config), None, None, cell.assignments(), seed=cell.seed)
+
+
+def test_prepare_extrapolation_takes_the_stage_whose_peak_grows_fastest():
+    """A stage with the highest peak at small scales but a flat one (a TF-IDF fit on a fixed sample) loses to a
+    stage that grows with the documents once both are carried to full scale."""
+    load_make_results()  # puts benchmarks/ on the path
+    from prepare_scale import extrapolate
+
+    def run(docs, fit_peak, encode_peak):
+        stages = {"generate": {"seconds": 1.0}, "fit_encoder": {"seconds": 10.0, "peak_rss_bytes": fit_peak},
+                  "encode_train": {"seconds": docs / 100, "peak_rss_bytes": encode_peak}}
+        return {"docs": {"train": docs}, "stages": stages, "peak_rss_after_generate_bytes": max(fit_peak, encode_peak),
+                "bytes_per_doc": {"texts_in_memory": 16, "label_csr": 40, "encoded_inputs": 1000,
+                                  "gzip_on_disk": 300}}
+
+    gib = 2**30
+    full = extrapolate([run(1000, 2 * gib, gib), run(2000, 2 * gib, 1.5 * gib)], 10_000)
+    assert full["peak_stage"] == "encode_train"
+    assert full["peak_rss_gib"] == pytest.approx(1.5 + 0.5 * 8)  # +0.5 GiB per 1,000 documents
+    assert full["stage_peak_rss_gib"]["fit_encoder"] == pytest.approx(2.0)
+    assert full["stage_minutes"]["fit_encoder"] == pytest.approx(0.0)  # a fixed cost drops out of the slope
