@@ -16,10 +16,10 @@ seen in at least ``min_df`` train documents, the ``max_features`` most frequent 
 Memory at a million documents: scikit-learn's fit counts every distinct n-gram of the texts it is given before
 ``min_df`` and ``max_features`` prune them, about 23 KB per AmazonCat-13K-shaped document (≈ 27 GiB at its
 1.19M train documents). So a train split larger than ``fit_max_docs`` (default 100,000) has its vocabulary and
-idf fitted on that many of its documents drawn at random (seed 0): a few thousand frequent n-grams decide
-``max_features``, and their document frequencies are estimated well from 100,000 documents. Every document is
-then transformed, ``TRANSFORM_CHUNK`` at a time, so transforming holds one chunk's n-gram counts, not the
-split's. Smaller splits are fitted on all their documents, as before.
+idf fitted on that many of its documents drawn at random (seed 0): the ``max_features`` n-grams kept are the
+most frequent ones, which a random sample of 100,000 documents ranks, and whose document frequencies it
+estimates, closely. Every document is then transformed, ``TRANSFORM_CHUNK`` at a time, so transforming holds one
+chunk's n-gram counts, not the split's. Smaller splits are fitted on all their documents.
 """
 
 from __future__ import annotations
