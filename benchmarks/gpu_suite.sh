@@ -10,6 +10,9 @@
 #      GRID=configs/experiments/ablation_eurlex57k_bert_gpu15min.yaml runs the BERT head learning-rate check;
 #      or, with SUITE=converged FAMILY=xmlcnn|attentionxml, configs/experiments/converged_gpu_$FAMILY.yaml (the
 #      converged full-shape profile; BERT's is SUITE=bert GRID=configs/experiments/converged_gpu_bert.yaml).
+#   SUITE=amazoncat generates the full AmazonCat-13K shape (lcenet synth, 14 processes) and trains one epoch of
+#   XML-CNN base vs +LCENet on it (configs/experiments/amazoncat13k_epoch_gpu.yaml; GRID and SCALE override the
+#   grid and the scale, e.g. for a CPU dry run at a tiny scale).
 #   SUITE=scale runs only benchmarks/scale_step.py on the GPU (dense and shortlist training steps, peak memory and
 #   predict latency from 4K to 500K labels; about 16 short processes) into $OUT/scale_cuda.json.
 # The report (report.md + figures) is generated on the device, so $OUT holds records, report and plots.
@@ -19,7 +22,7 @@
 set -u
 DATA=${DATA:-.device_data/EURLEX57K}
 OUT=${OUT:-/tmp/lcenet_gpu_out}
-SUITE=${SUITE:-paper}  # paper | ablation | bert | converged | scale
+SUITE=${SUITE:-paper}  # paper | ablation | bert | converged | scale | amazoncat
 STEP_TIMEOUT=${STEP_TIMEOUT:-75}
 TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-390}  # keep it above the grid's train.max_seconds
 mkdir -p "$OUT"
@@ -63,6 +66,18 @@ fi
 if [ "$SUITE" = bert ] && [[ "$grid" == *converged* ]]; then
     preprocess_args+=(--set data.sample_seed=0)  # the converged grids draw their dev documents at random
 fi
+data_args=(--data "eurlex57k=$DATA")
+if [ "$SUITE" = amazoncat ]; then
+    grid=${GRID:-configs/experiments/amazoncat13k_epoch_gpu.yaml}
+    EXP=${EXP:-/tmp/$(basename "$grid" .yaml)}
+    DATA=$EXP/data/amazoncat13k  # where the experiment looks for its synthetic data set (it skips generating it)
+    data_args=()
+    stamp "generate the AmazonCat-13K shape"
+    python3 -m lcenet.cli synth --shape amazoncat13k --scale "${SCALE:-1}" --seed 0 --workers 14 --output "$DATA" \
+        > "$OUT/synth.log" 2>&1 || stamp "synth exit $?"
+    preprocess_args=(--config configs/eurlex57k_xmlcnn.yaml --set "data.max_docs={dev: 2000, test: 20000}"
+                     --set data.sample_seed=0)
+fi
 EXP=${EXP:-/tmp/$(basename "$grid" .yaml)}
 
 stamp "preprocess (fills the tokenization cache once for all cells)"
@@ -71,7 +86,7 @@ python3 -m lcenet.cli preprocess --data "$DATA" "${preprocess_args[@]}" "$@" \
 
 stamp "experiment"
 timeout "$TRAIN_TIMEOUT" python3 -m lcenet.cli experiment "$grid" \
-    --data "eurlex57k=$DATA" --output "$EXP" --no-report "$@" > "$OUT/experiment.log" 2>&1 \
+    "${data_args[@]}" --output "$EXP" --no-report "$@" > "$OUT/experiment.log" 2>&1 \
     || stamp "experiment exit $?"
 pkill -f "lcenet.cli train .*--output $EXP/" 2>/dev/null  # this grid's cells only, never other runs
 sleep 1
@@ -80,5 +95,5 @@ stamp "report"
 python3 -m lcenet.cli report "$EXP" > "$OUT/report.log" 2>&1 || stamp "report exit $?"
 
 stamp "pack"
-tar czf "$OUT/experiment.tar.gz" --exclude='*.safetensors' --exclude='model' -C "$(dirname "$EXP")" "$(basename "$EXP")"
+tar czf "$OUT/experiment.tar.gz" --exclude='*.safetensors' --exclude='model' --exclude='data' -C "$(dirname "$EXP")" "$(basename "$EXP")"
 stamp "done"
