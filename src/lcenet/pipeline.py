@@ -143,9 +143,11 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
     model_args = effective_model_args(config, num_labels, encoder.vocab_size)
     clusters = None
     if config.shortlist is not None:  # label clusters from TF-IDF label centroids; the same for every seed
-        features = train_tfidf(config, dataset.train.texts, cache_dir, dataset.source_hash).encode_cached(
-            dataset.train.texts, cache_dir, dataset.source_hash, "train").features  # the sparse family's: cached
-        clusters = build_clusters(splits["train"].labels[:, :num_labels], features, config.shortlist)
+        # The sparse family's train inputs are these features already; other families fit them (cached).
+        tfidf = (splits["train"].inputs if isinstance(encoder, TfidfEncoder) else
+                 train_tfidf(config, dataset.train.texts, cache_dir, dataset.source_hash).encode_cached(
+                     dataset.train.texts, cache_dir, dataset.source_hash, "train"))
+        clusters = build_clusters(splits["train"].labels[:, :num_labels], tfidf.features, config.shortlist)
     # Row-sparse gradients for the label tables in shortlist mode; DDP all-reduces dense gradients only, and a
     # full-rank LCENet block (bottleneck false) has no label rows to gather.
     sparse = clusters is not None and distributed.world_size() == 1

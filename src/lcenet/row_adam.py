@@ -30,10 +30,11 @@ class _GatherRows(torch.autograd.Function):
     would give one entry per lookup)."""
 
     @staticmethod
-    def forward(ctx, table: torch.Tensor, rows: torch.Tensor, repeat: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, table: torch.Tensor, lookup: torch.Tensor, rows: torch.Tensor, repeat: torch.Tensor | None
+                ) -> torch.Tensor:
         ctx.save_for_backward(rows, repeat)
         ctx.table_shape = table.shape
-        return table.index_select(0, rows if repeat is None else rows.index_select(0, repeat))
+        return table.index_select(0, lookup)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -41,7 +42,7 @@ class _GatherRows(torch.autograd.Function):
         if repeat is not None:
             grad = grad.new_zeros(len(rows), grad.shape[1]).index_add_(0, repeat, grad)
         return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.table_shape, is_coalesced=True,
-                                       check_invariants=False), None, None
+                                       check_invariants=False), None, None, None
 
 
 def gather_rows(table: torch.Tensor, rows: torch.Tensor, sparse: bool, repeat: torch.Tensor | None = None
@@ -49,9 +50,8 @@ def gather_rows(table: torch.Tensor, rows: torch.Tensor, sparse: bool, repeat: t
     """Rows ``rows`` (sorted, distinct) of ``table``, or with ``repeat`` (positions in ``rows``) the rows
     ``rows[repeat]`` in one gather; the gradient reaches only ``rows``, as a sparse tensor or (``sparse=False``)
     as a dense one that is zero elsewhere."""
-    if sparse:
-        return _GatherRows.apply(table, rows, repeat)
-    return table.index_select(0, rows if repeat is None else rows.index_select(0, repeat))
+    lookup = rows if repeat is None else rows.index_select(0, repeat)
+    return _GatherRows.apply(table, lookup, rows, repeat) if sparse else table.index_select(0, lookup)
 
 
 def _rows_and_values(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
