@@ -193,3 +193,14 @@ def test_too_few_candidates_and_bad_settings_stop_with_one_line():
     apply_override(config, "shortlist.top_clusters=0")
     with pytest.raises(UserError, match="shortlist.top_clusters must be >= 1"):
         validate(config)
+
+
+def test_the_sparse_family_clusters_labels_from_its_own_train_features(tmp_path):
+    """Shortlist mode on the TF-IDF family: label clusters come from the train features it trains on."""
+    data = write_many_labels(tmp_path / "data")
+    config = tiny_config(lcenet=True, epochs=3, lr=2e-2)
+    config.model, config.model_args = "sparse", {"hidden_dims": [16]}
+    config.data.tfidf_min_df = 1
+    config.shortlist = ShortlistSettings(cluster_size=4, top_clusters=3)
+    summary = run_training(config, data, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    assert summary["shortlist"]["test_recall"] > 0.5 and 0 < summary["test"]["P@1"] <= 1
