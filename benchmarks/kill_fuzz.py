@@ -108,8 +108,9 @@ class Launch:
 
 
 def train_argv(data: Path, run: Path, cache: Path, resume: bool, settings: list[str] = SETTINGS) -> list[str]:
+    # The comparison reads the final checkpoint and best weights, which a finished run would delete.
     return ["train", "--data", str(data), "--output", str(run), "--cache-dir", str(cache), "--no-progress",
-            *settings, *(["--resume"] if resume else [])]
+            *settings, "--set", "train.keep_checkpoints=true", *(["--resume"] if resume else [])]
 
 
 def progressed_since(run: Path, started_ns: int) -> bool:

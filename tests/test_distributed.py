@@ -82,7 +82,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def no_dropout_config(**train):
-    config = tiny_config(epochs=2, lcenet=True, **train)
+    config = tiny_config(epochs=2, lcenet=True, keep_checkpoints=True, **train)
     config.model_args.update(dropout=0.0, embedding_dropout=0.0)  # DDP ranks draw other masks than one process
     return config
 
@@ -146,7 +146,7 @@ def test_a_model_trained_in_two_processes_predicts_in_one(ddp_run):
 def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path):
     """With dropout on: each rank restores its own RNG state from the checkpoint rank 0 wrote."""
     data = write_tiny_dataset(tmp_path / "data")
-    config = tiny_config(epochs=2, lcenet=True, checkpoint_every_steps=1)
+    config = tiny_config(epochs=2, lcenet=True, checkpoint_every_steps=1, keep_checkpoints=True)
     common = {"config": config, "data": data, "cache": tmp_path / "cache"}
     train_in_processes(2, [{**common, "output": tmp_path / "straight"},
                            {**common, "output": tmp_path / "killed", "die_at_step": 10}])  # 8 steps per epoch

@@ -43,7 +43,8 @@ def test_train_then_predict(family, lcenet, data, tmp_path, request):
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", "--data", str(data), "--model", family, lcenet, "--output", str(run),
                                  "--epochs", "2", "--max-length", "24", "--device", "cpu", "--no-progress",
-                                 "--set", "data.min_frequency=1", "--set", "train.batch_size=8", *extra])
+                                 "--set", "data.min_frequency=1", "--set", "train.batch_size=8",
+                                 "--set", "train.keep_checkpoints=true", *extra])
     assert result.exit_code == 0, result.output
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["model"] == family and (config["lcenet"] is not None) == (lcenet == "--lcenet")

@@ -6,10 +6,10 @@ import scipy.sparse as sp
 import torch
 
 from conftest import tiny_config
-from lcenet.io import load_tensors
+from lcenet.io import load_tensors, save_tensors
 from lcenet.pipeline import load_model, run_training
 from lcenet.predict import Predictor
-from lcenet.train import CHECKPOINT_FILE
+from lcenet.train import BEST_FILE, CHECKPOINT_FILE
 
 
 def weights(run_dir):
@@ -41,7 +41,7 @@ def test_kill_and_resume_gives_identical_weights(tiny_data, tmp_path, shortlist)
     from lcenet.config import ShortlistSettings
 
     def config_with(**train):
-        config = tiny_config(epochs=2, lcenet=True, **train)
+        config = tiny_config(epochs=2, lcenet=True, keep_checkpoints=True, **train)
         config.shortlist = ShortlistSettings(cluster_size=2, top_clusters=4) if shortlist else None
         return config
 
@@ -83,7 +83,7 @@ def test_kill_and_resume_gives_identical_weights(tiny_data, tmp_path, shortlist)
 def test_a_kill_just_before_an_epoch_end_checkpoint_resumes_identically(tiny_data, tmp_path, epoch_end):
     """Killed after the epoch's last step and dev evaluation but before its checkpoint: the resumed run must not
     repeat the evaluation in the log, nor skip it (and the epoch count) at the end of the run."""
-    config = tiny_config(epochs=2, lcenet=True, checkpoint_every_steps=1, log_every_steps=3)
+    config = tiny_config(epochs=2, lcenet=True, checkpoint_every_steps=1, log_every_steps=3, keep_checkpoints=True)
     straight = tmp_path / "straight"
     run_training(config, tiny_data, straight, cache_dir=tmp_path / "c", progress=False)
     import lcenet.train as train_module
@@ -118,9 +118,27 @@ def test_an_unfinished_run_is_not_overwritten_without_resume(tiny_data, tmp_path
     from lcenet.errors import UserError
 
     run = tmp_path / "run"
-    run_training(tiny_config(epochs=1), tiny_data, run, cache_dir=tmp_path / "c", progress=False)
+    config = tiny_config(epochs=2, keep_checkpoints=True)
+    run_training(config, tiny_data, run, cache_dir=tmp_path / "c", progress=False)
+    (run / "metrics.json").unlink()  # as a kill before the end leaves it
     with pytest.raises(UserError, match="--resume"):
+        run_training(config, tiny_data, run, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_a_finished_run_drops_its_checkpoints_and_is_not_overwritten(tiny_data, tmp_path):
+    from lcenet.errors import UserError
+
+    run = tmp_path / "run"
+    summary = run_training(tiny_config(epochs=1), tiny_data, run, cache_dir=tmp_path / "c", progress=False)
+    assert not (run / CHECKPOINT_FILE).exists() and not (run / BEST_FILE).exists()
+    assert (run / "model" / "model.safetensors").exists()
+    with pytest.raises(UserError, match="finished run"):
         run_training(tiny_config(epochs=1), tiny_data, run, cache_dir=tmp_path / "c", progress=False)
+    # --resume of a finished run (a kill after metrics.json, before the clean-up) returns its summary
+    save_tensors(run / CHECKPOINT_FILE, {"x": torch.zeros(1)})
+    assert run_training(tiny_config(epochs=1), tiny_data, run, resume=True, cache_dir=tmp_path / "c",
+                        progress=False) == summary
+    assert not (run / CHECKPOINT_FILE).exists()
 
 
 @pytest.mark.parametrize("lcenet", [False, True])

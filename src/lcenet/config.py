@@ -54,6 +54,9 @@ class TrainSettings:
     patience: int | None = 5  # evaluations without dev nDCG@5 improvement before stopping; None = never
     eval_every_steps: int | None = None  # None = at the end of every epoch
     checkpoint_every_steps: int | None = None  # a checkpoint is also written at the end of every epoch
+    # A finished run deletes checkpoint.safetensors and best.safetensors once metrics.json is written: model/
+    # holds the weights selected on dev, and the two files are each as large as the model and its Adam state.
+    keep_checkpoints: bool = False
     log_every_steps: int = 50
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N

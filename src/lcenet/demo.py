@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from lcenet.config import DataSettings, RunConfig, TrainSettings
@@ -26,6 +27,7 @@ def run_demo(output: Path, epochs: int | None = None) -> list[tuple[str, dict]]:
     rows = []
     for name, lcenet in (("XML-CNN", False), ("XML-CNN + LCENet", True)):
         run_dir = output / ("xmlcnn_lcenet" if lcenet else "xmlcnn")
+        shutil.rmtree(run_dir, ignore_errors=True)  # the demo trains afresh every time it is run
         summary = run_training(demo_config(lcenet, epochs), SAMPLE_DIR, run_dir, cache_dir=output / "cache")
         rows.append((name, summary))
     print_comparison(rows, f"EURLEX57K sample ({rows[0][1]['train_docs']} train / {rows[0][1]['test_docs']} test "

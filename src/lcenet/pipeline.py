@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -28,7 +29,7 @@ from lcenet.lcenet import LCENet, cooccurrence_init_, with_lcenet
 from lcenet.models import XMTCModel, build_model, model_class
 from lcenet.provenance import provenance
 from lcenet.shortlist import ShortlistModel, build_clusters, shortlist_args, shortlist_recall
-from lcenet.train import Trainer, resolve_device
+from lcenet.train import BEST_FILE, CHECKPOINT_FILE, Trainer, resolve_device
 
 log = logging.getLogger("lcenet")
 
@@ -131,8 +132,16 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
     cache_dir = Path(cache_dir) if cache_dir else text.default_cache_dir()
     started = time.perf_counter()
     origin = provenance()  # the code that trains, even if the checkout changes before the run ends
-    if not resume and (output / "checkpoint.safetensors").exists():
+    if not resume and (output / CHECKPOINT_FILE).exists():
         raise UserError(f"{output}: holds an unfinished run; pass --resume to continue it or choose a new --output")
+    if (output / "metrics.json").exists():
+        if not resume:
+            raise UserError(f"{output}: holds a finished run (metrics.json); choose a new --output")
+        # A kill can land between metrics.json and the clean-up below: the run is done, so finish only that.
+        log.info("%s: the run has finished; nothing to resume", output)
+        if distributed.is_main() and not config.train.keep_checkpoints:
+            remove_checkpoints(output)
+        return json.loads((output / "metrics.json").read_text(encoding="utf-8"))
     if resume:
         remove_partial_writes(output)
     with distributed.main_first():  # the others read the tokenization cache rank 0 filled
@@ -221,7 +230,15 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
         **origin,
     }
     atomic_write_json(output / "metrics.json", summary)
+    if not config.train.keep_checkpoints:
+        remove_checkpoints(output)
     return distributed.broadcast_object(summary)
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    """A finished run's resume checkpoint and best dev weights: model/ holds the selected weights."""
+    for name in (CHECKPOINT_FILE, BEST_FILE):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def remove_partial_writes(run_dir: Path) -> None:
