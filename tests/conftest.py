@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lcenet.config import DataSettings, RunConfig, TrainSettings
+from lcenet.config import DataSettings, LCENetSettings, RunConfig, TrainSettings
 
 TOPICS = {
     "fish": "fishing vessel catch quota sea",
@@ -53,7 +53,7 @@ def tiny_config(model: str = "xmlcnn", lcenet: bool = False, epochs: int = 2, **
         "attentionxml": {"embedding_dim": 16, "hidden_size": 8, "linear_sizes": [8]},
     }.get(model, {})
     return RunConfig(
-        model=model, model_args=model_args, lcenet={"rank": 4} if lcenet else None,
+        model=model, model_args=model_args, lcenet=LCENetSettings(rank=4) if lcenet else None,
         data=DataSettings(max_length=24, vocab_size=200, min_frequency=1),
         train=TrainSettings(**{"epochs": epochs, "batch_size": 8, "eval_batch_size": 16, "lr": 5e-3,
                                "log_every_steps": 2, "patience": None, "device": "cpu", **train}),

@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from conftest import write_tiny_dataset
 from lcenet.cli import app
+from lcenet.config import LCENetSettings
 
 runner = CliRunner()
 
@@ -33,7 +34,7 @@ def trained(tmp_path, monkeypatch):
 def test_train_evaluate_predict_end_to_end(trained, tmp_path):
     data, run = trained
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["config"]["lcenet"] == {} and metrics["lcenet_parameters"] > 0
+    assert metrics["config"]["lcenet"] == LCENetSettings().kwargs() and metrics["lcenet_parameters"] > 0
     assert metrics["config"]["train"]["epochs"] == 3 and metrics["config"]["train"]["seed"] == 1
 
     result = runner.invoke(app, ["evaluate", str(run / "model"), "--data", str(data), "--split", "test",
@@ -83,7 +84,7 @@ def test_config_file_and_flags_override(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())["config"]
     assert saved["train"]["epochs"] == 1 and saved["train"]["batch_size"] == 16
-    assert saved["lcenet"] == {"rank": 3, "blocks": 1}
+    assert saved["lcenet"] == LCENetSettings(rank=3, blocks=1).kwargs()
     result = runner.invoke(app, ["train", "--data", str(data), "--config", str(config), "--no-lcenet", "--output",
                                  str(tmp_path / "r2"), "--epochs", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -94,7 +95,7 @@ def test_config_file_and_flags_override(tmp_path, monkeypatch):
                                  "capacity_control=true", "--set", "capacity_control.rank=3"])
     assert result.exit_code == 0, result.output
     wide = json.loads((tmp_path / "r3" / "metrics.json").read_text())
-    assert wide["model_args"]["hidden_dim"] > 8 and wide["config"]["capacity_control"] == {"rank": 3}
+    assert wide["model_args"]["hidden_dim"] > 8 and wide["config"]["capacity_control"]["rank"] == 3
     result = runner.invoke(app, ["train", "--data", str(data), "--config", str(config), "--output",
                                  str(tmp_path / "r4"), "--set", "capacity_control=true"])
     one_line_error(result, "capacity_control is a base without LCENet")
@@ -129,6 +130,11 @@ def test_user_errors_are_one_line(trained, tmp_path):
                                        str(out)]), "c.yaml", "learning_rate")
     one_line_error(runner.invoke(app, ["train", "--data", str(data), "--output", str(out), "--set", "train.nope=1"]),
                    "train.nope")
+    # a size the family refuses is found when the model is built, after the data are read
+    one_line_error(runner.invoke(app, ["train", "--data", str(data), "--output", str(out), "--no-progress", "--set",
+                                       "data.min_frequency=1", "--set", "model_args.hidden_dim=-5"]),
+                   "model 'xmlcnn': hidden_dim must be an integer >= 1 (got -5)")
+    assert not out.exists() or not any(out.iterdir())
     one_line_error(runner.invoke(app, ["predict", str(tmp_path / "missing_model")]), "missing_model")
     one_line_error(runner.invoke(app, ["serve", str(tmp_path / "missing_model")]), "missing_model")
     one_line_error(runner.invoke(app, ["serve", str(run / "model"), "--max-texts", "0"]), "--max-texts")

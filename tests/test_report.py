@@ -271,20 +271,31 @@ def test_experiment_failed_cell(finished_experiment, tmp_path):
     root, data, env, _ = finished_experiment
     out = tmp_path / "out"
     shutil.copytree(root / "out", out)  # base and lcenet are finished; two new cells, one of them invalid
+    # valid settings, but the word-vector file is missing: found only when the cell runs
     spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None}, "lcenet": {"lcenet": {"rank": 4}},
-                                            "bad": {"lcenet": {"hidden_activation": "swish"}},
+                                            "bad": {"lcenet": {"rank": 4}, "set": ["train.embeddings=missing.txt"]},
                                             "rank2": {"lcenet": {"rank": 2}}})
     result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out)], env=env)
     assert result.exit_code == 1, result.output
     assert "1 run, 2 already finished, 1 failed, 0 not run" in result.output
     error = json.loads((out / "records" / "tiny__xmlcnn__bad__s0.error.json").read_text())
-    assert "hidden_activation" in error["error"] and error["returncode"] != 0
+    assert "missing.txt" in error["error"] and error["returncode"] != 0
     assert not (out / "records" / "tiny__xmlcnn__bad__s0.json").exists()
     assert (out / "records" / "tiny__xmlcnn__rank2__s0.json").exists()
     text = (out / "report.md").read_text(encoding="utf-8")
-    assert "failed cells: 1" in text and "`tiny__xmlcnn__bad__s0`" in text and "hidden_activation" in text
+    assert "failed cells: 1" in text and "`tiny__xmlcnn__bad__s0`" in text and "missing.txt" in text
     assert "| tiny | xmlcnn | rank2 |" in text
     assert_figures_ok(out / "report.md")
+
+
+def test_a_grid_with_an_invalid_setting_is_refused_before_any_run(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data")
+    spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None},
+                                            "bad": {"lcenet": {"hidden_activation": "swish"}}})
+    result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "cell tiny__xmlcnn__bad__s0" in result.stderr and "lcenet.hidden_activation must be one of" in result.stderr
+    assert not list((tmp_path / "out").glob("runs/*"))
 
 
 def test_a_synthetic_data_set_is_generated_once_into_the_experiment(tmp_path):

@@ -3,6 +3,7 @@ training, the model directory and evaluation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -97,7 +98,7 @@ def test_every_lcenet_switch_trains_in_shortlist_mode(tmp_path, switch):
     gradients: it has no label rows to gather)."""
     data = write_many_labels(tmp_path / "data", docs=(48, 16, 16))
     config = tiny_config(lcenet=True, epochs=1)
-    config.lcenet.update(switch)
+    config.lcenet = dataclasses.replace(config.lcenet, **switch)
     config.model_args = dict(XMLCNN)
     config.data.min_frequency = 1
     config.shortlist = ShortlistSettings(cluster_size=4, top_clusters=3)

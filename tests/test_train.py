@@ -6,6 +6,7 @@ import scipy.sparse as sp
 import torch
 
 from conftest import tiny_config
+from lcenet.config import LCENetSettings
 from lcenet.io import load_tensors, save_tensors
 from lcenet.pipeline import load_model, run_training
 from lcenet.predict import Predictor
@@ -163,8 +164,8 @@ def test_aux_loss_supervises_the_base_logits(tiny_data, tmp_path):
 
     torch.manual_seed(0)
     config = tiny_config(lcenet=True)
-    config.lcenet["aux_loss_weight"] = 0.5
-    model = build(config.model, config.model_args, config.lcenet, num_labels=6, vocab_size=30)
+    config.lcenet.aux_loss_weight = 0.5
+    model = build(config.model, config.model_args, config.lcenet.kwargs(), num_labels=6, vocab_size=30)
     ids = np.random.default_rng(0).integers(1, 30, size=(8, 10))
     labels = sp.csr_matrix(np.eye(6, dtype=np.float32)[np.arange(8) % 6])
     split = SplitTensors(TokenInputs(ids, 0), labels)
@@ -216,7 +217,7 @@ def test_capacity_control_adds_as_many_parameters_as_lcenet(model, tiny_bert):
         config.model_args = {"pretrained": str(tiny_bert), "num_cls_layers": 2}
     num_labels, vocab = 40, 50
     base = build(config.model, config.model_args, None, num_labels, vocab)
-    config.capacity_control = {"rank": 30, "blocks": 2}
+    config.capacity_control = LCENetSettings(rank=30, blocks=2)
     wide = build(config.model, effective_model_args(config, num_labels, vocab), None, num_labels, vocab)
     extra = LCENet(num_labels, rank=30, blocks=2).num_parameters()
     added = sum(p.numel() for p in wide.parameters()) - sum(p.numel() for p in base.parameters())
@@ -283,9 +284,9 @@ def test_compiled_training_step_matches_eager(tmp_path, monkeypatch):
     runs = {}
     for mode in (None, "default"):
         config = tiny_config(lcenet=True, compile=mode, grad_clip=1.0)
-        config.lcenet["aux_loss_weight"] = 0.5
+        config.lcenet.aux_loss_weight = 0.5
         torch.manual_seed(0)
-        model = build(config.model, config.model_args, config.lcenet, num_labels=6, vocab_size=30).eval()
+        model = build(config.model, config.model_args, config.lcenet.kwargs(), num_labels=6, vocab_size=30).eval()
         trainer = Trainer(model, config.train, split, split, 6, tmp_path / str(mode), progress=False)
         trainer.start_epoch(np.arange(16))
         losses = [float(trainer.optimizer_step(start, start + 8)) for start in (0, 8)]

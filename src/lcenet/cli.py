@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from lcenet.config import RunConfig, ShortlistSettings, apply_override, load_config, validate
+from lcenet.config import LCENetSettings, RunConfig, ShortlistSettings, apply_override, load_config, validate
 from lcenet.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -86,7 +86,7 @@ def build_config(config: Path | None, model: str | None, lcenet: bool | None, as
     if model is not None:
         run_config.model = model
     if lcenet is not None:
-        run_config.lcenet = (run_config.lcenet or {}) if lcenet else None
+        run_config.lcenet = (run_config.lcenet or LCENetSettings()) if lcenet else None
     if shortlist is not None:
         run_config.shortlist = (run_config.shortlist or ShortlistSettings()) if shortlist else None
     for name, value in train_settings.items():

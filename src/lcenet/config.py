@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 import yaml
 
 from lcenet.errors import UserError
+from lcenet.lcenet import HIDDEN_ACTIVATIONS, INITS, INPUT_ACTIVATIONS
 
 
 @dataclass
@@ -88,13 +90,35 @@ class ShortlistSettings:
 
 
 @dataclass
+class LCENetSettings:
+    """LCENet's keyword arguments (:class:`lcenet.LCENet` documents each); the defaults are CorNet's."""
+
+    rank: int = 1000
+    blocks: int = 2
+    input_activation: str = "sigmoid"
+    hidden_activation: str = "elu"
+    residual: bool = True
+    bottleneck: bool = True
+    init: str = "xavier"
+    aux_loss_weight: float = 0.0
+
+    def kwargs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def changed(self) -> dict[str, Any]:
+        """The settings that differ from the defaults."""
+        return {k: v for k, v in self.kwargs().items() if getattr(LCENetSettings, k) != v}
+
+
+@dataclass
 class RunConfig:
     model: str = "xmlcnn"
+    # The family's keyword hyper-parameters, checked against its constructor's annotated signature.
     model_args: dict[str, Any] = field(default_factory=dict)
-    lcenet: dict[str, Any] | None = None  # LCENet keyword arguments; None = the base model alone
-    # Capacity control: LCENet keyword arguments whose parameter count is added to the base model instead, where
-    # its own design holds capacity (each family's ``widened_args``); None = off. Excludes ``lcenet``.
-    capacity_control: dict[str, Any] | None = None
+    lcenet: LCENetSettings | None = None  # None = the base model alone
+    # Capacity control: LCENet settings whose parameter count is added to the base model instead, where its own
+    # design holds capacity (each family's ``widened_args``); None = off. Excludes ``lcenet``.
+    capacity_control: LCENetSettings | None = None
     shortlist: ShortlistSettings | None = None  # None = score every label (dense)
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -115,14 +139,16 @@ class RunConfig:
             elif key == "shortlist":
                 kwargs[key] = None if value is None else _build(ShortlistSettings, value or {}, source, key,
                                                                 lines or {})
-            elif key in ("model", "model_args", "lcenet", "capacity_control"):
+            elif key in ("lcenet", "capacity_control"):
+                kwargs[key] = None if value is None else _build(LCENetSettings, value or {}, source, key,
+                                                                lines or {})
+            elif key in ("model", "model_args"):
                 kwargs[key] = value
             else:
                 raise UserError(f"{_at(source, lines, key)}: unknown key {key!r} "
                                 "(expected model, model_args, lcenet, capacity_control, shortlist, data, train)")
-        for key in ("model_args", "lcenet", "capacity_control"):
-            if kwargs.get(key) is not None and not isinstance(kwargs[key], dict):
-                raise UserError(f"{_at(source, lines, key)}: {key!r} must be a mapping")
+        if kwargs.get("model_args") is not None and not isinstance(kwargs["model_args"], dict):
+            raise UserError(f"{_at(source, lines, 'model_args')}: 'model_args' must be a mapping")
         config = cls(**kwargs)
         config.model_args = dict(config.model_args or {})
         return validate(config, source, lines)
@@ -184,23 +210,15 @@ def apply_override(config: RunConfig, assignment: str) -> None:
     parts = dotted.strip().split(".")
     if parts[0] == "model" and len(parts) == 1:
         config.model = str(value)
-    elif parts[0] in ("lcenet", "capacity_control") and len(parts) == 2:
-        if getattr(config, parts[0]) is None:
-            setattr(config, parts[0], {})
-        getattr(config, parts[0])[parts[1]] = value
     elif parts[0] == "model_args" and len(parts) == 2:
         config.model_args[parts[1]] = value
-    elif parts[0] in ("lcenet", "capacity_control") and len(parts) == 1:
+    elif parts[0] in _OPTIONAL_SECTIONS and len(parts) == 1:
         if value not in (None, False, True):
             raise UserError(f"--set {assignment!r}: {parts[0]}=true|false|null, or {parts[0]}.KEY=VALUE")
-        setattr(config, parts[0], {} if value is True else None)
-    elif parts[0] == "shortlist" and len(parts) == 1:
-        if value not in (None, False, True):
-            raise UserError(f"--set {assignment!r}: shortlist=true|false|null, or shortlist.KEY=VALUE")
-        config.shortlist = ShortlistSettings() if value is True else None
-    elif parts[0] in ("data", "train", "shortlist") and len(parts) == 2:
-        if parts[0] == "shortlist" and config.shortlist is None:
-            config.shortlist = ShortlistSettings()
+        setattr(config, parts[0], _OPTIONAL_SECTIONS[parts[0]]() if value is True else None)
+    elif parts[0] in ("data", "train", *_OPTIONAL_SECTIONS) and len(parts) == 2:
+        if parts[0] in _OPTIONAL_SECTIONS and getattr(config, parts[0]) is None:
+            setattr(config, parts[0], _OPTIONAL_SECTIONS[parts[0]]())
         section = getattr(config, parts[0])
         names = {f.name for f in dataclasses.fields(section)}
         if parts[1] not in names:
@@ -209,6 +227,10 @@ def apply_override(config: RunConfig, assignment: str) -> None:
     else:
         raise UserError(f"--set {assignment!r}: unknown key (use model, model_args.X, lcenet.X, capacity_control.X, "
                         "shortlist.X, data.X, train.X)")
+
+
+# Sections that are off (None) unless set; ``--set SECTION=true`` switches one on with its defaults.
+_OPTIONAL_SECTIONS = {"lcenet": LCENetSettings, "capacity_control": LCENetSettings, "shortlist": ShortlistSettings}
 
 
 def _build(cls, values: dict[str, Any], source: str, section: str, lines: dict[str, int]):
@@ -224,7 +246,7 @@ def _build(cls, values: dict[str, Any], source: str, section: str, lines: dict[s
 
 # The annotation spellings used by DataSettings / TrainSettings, and the Python values each accepts.
 _ACCEPTS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),),
-            "dict[str, int]": (dict,)}
+            "dict[str, int]": (dict,), "dict": (dict,)}
 
 
 # Allowed values beyond the type, so that e.g. batch_size: -1 stops here rather than as an empty loop or a
@@ -261,6 +283,12 @@ _RANGES: dict[str, tuple[float, bool, float, bool] | tuple[str, ...]] = {
     "shortlist.cluster_size": (2, True, math.inf, False),
     "shortlist.top_clusters": (1, True, math.inf, False),
     "shortlist.cluster_loss_weight": (0, True, math.inf, False),
+    "lcenet.rank": (1, True, math.inf, False),
+    "lcenet.blocks": (1, True, math.inf, False),
+    "lcenet.input_activation": tuple(INPUT_ACTIVATIONS),
+    "lcenet.hidden_activation": tuple(HIDDEN_ACTIVATIONS),
+    "lcenet.init": INITS,
+    "lcenet.aux_loss_weight": (0, True, math.inf, False),
 }
 
 
@@ -283,28 +311,56 @@ def _out_of_range(value: Any, allowed: tuple) -> str | None:
 def validate(config: RunConfig, source: str = "config", lines: dict[str, int] | None = None) -> RunConfig:
     """Check every data/train setting's type and range, so a bad value stops with one clear line (naming the
     config file's line when known) instead of deep inside."""
-    for section_name in ("data", "train", "shortlist"):
+    for section_name in ("data", "train", "shortlist", "lcenet", "capacity_control"):
         section = getattr(config, section_name)
         if section is None:
             continue
         if not dataclasses.is_dataclass(section):
             raise UserError(f"{_at(source, lines, section_name)}: {section_name!r} must be a mapping")
+        ranges_of = "lcenet" if section_name == "capacity_control" else section_name  # the same settings
         for item in dataclasses.fields(section):
             key = f"{section_name}.{item.name}"
-            value = getattr(section, item.name)
-            options = [part.strip() for part in str(item.type).split("|")]
-            accepted = tuple(t for option in options for t in _ACCEPTS[option])
-            is_bool_for_number = isinstance(value, bool) and bool not in accepted
-            if not isinstance(value, accepted) or is_bool_for_number:
-                raise UserError(f"{_at(source, lines, key)}: {key} must be {' or '.join(options)} (got {value!r})")
-            problem = _out_of_range(value, _RANGES[key]) if key in _RANGES and value is not None else None
-            if problem:
-                raise UserError(f"{_at(source, lines, key)}: {key} {problem} (got {value!r})")
+            _check_value(key, getattr(section, item.name), str(item.type), _RANGES.get(f"{ranges_of}.{item.name}"),
+                         _at(source, lines, key))
     if not isinstance(config.model, str):
         raise UserError(f"{_at(source, lines, 'model')}: 'model' must be a name such as xmlcnn")
+    _check_model_args(config, source, lines)
     if config.lcenet is not None and config.capacity_control is not None:
         raise UserError(f"{source}: capacity_control is a base without LCENet; set lcenet to null to use it")
     return config
+
+
+def _check_value(key: str, value: Any, annotation: str, allowed: tuple | None, where: str) -> None:
+    options = [part.strip() for part in annotation.split("|")]
+    accepted = tuple(t for option in options for t in _ACCEPTS[option])
+    is_bool_for_number = isinstance(value, bool) and bool not in accepted
+    if not isinstance(value, accepted) or is_bool_for_number:
+        raise UserError(f"{where}: {key} must be {' or '.join(options)} (got {value!r})")
+    problem = _out_of_range(value, allowed) if allowed is not None and value is not None else None
+    if problem:
+        raise UserError(f"{where}: {key} {problem} (got {value!r})")
+
+
+def _check_model_args(config: RunConfig, source: str, lines: dict[str, int] | None) -> None:
+    """``model_args`` against the family's constructor: its keyword hyper-parameters are the declaration (names,
+    and types where annotated in the spellings above); ranges are each family's own to check."""
+    from lcenet.models import model_class
+
+    try:
+        parameters = inspect.signature(model_class(config.model).__init__).parameters
+    except UserError as error:  # an unknown family
+        raise UserError(f"{_at(source, lines, 'model')}: {error}") from None
+    allowed = {name: p for name, p in parameters.items() if name not in ("self", "num_labels", "vocab_size")
+               and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
+    for name, value in config.model_args.items():
+        key = f"model_args.{name}"
+        if name not in allowed:
+            raise UserError(f"{_at(source, lines, key)}: model {config.model!r} has no setting {name!r}; it has "
+                            f"{', '.join(sorted(allowed))}")
+        annotation = allowed[name].annotation
+        spelled = [part.strip() for part in str(annotation).split("|")]
+        if annotation is not inspect.Parameter.empty and all(part in _ACCEPTS for part in spelled):
+            _check_value(key, value, str(annotation), None, _at(source, lines, key))
 
 
 def dumps(config: RunConfig) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from lcenet.config import DataSettings, RunConfig, TrainSettings
+from lcenet.config import DataSettings, LCENetSettings, RunConfig, TrainSettings
 from lcenet.pipeline import run_training
 from lcenet.report_console import print_comparison
 
@@ -17,7 +17,7 @@ def demo_config(lcenet: bool, epochs: int | None = None) -> RunConfig:
     return RunConfig(
         model="xmlcnn",
         model_args={"embedding_dim": 64, "num_filters": 48, "hidden_dim": 256},
-        lcenet={} if lcenet else None,
+        lcenet=LCENetSettings() if lcenet else None,
         data=DataSettings(max_length=128, vocab_size=30_000, min_frequency=2),
         train=TrainSettings(epochs=epochs or 8, batch_size=32, lr=1e-3, patience=None, seed=0, log_every_steps=20),
     )

@@ -51,7 +51,7 @@ def effective_model_args(config: RunConfig, num_labels: int, vocab_size: int) ->
     if config.capacity_control is None:
         return dict(config.model_args)
     with torch.device("meta"):  # count parameters without allocating them
-        extra = LCENet(num_labels, **config.capacity_control).num_parameters()
+        extra = LCENet(num_labels, **config.capacity_control.kwargs()).num_parameters()
     base = build_model(config.model, num_labels, vocab_size, **config.model_args)
     return {**config.model_args, **base.widened_args(extra)}
 
@@ -160,9 +160,9 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
     # Row-sparse gradients for the label tables in shortlist mode; DDP all-reduces dense gradients only, and a
     # full-rank LCENet block (bottleneck false) has no label rows to gather.
     sparse = clusters is not None and distributed.world_size() == 1
-    lcenet_args = config.lcenet
-    if lcenet_args is not None and sparse and lcenet_args.get("bottleneck", True):
-        lcenet_args = {"sparse_gradients": True, **lcenet_args}
+    lcenet_args = None if config.lcenet is None else config.lcenet.kwargs()
+    if lcenet_args is not None and sparse and lcenet_args["bottleneck"]:
+        lcenet_args["sparse_gradients"] = True
     torch.manual_seed(config.train.seed)  # initial weights depend on the seed alone
     model = build(config.model, model_args, lcenet_args, num_labels, encoder.vocab_size,
                   shortlist_args(clusters, config.shortlist, sparse) if clusters is not None else None)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from lcenet import stopping
+from lcenet.config import LCENetSettings
 from lcenet.errors import UserError
 
 
@@ -36,7 +37,8 @@ def run_record(run_dir: str | Path, dataset: str, profile: str, command: str) ->
     return {
         "dataset": dataset,
         "model": config["model"],
-        "lcenet": config["lcenet"],
+        # The LCENet settings that differ from the defaults (what tables print; older configs held only those).
+        "lcenet": None if config["lcenet"] is None else LCENetSettings(**config["lcenet"]).changed(),
         "seed": config["train"]["seed"],
         "profile": profile,
         "device": summary["device"],

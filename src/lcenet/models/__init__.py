@@ -97,7 +97,7 @@ def build_model(name: str, num_labels: int, vocab_size: int, **model_args) -> XM
     cls = model_class(name)
     try:
         model = cls(num_labels=num_labels, vocab_size=vocab_size, **model_args)
-    except TypeError as error:  # an unknown or missing hyper-parameter in the user's config
+    except (TypeError, ValueError, RuntimeError) as error:  # a setting the family's layers refuse
         raise UserError(f"model {name!r}: {error}") from None
     model.init_args = dict(model_args)
     return model

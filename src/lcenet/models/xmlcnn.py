@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lcenet.errors import UserError
 from lcenet.models import XMTCModel, register
 
 
@@ -20,6 +21,16 @@ class XMLCNN(XMTCModel):
                  num_filters: int = 128, pool_chunks: int = 8, hidden_dim: int = 512, dropout: float = 0.5,
                  embedding_dropout: float = 0.2, freeze_embeddings: bool = False):
         super().__init__()
+        sizes = {"embedding_dim": embedding_dim, "num_filters": num_filters, "pool_chunks": pool_chunks,
+                 "hidden_dim": hidden_dim, **{f"filter_sizes[{i}]": width for i, width in enumerate(filter_sizes)}}
+        for name, size in sizes.items():
+            if not isinstance(size, int) or size < 1:
+                raise UserError(f"model 'xmlcnn': {name} must be an integer >= 1 (got {size!r})")
+        if not filter_sizes:
+            raise UserError("model 'xmlcnn': filter_sizes must name at least one width")
+        for name, rate in (("dropout", dropout), ("embedding_dropout", embedding_dropout)):
+            if not 0 <= rate < 1:
+                raise UserError(f"model 'xmlcnn': {name} must be in [0, 1) (got {rate})")
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.embedding.weight.requires_grad_(not freeze_embeddings)
         self.embedding_dropout = nn.Dropout(embedding_dropout)

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from lcenet import stats
+from lcenet.config import LCENetSettings
 from lcenet.report.analysis import convergence_reference, convergence_rows, paired_document_test
 from lcenet.report.records import (
     ABLATION_METRICS,
@@ -93,7 +94,8 @@ def _setting(record: dict, overrides: Overrides | None = None) -> str:
     if config.get("capacity_control") is not None:
         widened = {k: v for k, v in (record.get("model_args") or {}).items()
                    if (config.get("model_args") or {}).get(k) != v}
-        parts.append(f"capacity control (LCENet {_arguments(config['capacity_control']) or 'defaults'})"
+        matched = LCENetSettings(**config["capacity_control"]).changed()  # older records hold only the changes
+        parts.append(f"capacity control (LCENet {_arguments(matched) or 'defaults'})"
                      + (f": {_arguments(widened)}" if widened else ""))
     parts += list((overrides or {}).get(id(record), ()))
     return "; ".join(parts) or "—"
