@@ -232,7 +232,9 @@ def test_experiment_end_to_end(finished_experiment):
     records = {p.name for p in (out / "records").glob("*.json")}
     assert records == {"tiny__xmlcnn__base__s0.json", "tiny__xmlcnn__lcenet__s0.json"}
     record = json.loads((out / "records" / "tiny__xmlcnn__lcenet__s0.json").read_text())
-    assert record["variant"] == "lcenet" and record["lcenet"] == {"rank": 4} and record["test_documents"]
+    # the record names what differs from CorNet's setting: rank, and the auxiliary loss lcenet adds by default
+    assert record["variant"] == "lcenet" and record["lcenet"] == {"rank": 4, "aux_loss_weight": 1.0}
+    assert record["test_documents"]
     assert len(record["dev_curve"]) >= 2
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "Δ (LCENet − base" in text and "p (paired bootstrap)" in text and "## Convergence" in text
@@ -366,14 +368,14 @@ def test_report_settings_time_budget_and_shared_reference(tmp_path):
 
     ablation = text.split("## Ablation")[1].split("##")[0]
     settings = {name: table_row(ablation, "toy", "xmlcnn", name)[3] for name in variants}
-    assert settings == {"base": "—", "lcenet": "defaults", "rank4": "rank=4",
-                        "lcenet_lr": "defaults; train.lcenet_lr=0.0001", "wide_base": "model_args.hidden_dim=64",
+    assert settings == {"base": "—", "lcenet": "CorNet", "rank4": "rank=4",
+                        "lcenet_lr": "CorNet; train.lcenet_lr=0.0001", "wide_base": "model_args.hidden_dim=64",
                         "stuck": "residual=False"}
     assert "not repeated in the table: `train.epochs=4`" in ablation
     # the same settings from the records' commands alone (no experiment.json)
     table = ablation_table(records)
     assert table_row(table, "toy", "xmlcnn", "wide_base")[3] == "model_args.hidden_dim=64"
-    assert table_row(table, "toy", "xmlcnn", "lcenet_lr")[3] == "defaults; train.lcenet_lr=0.0001"
+    assert table_row(table, "toy", "xmlcnn", "lcenet_lr")[3] == "CorNet; train.lcenet_lr=0.0001"
 
     convergence = text.split("## Convergence")[1]
     stagnation = {name: float(table_row(convergence, "toy", "xmlcnn", name)[8].split(" ±")[0]) for name in variants}
@@ -480,7 +482,7 @@ def test_capacity_control_row_and_deltas(tmp_path):
 
     # the ablation setting names what it matches and what it widened (not the capacity_control override)
     ablation = text.split("## Ablation")[1].split("##")[0]
-    assert table_row(ablation, "toy", "xmlcnn", "capacity")[3] == "capacity control (LCENet defaults): hidden_dim=40"
+    assert table_row(ablation, "toy", "xmlcnn", "capacity")[3] == "capacity control (LCENet CorNet): hidden_dim=40"
 
     # a capacity control under another name is found by its config
     for record in records:

@@ -188,7 +188,8 @@ class LCENet(nn.Module):
     """Label-correlation enhancement of logits: ``[B, L] -> [B, L]``.
 
     ``aux_loss_weight`` (λ) is read by the trainer: when > 0 the base logits are supervised too,
-    loss = BCE(enhanced) + λ·BCE(base).
+    loss = BCE(enhanced) + λ·BCE(base). Its default, 1.0, is the one departure from CorNet's published setting
+    (λ = 0; ``lcenet.config.CORNET``): with it LCENet no longer overfits a converged AttentionXML (README).
 
     ``sparse_gradients`` (shortlist mode, bottleneck only) gives :meth:`label_tables` row-sparse gradients, for
     :class:`lcenet.row_adam.RowAdam`; fused Adam needs the default dense ones (zero outside the batch's labels).
@@ -197,7 +198,7 @@ class LCENet(nn.Module):
 
     def __init__(self, num_labels: int, rank: int = 1000, blocks: int = 2, input_activation: str = "sigmoid",
                  hidden_activation: str = "elu", residual: bool = True, bottleneck: bool = True,
-                 init: str = "xavier", aux_loss_weight: float = 0.0, sparse_gradients: bool = False):
+                 init: str = "xavier", aux_loss_weight: float = 1.0, sparse_gradients: bool = False):
         super().__init__()
         if sparse_gradients and not bottleneck:
             raise UserError("LCENet sparse_gradients needs the bottleneck (bottleneck=True)")

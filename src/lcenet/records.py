@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from lcenet import stopping
-from lcenet.config import LCENetSettings
+from lcenet.config import changes_from_cornet
 from lcenet.errors import UserError
 
 
@@ -37,8 +37,8 @@ def run_record(run_dir: str | Path, dataset: str, profile: str, command: str) ->
     return {
         "dataset": dataset,
         "model": config["model"],
-        # The LCENet settings that differ from the defaults (what tables print; older configs held only those).
-        "lcenet": None if config["lcenet"] is None else LCENetSettings(**config["lcenet"]).changed(),
+        # The LCENet settings that differ from CorNet's (what tables print), whatever the defaults were.
+        "lcenet": None if config["lcenet"] is None else changes_from_cornet(config["lcenet"]),
         "seed": config["train"]["seed"],
         "profile": profile,
         "device": summary["device"],

@@ -17,12 +17,12 @@ one above it.
 
 from __future__ import annotations
 
-import inspect
 import json
 import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
+from lcenet.config import CORNET
 from lcenet.errors import UserError
 from lcenet.records import complete
 
@@ -152,16 +152,12 @@ def step_ms(record: dict) -> float | None:
 
 
 def lcenet_settings(record: dict) -> dict | None:
-    """The record's LCENet keyword arguments with the constructor's defaults filled in (None for a base run)."""
+    """The record's LCENet keyword arguments, CorNet's filled in where it holds none (None for a base run)."""
     if record.get("lcenet") is None:
         return None
     if record.get("lcenet_settings"):  # as built: rank already capped at the number of labels
         return record["lcenet_settings"]
-    from lcenet.lcenet import LCENet
-
-    defaults = {name: p.default for name, p in inspect.signature(LCENet.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    return {**defaults, **record["lcenet"]}
+    return {**CORNET.kwargs(), **record["lcenet"]}
 
 
 Overrides = dict[int, tuple[str, ...]]  # id(record) -> the record's own --set overrides

@@ -88,7 +88,9 @@ def write_report(experiment_dir: str | Path, n_resamples: int = 10000) -> Path:
                    f"{', '.join(f'`{o}`' for o in shared)}." if shared else "")
     lines += ["## Ablation (test set)", "",
               "Every variant of the grid, mean ± std over seeds (%). Setting: the variant's LCENet arguments "
-              "(— = no LCENet head, defaults = LCENet's defaults), then its own `--set` overrides (those of its "
+              "that differ from CorNet's published setting (— = no LCENet head, CorNet = exactly CorNet's: R = "
+              "1000, 2 blocks, sigmoid, ELU, residual, xavier, no auxiliary loss), then its own `--set` overrides "
+              "(those of its "
               f"variant and model).{shared_text} Parameters are counted by the trainer "
               "(LCENet params: the head alone). Step time is train seconds / optimizer steps (train seconds "
               "count optimizer steps only; records made before that rule also count dev evaluations), and × base "
@@ -105,7 +107,7 @@ def write_report(experiment_dir: str | Path, n_resamples: int = 10000) -> Path:
         lines += ["## LCENet rank / blocks sweep", "",
                   f"Test {CONVERGENCE_METRIC} (mean ± std over seeds) against total parameters and against step "
                   "time, for the LCENet variants that differ only in rank R and blocks B (same other LCENet "
-                  "settings, which take LCENet's defaults when left out, and same overrides); R as built (capped "
+                  "settings, which take CorNet's when left out, and same overrides); R as built (capped "
                   "at L, the number of labels)"
                   + ("; R* = as requested, for runs whose records predate the as-built settings" if requested
                      else "")

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from lcenet import stats
-from lcenet.config import LCENetSettings
+from lcenet.config import changes_from_cornet
 from lcenet.report.analysis import convergence_reference, convergence_rows, paired_document_test
 from lcenet.report.records import (
     ABLATION_METRICS,
@@ -80,22 +80,26 @@ def _table(header: list[str], rows: list[list[object]], align_left: int = 3) -> 
     return "\n".join(lines + [_row(r) for r in rows])
 
 
+CORNET_LABEL = "CorNet"  # an LCENet run with CorNet's published setting (lcenet.config.CORNET)
+
+
 def _arguments(arguments: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(arguments.items()))
 
 
 def _setting(record: dict, overrides: Overrides | None = None) -> str:
-    """``"—"`` (no LCENet head) or the LCENet arguments (``"defaults"`` when none), or for a capacity control
-    the LCENet arguments it matches in parameters and the model arguments it widened, then the run's own
-    overrides: ``"defaults; train.lcenet_lr=0.0001"``, ``"capacity control (LCENet defaults): hidden_dim=2800"``."""
+    """``"—"`` (no LCENet head) or the LCENet arguments that differ from CorNet's (``"CorNet"`` when none), or for
+    a capacity control the LCENet arguments it matches in parameters and the model arguments it widened, then the
+    run's own overrides: ``"CorNet; train.lcenet_lr=0.0001"``, ``"capacity control (LCENet CorNet): hidden_dim=2800"``.
+    """
     lcenet = record.get("lcenet")
-    parts = [] if lcenet is None else [_arguments(lcenet) or "defaults"]
+    parts = [] if lcenet is None else [_arguments(lcenet) or CORNET_LABEL]
     config = record.get("config") or {}
     if config.get("capacity_control") is not None:
         widened = {k: v for k, v in (record.get("model_args") or {}).items()
                    if (config.get("model_args") or {}).get(k) != v}
-        matched = LCENetSettings(**config["capacity_control"]).changed()  # older records hold only the changes
-        parts.append(f"capacity control (LCENet {_arguments(matched) or 'defaults'})"
+        matched = changes_from_cornet(config["capacity_control"])
+        parts.append(f"capacity control (LCENet {_arguments(matched) or CORNET_LABEL})"
                      + (f": {_arguments(widened)}" if widened else ""))
     parts += list((overrides or {}).get(id(record), ()))
     return "; ".join(parts) or "—"
