@@ -259,13 +259,18 @@ def test_collect_only_writes_finished_records_and_starts_nothing(finished_experi
     root, data, env, _ = finished_experiment
     out = tmp_path / "out"
     shutil.copytree(root / "out", out)
-    (out / "records" / "tiny__xmlcnn__base__s0.json").unlink()
-    spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None}, "lcenet": {"lcenet": {"rank": 4}},
+    launched = json.loads((out / "records" / "tiny__xmlcnn__lcenet__s0.json").read_text())["command"]
+    for cell in ("base", "lcenet"):
+        (out / "records" / f"tiny__xmlcnn__{cell}__s0.json").unlink()
+    # the grid changed since the runs: their records keep the commands they were started with
+    spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None}, "lcenet": {"lcenet": {"rank": 4, "blocks": 1}},
                                             "rank2": {"lcenet": {"rank": 2}}})
     result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out), "--collect-only"], env=env)
     assert result.exit_code == 0, result.output
     assert "0 run, 2 already finished, 0 failed, 1 not run" in result.output
     assert (out / "records" / "tiny__xmlcnn__base__s0.json").exists()  # collected again from its run
+    collected = json.loads((out / "records" / "tiny__xmlcnn__lcenet__s0.json").read_text())["command"]
+    assert collected == launched and "lcenet.rank=4" in collected and "blocks" not in collected
     assert not (out / "runs" / "tiny__xmlcnn__rank2__s0").exists()
 
 

@@ -36,7 +36,7 @@ from typing import Any
 from lcenet import synth
 from lcenet.config import read_yaml_mapping
 from lcenet.errors import UserError
-from lcenet.io import atomic_write_json
+from lcenet.io import atomic_write_json, atomic_write_text
 from lcenet.records import run_record
 
 log = logging.getLogger("lcenet")
@@ -181,6 +181,9 @@ def _resolve(config: str, experiment_file: Path) -> str:
     return str(candidate)
 
 
+# The command a cell's run was started with, written into its run directory before it starts.
+LAUNCH_COMMAND_FILE = "command.txt"
+
 def cell_status(run_dir: Path) -> str:
     if (run_dir / "metrics.json").exists():
         return "done"
@@ -218,6 +221,8 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
             command = cell.command(run_dir, resume=status == "resumable")
             log.info("[%s] %s", cell.name, "resuming" if status == "resumable" else "starting")
             run_dir.mkdir(parents=True, exist_ok=True)
+            if status == "new":  # the record keeps this, even if the grid file changes before it is collected
+                atomic_write_text(run_dir / LAUNCH_COMMAND_FILE, shlex.join(_portable(command)) + "\n")
             started = time.perf_counter()
             with open(run_dir / "stderr.log", "a", encoding="utf-8") as stderr:
                 result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=stderr, check=False)
@@ -228,9 +233,12 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
                                                "seconds": time.perf_counter() - started})
                 log.warning("[%s] failed (exit %d): %s", cell.name, result.returncode, tail[-1] if tail else "")
                 return "failed"
+        # Runs started before command.txt existed get the command the grid gives now.
+        launched = run_dir / LAUNCH_COMMAND_FILE
+        command = (launched.read_text(encoding="utf-8").strip() if launched.exists()
+                   else shlex.join(_portable(cell.command(run_dir))))
         try:
-            record = run_record(run_dir, cell.dataset, experiment.profile,
-                                shlex.join(_portable(cell.command(run_dir))))
+            record = run_record(run_dir, cell.dataset, experiment.profile, command)
         except (UserError, ValueError, KeyError) as error:  # e.g. a damaged metrics.json: report, go on
             atomic_write_json(error_path, {"cell": cell.name, "error": f"unreadable results: {error}"})
             log.warning("[%s] unreadable results: %s", cell.name, error)
