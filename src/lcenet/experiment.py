@@ -41,6 +41,9 @@ from lcenet.records import run_record
 
 log = logging.getLogger("lcenet")
 
+# The command a cell's run was started with, written into its run directory before it starts.
+LAUNCH_COMMAND_FILE = "command.txt"
+
 
 @dataclass
 class Cell:
@@ -180,9 +183,6 @@ def _resolve(config: str, experiment_file: Path) -> str:
         raise UserError(f"{experiment_file}: config {config} not found")
     return str(candidate)
 
-
-# The command a cell's run was started with, written into its run directory before it starts.
-LAUNCH_COMMAND_FILE = "command.txt"
 
 def cell_status(run_dir: Path) -> str:
     if (run_dir / "metrics.json").exists():

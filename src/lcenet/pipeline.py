@@ -132,8 +132,6 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
     cache_dir = Path(cache_dir) if cache_dir else text.default_cache_dir()
     started = time.perf_counter()
     origin = provenance()  # the code that trains, even if the checkout changes before the run ends
-    if not resume and (output / CHECKPOINT_FILE).exists():
-        raise UserError(f"{output}: holds an unfinished run; pass --resume to continue it or choose a new --output")
     if (output / "metrics.json").exists():
         if not resume:
             raise UserError(f"{output}: holds a finished run (metrics.json); choose a new --output")
@@ -142,6 +140,8 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
         if distributed.is_main() and not config.train.keep_checkpoints:
             remove_checkpoints(output)
         return json.loads((output / "metrics.json").read_text(encoding="utf-8"))
+    if not resume and (output / CHECKPOINT_FILE).exists():
+        raise UserError(f"{output}: holds an unfinished run; pass --resume to continue it or choose a new --output")
     if resume:
         remove_partial_writes(output)
     with distributed.main_first():  # the others read the tokenization cache rank 0 filled
