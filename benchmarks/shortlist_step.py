@@ -8,7 +8,12 @@ logits, mean BCE (over the valid candidates in shortlist mode, over all L labels
 the optimizer step. Each document has K candidates (a random 90-100% of --candidates, distinct labels, padded
 with -1 to the longest) holding its 5 positive labels. Modes:
 
-- ``shortlist``: ``sparse_gradients=True``; RowAdam on the [L, R] tables, fused Adam on the rest (biases).
+- ``shortlist``: ``sparse_gradients=True``; RowAdam on the [L, R] tables, fused Adam on the rest (biases). When
+  the batch's candidates cover most labels (lcenet.lcenet.FULL_TABLES_MIN_FRACTION), LCENet computes over the
+  whole tables and their gradients are dense.
+- ``shortlist-gathered`` / ``shortlist-full-tables``: as ``shortlist``, but always through the batch's gathered
+  rows and row-sparse gradients / always over the whole tables, however many labels the candidates cover (the
+  two sides of the threshold).
 - ``shortlist-dense-grad``: dense gradients (zero outside the batch's labels) and fused Adam on everything (the
   trainer's gradients under torchrun): the backward fills and Adam reads and writes all L·R of every table.
 - ``shortlist-sparseadam``: sparse gradients with torch.optim.SparseAdam on the tables.
@@ -32,18 +37,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lcenet import lcenet as lcenet_module
 from lcenet.io import atomic_write_json
 from lcenet.lcenet import LCENet
 from lcenet.pipeline import device_name
 from lcenet.provenance import provenance
 from lcenet.row_adam import RowAdam
 
-MODES = ("shortlist", "shortlist-dense-grad", "shortlist-sparseadam", "dense")
+MODES = ("shortlist", "shortlist-gathered", "shortlist-full-tables", "shortlist-dense-grad", "shortlist-sparseadam",
+         "dense")
 POSITIVES = 5
 
 
 def rank_for(num_labels: int) -> int:
-    return 1000 if num_labels <= 13_000 else 100
+    return 1000 if num_labels <= 13_330 else 100
 
 
 def batches(count: int, batch: int, candidates: int, num_labels: int, generator: torch.Generator):
@@ -64,10 +71,13 @@ def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: i
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     rank = rank_for(num_labels)
-    net = LCENet(num_labels, rank=rank, blocks=2, sparse_gradients=mode in ("shortlist", "shortlist-sparseadam"))
+    if mode in ("shortlist-gathered", "shortlist-full-tables"):  # this process runs this case only
+        lcenet_module.FULL_TABLES_MIN_FRACTION = float("inf") if mode == "shortlist-gathered" else 0.0
+    sparse = mode in ("shortlist", "shortlist-gathered", "shortlist-full-tables", "shortlist-sparseadam")
+    net = LCENet(num_labels, rank=rank, blocks=2, sparse_gradients=sparse)
     tables = {id(table) for table in net.label_tables()}
     rest = [p for p in net.parameters() if id(p) not in tables]
-    if mode == "shortlist":
+    if mode in ("shortlist", "shortlist-gathered", "shortlist-full-tables"):
         optimizers = [RowAdam(net.label_tables(), lr=1e-3), torch.optim.Adam(rest, lr=1e-3, fused=True)]
     elif mode == "shortlist-sparseadam":
         optimizers = [torch.optim.SparseAdam(net.label_tables(), lr=1e-3), torch.optim.Adam(rest, lr=1e-3, fused=True)]

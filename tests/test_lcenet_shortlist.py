@@ -17,10 +17,15 @@ from lcenet.row_adam import RowAdam, clip_grad_norm_
 L = 12
 
 
-@pytest.fixture(autouse=True, params=["per-document", "union"])
+@pytest.fixture(autouse=True, params=["per-document", "union", "full-tables"])
 def compute_path(request, monkeypatch):
-    """Every test runs both ways a block can be computed (per-document gathers, GEMMs over the batch's labels)."""
+    """Every test runs every way a block can be computed (per-document gathers, GEMMs over the batch's labels,
+    GEMMs over all labels)."""
+    full_tables = request.param == "full-tables"
+    monkeypatch.setattr(lcenet_module, "FULL_TABLES_MIN_FRACTION", 0.0 if full_tables else float("inf"))
     monkeypatch.setattr(lcenet_module, "UNION_GEMM_MAX_RATIO", 0 if request.param == "per-document" else 10**9)
+    return request.param
+
 
 ABLATIONS = [
     {},
@@ -136,10 +141,12 @@ def test_padding_changes_nothing_for_the_other_candidates():
 
 
 @pytest.mark.parametrize("sparse", [False, True])
-def test_gradients_reach_only_the_candidates_rows(sparse):
+def test_gradients_reach_only_the_candidates_rows(sparse, compute_path):
     """Labels in no candidate list (0 among them, which padding must not stand in for) get no gradient in either
-    table or in W2's bias; sparse gradients name exactly the batch's distinct candidates."""
+    table or in W2's bias; sparse gradients name exactly the batch's distinct candidates (computed over all
+    labels, the gradients are dense: zero outside them)."""
     net = make_net(rank=3, blocks=2, sparse_gradients=sparse)
+    sparse = sparse and compute_path != "full-tables"
     ids = torch.tensor([[5, 2, -1, 9], [2, 7, 5, -1]])
     net(torch.randn(ids.shape), ids).sum().backward()
     touched = torch.tensor([2, 5, 7, 9])
@@ -184,7 +191,9 @@ def test_model_files_keep_the_nn_linear_layout():
     assert torch.equal(fresh["blocks.0.up.weight"], first_up.weight)
 
 
-def test_row_adam_is_sparse_adam_touching_only_the_batch_rows():
+def test_row_adam_is_sparse_adam_touching_only_the_batch_rows(compute_path):
+    if compute_path == "full-tables":
+        pytest.skip("computed over all labels, the tables' gradients are dense: AdamW's update (tested below)")
     nets = [make_net(rank=3, blocks=2, sparse_gradients=True) for _ in range(2)]
     optimizers = [RowAdam(nets[0].label_tables(), lr=0.01), torch.optim.SparseAdam(nets[1].label_tables(), lr=0.01)]
     before = [table.detach().clone() for table in nets[0].label_tables()]

@@ -98,12 +98,20 @@ def _weight_from_linear(module, state_dict, prefix, *args) -> None:
         state_dict[prefix + "weight"] = state_dict[prefix + "weight"].t()
 
 
-# Shortlist mode computes a block one of two ways, the same sums in either (measured on one CPU core, B = 64,
-# K = 1,500): while the batch's distinct labels U are at most this many times K, as dense LCENet over those U
-# labels with each document's non-candidates at h = 0 (GEMMs, O(B·U·R): 85 ms against 1.3 s per block at
-# L = 4,271, R = 1,000); past it, gathering each document's K rows (O(B·K·R): 108 ms against 323 ms at
-# L = 501,070, R = 100, U = 87K).
+# Shortlist mode computes a block one of three ways, the same sums in each:
+# - while the batch's distinct labels U are at least FULL_TABLES_MIN_FRACTION of L (at 13K labels 94-100% are),
+#   as dense LCENet over all L labels with each document's non-candidates at h = 0: no gathers, and the tables'
+#   gradients are dense, so RowAdam updates them in AdamW's fused pass. On one CPU core (B = 64, R = 1,000; U/L
+#   0.98-1.0) that step takes 0.5-0.6x the time through U gathered rows and their row-sparse updates at 4K and
+#   13K labels; at L = 100,000, R = 100, U/L = 0.53 it takes 1.1x, hence the threshold
+#   (benchmarks/shortlist_step.py, modes shortlist and shortlist-gathered);
+# - while U is at most UNION_GEMM_MAX_RATIO times K, as dense LCENet over those U labels (GEMMs, O(B·U·R): 85 ms
+#   against 1.3 s per block at L = 4,271, R = 1,000, K = 1,500);
+# - past it, gathering each document's K rows (O(B·K·R): 108 ms against 323 ms at L = 501,070, R = 100,
+#   U = 87K).
+FULL_TABLES_MIN_FRACTION = 0.75
 UNION_GEMM_MAX_RATIO = 16
+FULL_TABLES, UNION_GEMM, CANDIDATE_ROWS = "full_tables", "union_gemm", "candidate_rows"
 
 
 @dataclass
@@ -114,14 +122,20 @@ class Shortlist:
     label_ids: torch.Tensor  # [B, K] label ids, padding replaced by 0 (masked wherever it matters)
     unique: torch.Tensor  # [U] the batch's distinct candidate labels, sorted: the table rows gathered and updated
     inverse: torch.Tensor  # [B, K] position of each candidate's label in ``unique`` (padding: 0)
-    union_gemm: bool  # compute over the U labels (see UNION_GEMM_MAX_RATIO)
+    path: str  # FULL_TABLES, UNION_GEMM or CANDIDATE_ROWS (see FULL_TABLES_MIN_FRACTION)
 
     @classmethod
-    def of(cls, label_ids: torch.Tensor) -> Shortlist:
+    def of(cls, label_ids: torch.Tensor, num_labels: int) -> Shortlist:
         valid = label_ids >= 0
         unique, inverse = torch.unique(label_ids[valid], return_inverse=True)
+        if len(unique) >= FULL_TABLES_MIN_FRACTION * num_labels:
+            path = FULL_TABLES
+        elif len(unique) <= UNION_GEMM_MAX_RATIO * label_ids.shape[1]:
+            path = UNION_GEMM
+        else:
+            path = CANDIDATE_ROWS
         return cls(valid, label_ids.clamp(min=0), unique, torch.zeros_like(label_ids).masked_scatter(valid, inverse),
-                   len(unique) <= UNION_GEMM_MAX_RATIO * label_ids.shape[1])
+                   path)
 
 
 class LCENetBlock(nn.Module):
@@ -160,7 +174,11 @@ class LCENetBlock(nn.Module):
             correction = self._full_rank_shortlist(h, shortlist)
         else:
             batch, candidates = h.shape
-            if shortlist.union_gemm:
+            if shortlist.path == FULL_TABLES:
+                h_all = h.new_zeros(batch, self.up.weight.shape[0]).scatter_add_(1, shortlist.label_ids, h)
+                hidden = self.hidden_activation(torch.addmm(self.down.bias, h_all, self.down.weight))
+                correction = (hidden @ self.up.weight.t()).gather(1, shortlist.label_ids)
+            elif shortlist.path == UNION_GEMM:
                 w1 = gather_rows(self.down.weight, shortlist.unique, sparse)  # [U, R]
                 w2 = gather_rows(self.up.weight, shortlist.unique, sparse)
                 h_union = h.new_zeros(batch, len(shortlist.unique)).scatter_add(1, shortlist.inverse, h)
@@ -241,7 +259,7 @@ class LCENet(nn.Module):
                             f"{tuple(logits.shape)} (got {label_ids.dtype} {tuple(label_ids.shape)})")
         if ((label_ids < -1) | (label_ids >= self.num_labels)).any():
             raise UserError(f"LCENet shortlist: label ids must be in [0, {self.num_labels}) or -1 for padding")
-        shortlist = Shortlist.of(label_ids.long())
+        shortlist = Shortlist.of(label_ids.long(), self.num_labels)
         if len(shortlist.unique) == 0:
             return torch.full_like(logits, PADDING_LOGIT)
         for block in self.blocks:

@@ -10,13 +10,15 @@ them back: O(touched rows) per step whatever L is.
 RowAdam's update of a sparse gradient is torch.optim.SparseAdam's ("lazy" Adam: an untouched row's moments
 neither decay nor move it; bias correction by the step count), with the same results; SparseAdam reaches them
 through sparse_mask and sparse additions, several times slower on CPU. Dense gradients (every other parameter
-of the model) get the same formula over all entries, and ``weight_decay`` is decoupled (AdamW), applied to the
-rows a step updates. :func:`clip_grad_norm_` clips both kinds together.
+of the model, and a table whose step touched most of its rows: see lcenet.lcenet.FULL_TABLES_MIN_FRACTION) get
+AdamW's fused update of every entry, and ``weight_decay`` is decoupled (AdamW), applied to the rows a step
+updates. :func:`clip_grad_norm_` clips both kinds together.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.optim.adam import adam
 
 from lcenet.errors import UserError
 
@@ -93,34 +95,48 @@ class RowAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
+            dense: list[torch.Tensor] = []
             for param in group["params"]:
                 if param.grad is None:
                     continue
                 state = self.state[param]
                 if not state:
-                    state["step"] = 0
+                    state["step"] = torch.zeros((), dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
-                state["step"] += 1
-                step_size = group["lr"] * (1 - beta2 ** state["step"]) ** 0.5 / (1 - beta1 ** state["step"])
-                decay = 1 - group["lr"] * group["weight_decay"]
-                if not param.grad.is_sparse:
-                    exp_avg, exp_avg_sq, grad = state["exp_avg"], state["exp_avg_sq"], param.grad
-                    exp_avg.lerp_(grad, 1 - beta1)
-                    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    if decay != 1:
-                        param.mul_(decay)
-                    param.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"]), value=-step_size)
-                    continue
-                rows, values = _rows_and_values(param.grad)
-                exp_avg = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
-                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2)
-                exp_avg_sq.addcmul_(values, values, value=1 - beta2)
-                state["exp_avg"].index_copy_(0, rows, exp_avg)
-                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-                update = exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"])).mul_(-step_size)
-                if decay != 1:
-                    update.add_(param.index_select(0, rows), alpha=decay - 1)
-                param.index_add_(0, rows, update)
+                elif not torch.is_tensor(state["step"]):  # checkpoints before the fused update kept an int
+                    state["step"] = torch.tensor(float(state["step"]))
+                if param.grad.is_sparse:
+                    self._row_update(param, state, group)
+                else:
+                    dense.append(param)
+            if dense:
+                # AdamW's fused kernel: one pass over parameter and moments, which counts the steps itself.
+                states = [self.state[param] for param in dense]
+                beta1, beta2 = group["betas"]
+                adam(
+                    dense, [param.grad for param in dense], [state["exp_avg"] for state in states],
+                    [state["exp_avg_sq"] for state in states], [], [state["step"] for state in states], fused=True,
+                    decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+                    weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
         return loss
+
+    @staticmethod
+    def _row_update(param: torch.Tensor, state: dict, group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        step = float(state["step"])
+        step_size = group["lr"] / (1 - beta1 ** step)
+        # eps where AdamW's fused kernel (the dense update) adds it: to the bias-corrected root.
+        root_correction = (1 - beta2 ** step) ** 0.5
+        decay = 1 - group["lr"] * group["weight_decay"]
+        rows, values = _rows_and_values(param.grad)
+        exp_avg = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2)
+        exp_avg_sq.addcmul_(values, values, value=1 - beta2)
+        state["exp_avg"].index_copy_(0, rows, exp_avg)
+        state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+        update = exp_avg.div_(exp_avg_sq.sqrt_().div_(root_correction).add_(group["eps"])).mul_(-step_size)
+        if decay != 1:
+            update.add_(param.index_select(0, rows), alpha=decay - 1)
+        param.index_add_(0, rows, update)

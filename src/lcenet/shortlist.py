@@ -86,7 +86,7 @@ class ShortlistModel(nn.Module):
                             true_labels).labels
         # The batch's distinct candidates (padded slots point at the first of them and are masked below, so no
         # label row is touched for padding), as shortlist LCENet sets them up.
-        batch = Shortlist.of(chosen)
+        batch = Shortlist.of(chosen, len(self.cluster_of_label))
         logits = self.base.candidate_logits(encoded, batch.unique, batch.inverse, self.sparse_gradients)
         logits = logits.masked_fill(~batch.valid, PADDING_LOGIT)
         if true_labels is None:
