@@ -9,7 +9,9 @@
 #      the data set and encoder that benchmarks/pack_bert_lease.py packed into $PACKED (carry that folder);
 #      GRID=configs/experiments/ablation_eurlex57k_bert_gpu15min.yaml runs the BERT head learning-rate check;
 #      or, with SUITE=converged FAMILY=xmlcnn|attentionxml|sparse, configs/experiments/converged_gpu_$FAMILY.yaml (the
-#      converged full-shape profile; BERT's is SUITE=bert GRID=configs/experiments/converged_gpu_bert.yaml).
+#      converged full-shape profile; GRID names another grid of that family, e.g.
+#      configs/experiments/converged_gpu_xmlcnn_default.yaml; BERT's is SUITE=bert
+#      GRID=configs/experiments/converged_gpu_bert.yaml).
 #   SUITE=amazoncat generates the full AmazonCat-13K shape (lcenet synth, 14 processes) and trains one epoch of
 #   XML-CNN base vs +LCENet on it (configs/experiments/amazoncat13k_epoch_gpu.yaml; GRID and SCALE override the
 #   grid and the scale, e.g. for a CPU dry run at a tiny scale).
@@ -52,7 +54,7 @@ fi
 preprocess_args=(--config configs/eurlex57k_xmlcnn.yaml)
 grid=configs/experiments/${SUITE}_eurlex57k_gpu15min.yaml
 if [ "$SUITE" = converged ]; then
-    grid=configs/experiments/converged_gpu_${FAMILY:?set FAMILY=xmlcnn, attentionxml or sparse}.yaml
+    grid=${GRID:-configs/experiments/converged_gpu_${FAMILY:?set FAMILY=xmlcnn, attentionxml or sparse}.yaml}
     preprocess_args=(--config "configs/eurlex57k_$FAMILY.yaml" --set "data.max_docs={dev: 2000}" --set data.sample_seed=0)
 fi
 if [ "$SUITE" = bert ]; then
