@@ -206,12 +206,12 @@ TINY_CONFIG = {
 }
 
 
-def experiment_spec(directory: Path, data: Path, variants: dict) -> Path:
+def experiment_spec(directory: Path, data: Path, variants: dict, seeds: tuple[int, ...] = (0,)) -> Path:
     (directory / "tiny.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
     spec = directory / "experiment.yaml"
     spec.write_text(yaml.safe_dump({"name": "tiny", "profile": "test", "datasets": {"tiny": str(data)},
                                     "models": {"xmlcnn": str(directory / "tiny.yaml")}, "variants": variants,
-                                    "seeds": [0], "set": ["train.epochs=2"]}))
+                                    "seeds": list(seeds), "set": ["train.epochs=2"]}))
     return spec
 
 
@@ -272,6 +272,23 @@ def test_collect_only_writes_finished_records_and_starts_nothing(finished_experi
     collected = json.loads((out / "records" / "tiny__xmlcnn__lcenet__s0.json").read_text())["command"]
     assert collected == launched and "lcenet.rank=4" in collected and "blocks" not in collected
     assert not (out / "runs" / "tiny__xmlcnn__rank2__s0").exists()
+
+
+def test_only_and_seed_pick_the_cells_a_run_considers(finished_experiment, tmp_path):
+    """--only (model or variant) and --seed narrow the grid together; a filter that leaves nothing is one line."""
+    root, data, env, _ = finished_experiment
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)  # base and lcenet of seed 0 are finished
+    spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None}, "lcenet": {"lcenet": {"rank": 4}}},
+                           seeds=(0, 1, 2))
+    runner = CliRunner()
+    result = runner.invoke(app, ["experiment", str(spec), "--output", str(out), "--collect-only", "--only", "lcenet",
+                                 "--seed", "0", "--seed", "2"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "0 run, 1 already finished, 0 failed, 1 not run" in result.output
+    result = runner.invoke(app, ["experiment", str(spec), "--output", str(out), "--collect-only", "--seed", "5"],
+                           env=env)
+    assert result.exit_code == 2 and "--seed 5: no cell of" in result.output
 
 
 def test_experiment_failed_cell(finished_experiment, tmp_path):

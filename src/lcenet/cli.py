@@ -258,6 +258,8 @@ def experiment(
     report: Annotated[bool, typer.Option(help="Write report.md when the grid is done.")] = True,
     only: Annotated[list[str] | None, typer.Option(help="Run only cells whose model or variant has this name "
                                                    "(repeatable).")] = None,
+    seed: Annotated[list[int] | None, typer.Option(help="Run only cells of this seed (repeatable; with --only: "
+                                                   "cells that match both).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="An override added to every cell, after the "
                                                    "file's own (repeatable).")] = None,
     collect_only: Annotated[bool, typer.Option(help="Start nothing: write the records (and report) of the cells "
@@ -279,6 +281,11 @@ def experiment(
         plan.cells = [cell for cell in plan.cells if cell.model in only or cell.variant in only]
         if not plan.cells:
             raise UserError(f"--only {' '.join(only)}: no cell of {spec} matches")
+    if seed:
+        plan.cells = [cell for cell in plan.cells if cell.seed in seed]
+        if not plan.cells:
+            raise UserError(f"--seed {' '.join(map(str, seed))}: no cell of {spec}"
+                            f"{' --only ' + ' '.join(only) if only else ''} has it")
     for cell in plan.cells:  # a bad config or --set stops here, not once per cell after the grid has started
         try:
             build_config(Path(cell.config), None, None, cell.assignments(), seed=cell.seed)
