@@ -514,6 +514,22 @@ def test_capacity_control_row_and_deltas(tmp_path):
     assert "capacity control" not in results_table([r for r in records if r["variant"] != "equal_params"])
 
 
+def test_delta_compares_only_the_seeds_both_variants_ran(tmp_path):
+    """A base with seeds 0 and 1 against LCENet with seed 0 only: the Δ row is LCENet s0 − base s0 and says so
+    (the rows of each variant keep all their seeds)."""
+    records = [fake_record("base", None, 0, 0.40, 1.0), fake_record("base", None, 1, 0.80, 1.0),
+               fake_record("lcenet", {}, 0, 0.50, 2.0, parameters=1600, lcenet_parameters=600)]
+    main = results_table(records, n_resamples=200)
+    header = table_row(main, "data set")
+    label = "Δ (LCENet − base; seed 0, which both ran)"
+    delta = dict(zip(header, table_row(main, "toy", "xmlcnn", label)))
+    p1 = {(r["variant"], r["seed"]): r["test"]["P@1"] for r in records}
+    assert delta["P@1"] == f"{100 * (p1['lcenet', 0] - p1['base', 0]):+.2f}"
+    assert dict(zip(header, table_row(main, "toy", "xmlcnn", "base")))["seeds"] == "2"
+    same_seeds = results_table([*records, fake_record("lcenet", {}, 1, 0.85, 2.0)], n_resamples=200)
+    assert "| Δ (LCENet − base) |" in same_seeds
+
+
 def test_data_restrictions_in_headers(tmp_path):
     make_results = load_make_results()
     records = [fake_record(name, lcenet, 0, rate, 1.0) for name, lcenet, rate in (("base", None, 0.4),

@@ -10,10 +10,10 @@ them back: O(touched rows) per step whatever L is.
 RowAdam's update of a sparse gradient is torch.optim.SparseAdam's ("lazy" Adam: an untouched row's moments
 neither decay nor move it; bias correction by the step count), except that eps is added where AdamW adds it (to
 the bias-corrected root), so that a row-sparse and a dense gradient of one table give the same update;
-SparseAdam reaches its results through sparse_mask and sparse additions, several times slower on CPU. Dense gradients (every other parameter
-of the model, and a table whose step touched most of its rows: see lcenet.lcenet.FULL_TABLES_MIN_FRACTION) get
-AdamW's fused update of every entry, and ``weight_decay`` is decoupled (AdamW), applied to the rows a step
-updates. :func:`clip_grad_norm_` clips both kinds together.
+SparseAdam reaches its results through sparse_mask and sparse additions, several times slower on CPU. Dense
+gradients (every other parameter of the model, and a table whose step touched most of its rows: see
+lcenet.lcenet.FULL_TABLES_MIN_FRACTION) get AdamW's fused update of every entry, and ``weight_decay`` is
+decoupled (AdamW), applied to the rows a step updates. :func:`clip_grad_norm_` clips both kinds together.
 """
 
 from __future__ import annotations

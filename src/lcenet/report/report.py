@@ -71,7 +71,8 @@ def write_report(experiment_dir: str | Path, n_resamples: int = 10000) -> Path:
 
     lines += ["", "## Main results (test set)", "",
               "Mean ± sample std over seeds, in %. Δ is the mean of LCENet minus the mean of the base model "
-              "(percentage points; train time as a ratio). p-values come from paired tests over test documents "
+              "over the seeds both ran (named in the row when one of them ran others too; percentage points; "
+              "train time as a ratio). p-values come from paired tests over test documents "
               f"for {', '.join(TESTED_METRICS)}: each run's per-document values (recomputed from its "
               "`test_documents`) are averaged over the seeds both variants share, then compared by a paired "
               f"bootstrap ({n_resamples:,} resamples, two-sided) and a Wilcoxon signed-rank test; bold = p < 0.05; "

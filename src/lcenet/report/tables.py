@@ -130,15 +130,28 @@ def convergence_flag(records: list[dict]) -> str | None:
     return None if state else "not converged" if state is False else "convergence unknown"
 
 
-def delta_label(reference_name: str, reference: list[dict], enhanced_name: str = "LCENet") -> str:
-    """``"Δ (LCENet − base)"``, in bold with the reason when the reference did not converge: its Δ compares early
-    training, not the methods."""
+def delta_label(reference_name: str, reference: list[dict], enhanced_name: str = "LCENet", note: str = "") -> str:
+    """``"Δ (LCENet − base)"`` (``note`` after a semicolon), in bold with the reason when the reference did not
+    converge: its Δ compares early training, not the methods."""
     flag = convergence_flag(reference)
+    note = f"; {note}" if note else ""
     if flag is None:
-        return f"Δ ({enhanced_name} − {reference_name})"
+        return f"Δ ({enhanced_name} − {reference_name}{note})"
     reason = f"{reference_name} not converged: early training" if flag == "not converged" else \
         f"{reference_name} {flag}"
-    return f"**Δ ({enhanced_name} − {reference_name}; {reason})**"
+    return f"**Δ ({enhanced_name} − {reference_name}{note}; {reason})**"
+
+
+def shared_seeds(reference: list[dict], enhanced: list[dict]) -> tuple[list[dict], list[dict], str]:
+    """Both sides restricted to the seeds they share, so that a Δ of means compares the same seeds, with a note
+    naming them; both unchanged (and no note) when their seeds are the same or they share none."""
+    seeds_a, seeds_b = ({r.get("seed") for r in records} for records in (reference, enhanced))
+    shared = seeds_a & seeds_b
+    if seeds_a == seeds_b or not shared:
+        return reference, enhanced, ""
+    names = ", ".join(str(seed) for seed in sorted(shared, key=str))
+    return ([r for r in reference if r.get("seed") in shared], [r for r in enhanced if r.get("seed") in shared],
+            f"seed{'s' if len(shared) > 1 else ''} {names}, which both ran")
 
 
 def restriction_text(restriction: dict | None) -> str:
@@ -177,7 +190,8 @@ def data_lines(records: list[dict]) -> list[str]:
 # ---- tables --------------------------------------------------------------------------------------------------
 def results_table(records: Iterable[dict], n_resamples: int = 10000) -> str:
     """The paper-style main table (markdown): per data set × model, base vs LCENet on the test set as mean ± std
-    over seeds (%), the Δ of the means (percentage points), and paired-test p-values over test documents."""
+    over seeds (%), the Δ of the means over the seeds both ran (percentage points), and paired-test p-values over
+    test documents."""
     return main_table(group_records(records), n_resamples)
 
 
@@ -217,13 +231,14 @@ def _comparison_rows(name: str, reference: list[dict], enhanced: list[dict], p_l
                      n_resamples: int) -> list[list[object]]:
     """The Δ row (LCENet − reference, flagged when the reference did not converge) and the paired tests' p rows
     of the main table, from the variant column on."""
+    reference, enhanced, note = shared_seeds(reference, enhanced)
     deltas = []
     for metric in MAIN_METRICS:
         a, b = metric_values(reference, "test", metric), metric_values(enhanced, "test", metric)
         deltas.append(f"{100 * (np.mean(b) - np.mean(a)):+.2f}" if a and b else "n/a")
     time_a = [r["train_seconds"] for r in reference if r.get("train_seconds")]
     time_b = [r["train_seconds"] for r in enhanced if r.get("train_seconds")]
-    rows: list[list[object]] = [[delta_label(name, reference), "", *deltas,
+    rows: list[list[object]] = [[delta_label(name, reference, note=note), "", *deltas,
                                  f"×{np.mean(time_b) / np.mean(time_a):.2f}" if time_a and time_b else "n/a", "", ""]]
     tests = {m: paired_document_test(reference, enhanced, m, n_resamples) for m in TESTED_METRICS}
     paired_seeds = next((t["seeds"] for t in tests.values() if t), 0)
