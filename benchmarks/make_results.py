@@ -24,6 +24,7 @@ from lcenet.report import (
     data_lines,
     load_records,
     results_table,
+    shared_seeds,
     stop_reasons_text,
 )
 
@@ -96,8 +97,8 @@ def epochs_trained(record: dict) -> float:
 
 
 def target_lines(records: list[dict]) -> list[str]:
-    """Whether each model's LCENet variant meets the target, from the means over seeds; flagged in bold when the
-    base did not converge (or may not have), so the Δ measures early training rather than LCENet."""
+    """Whether each model's LCENet variant meets the target, from the means over the seeds both ran; flagged in
+    bold when the base did not converge (or may not have), so the Δ measures early training rather than LCENet."""
     runs: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         variant = r.get("variant") or ("base" if r["lcenet"] is None else "lcenet")
@@ -107,12 +108,14 @@ def target_lines(records: list[dict]) -> list[str]:
         base, enhanced = runs.get((model, "base")), runs.get((model, "lcenet"))
         if not (base and enhanced):
             continue
+        base, enhanced, seeds = shared_seeds(base, enhanced)
         verdicts = []
         for metric in ("P@1", "nDCG@5"):
             delta = 100 * (np.mean([r["test"][metric] for r in enhanced]) - np.mean([r["test"][metric] for r in base]))
             verdicts.append(f"{metric} {delta:+.2f} points ({'met' if delta >= TARGET_POINTS else 'missed'})")
         flag = convergence_flag(base)
-        lines.append(f"- Target (+{TARGET_POINTS:.1f} P@1 and nDCG@5), {model}: " + ", ".join(verdicts)
+        lines.append(f"- Target (+{TARGET_POINTS:.1f} P@1 and nDCG@5), {model}{f' ({seeds})' if seeds else ''}: "
+                     + ", ".join(verdicts)
                      + (f" **(base {flag})**" if flag else "") + ".")
     return lines + [""] if lines else []
 
