@@ -210,6 +210,31 @@ def test_row_adam_is_sparse_adam_touching_only_the_batch_rows(compute_path):
         assert moved.nonzero().flatten().tolist() == [1, 4, 6, 8, 10]
 
 
+def test_candidates_covering_most_labels_use_the_whole_tables(monkeypatch):
+    """At the shipped thresholds a batch whose candidates cover most labels computes over the whole tables (dense
+    gradients); one that covers few gathers its rows (row-sparse). RowAdam keeps one step count and one pair of
+    moments per table across the two: a sparse step after a dense one leaves the untouched rows' moments as the
+    dense step left them."""
+    monkeypatch.setattr(lcenet_module, "FULL_TABLES_MIN_FRACTION", 0.75)
+    monkeypatch.setattr(lcenet_module, "UNION_GEMM_MAX_RATIO", 16)
+    net = make_net(rank=3, blocks=1, sparse_gradients=True)
+    optimizer = RowAdam(net.label_tables(), lr=0.01)
+    wide = torch.arange(L).view(2, L // 2)  # every label a candidate
+    narrow = torch.tensor([[1, 4], [4, 7]])
+    for ids in (wide, narrow):
+        optimizer.zero_grad()
+        net(torch.randn(ids.shape), ids).pow(2).sum().backward()
+        assert all(table.grad.is_sparse == (ids is narrow) for table in net.label_tables())
+        before = {id(t): optimizer.state[t]["exp_avg"].clone() for t in net.label_tables() if optimizer.state[t]}
+        optimizer.step()
+    untouched = torch.tensor(sorted(set(range(L)) - {1, 4, 7}))
+    for table in net.label_tables():
+        state = optimizer.state[table]
+        assert float(state["step"]) == 2
+        assert torch.equal(state["exp_avg"][untouched], before[id(table)][untouched])
+        assert not torch.equal(state["exp_avg"][[1, 4, 7]], before[id(table)][[1, 4, 7]])
+
+
 def test_row_adam_sums_repeated_rows():
     """A gradient with a row twice (F.embedding's sparse gradient) is summed first, as SparseAdam does."""
     params = [nn.Parameter(torch.ones(4, 2)) for _ in range(2)]
