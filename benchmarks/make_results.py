@@ -269,16 +269,18 @@ def scale_section(prepare: list[Path], shortlist: list[Path], clusters: list[Pat
     lines = []
     if prepare:
         lines += ["## Extreme scale: preparing synthetic AmazonCat-13K / Wiki-500K shapes", "",
-                  "Measured at small scales and extrapolated to full scale from the slope between two scales, "
-                  "computed here from each record's per-scale measurements by `prepare_scale.extrapolate` (each "
-                  "stage's peak RSS on its own slope; the largest is the peak) "
+                  "At full scale: measured where a record ran scale 1, otherwise extrapolated from two smaller "
+                  "scales by the slope between them, computed here from each record's per-scale measurements by "
+                  "`prepare_scale.extrapolate` (each stage's peak RSS on its own slope; the largest is the peak) "
                   "(targets: ≤ 8 GiB peak RSS; AmazonCat-13K-shape preparation ≤ 15 minutes).", "",
-                  "| record | shape | model | full-scale docs | prepare minutes (extrapolated) | peak RSS GiB "
-                  "(extrapolated) | peak stage | command |", "|:--|:--|:--|--:|--:|--:|:--|:--|"]
+                  "| record | shape | model | full-scale docs | how | prepare minutes | peak RSS GiB | peak stage | "
+                  "command |", "|:--|:--|:--|--:|:--|--:|--:|:--|:--|"]
         for path in prepare:
             r = json.loads(path.read_text())
             full = extrapolate(r["runs"], r["full_scale_extrapolation"]["docs"])
-            lines.append(f"| `{path.name}` | {r['shape']} | {r['model']} | {full['docs']:,} | "
+            scales = [run["scale"] for run in r["runs"]]
+            how = "measured" if scales[-1] == 1 else "from scales " + ", ".join(f"{scale:g}" for scale in scales)
+            lines.append(f"| `{path.name}` | {r['shape']} | {r['model']} | {full['docs']:,} | {how} | "
                          f"{full['prepare_minutes']:.1f} | {full['peak_rss_gib']:.1f} | {full['peak_stage']} | "
                          f"`{r['command']}` |")
         lines.append("")
