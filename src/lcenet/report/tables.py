@@ -149,7 +149,7 @@ def shared_seeds(reference: list[dict], enhanced: list[dict]) -> tuple[list[dict
     shared = seeds_a & seeds_b
     if seeds_a == seeds_b or not shared:
         return reference, enhanced, ""
-    names = ", ".join(str(seed) for seed in sorted(shared, key=str))
+    names = ", ".join(str(seed) for seed in sorted(shared))
     return ([r for r in reference if r.get("seed") in shared], [r for r in enhanced if r.get("seed") in shared],
             f"seed{'s' if len(shared) > 1 else ''} {names}, which both ran")
 
