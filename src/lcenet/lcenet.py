@@ -101,11 +101,11 @@ def _weight_from_linear(module, state_dict, prefix, *args) -> None:
 # Shortlist mode computes a block one of three ways, the same sums in each:
 # - while the batch's distinct labels U are at least FULL_TABLES_MIN_FRACTION of L (at 13K labels 94-100% are),
 #   as dense LCENet over all L labels with each document's non-candidates at h = 0: no gathers, and the tables'
-#   gradients are dense, so RowAdam updates them in AdamW's fused pass. On one CPU core (B = 64, R = 1,000, U/L
-#   0.98-1.0) LCENet's step then takes about half the time it takes through the U gathered rows and their
-#   row-sparse updates at 4K and 13K labels; at L = 100,000, R = 100, U/L 0.5-0.6 the two are within 25% of
-#   each other either way, hence the threshold (benchmarks/shortlist_step.py, modes shortlist-gathered and
-#   shortlist-full-tables);
+#   gradients are dense, so RowAdam updates them in AdamW's fused pass. On one CPU core (B = 64, K = 1,500
+#   random candidates; benchmarks/results/shortlist_lcenet_paths_cpu.json) LCENet's step then takes 0.60x the
+#   time through the U gathered rows and their row-sparse updates at L = 4,271 and 0.37x at 13,330 (R = 1,000,
+#   U/L 1.0) and 0.67x at 100,000 (R = 100, U/L 0.6), where the same run's two modes that both gather differ
+#   by 20% (shortlist and shortlist-gathered): the threshold stays where the whole tables clearly win;
 # - while U is at most UNION_GEMM_MAX_RATIO times K, as dense LCENet over those U labels (GEMMs, O(B·U·R): 85 ms
 #   against 1.3 s per block at L = 4,271, R = 1,000, K = 1,500);
 # - past it, gathering each document's K rows (O(B·K·R): 108 ms against 323 ms at L = 501,070, R = 100,
