@@ -16,7 +16,8 @@ with -1 to the longest) holding its 5 positive labels. Modes:
   two sides of the threshold).
 - ``shortlist-dense-grad``: dense gradients (zero outside the batch's labels) and fused Adam on everything (the
   trainer's gradients under torchrun): the backward fills and Adam reads and writes all L·R of every table.
-- ``shortlist-sparseadam``: sparse gradients with torch.optim.SparseAdam on the tables.
+- ``shortlist-sparseadam``: sparse gradients with torch.optim.SparseAdam on the tables (always gathered rows:
+  SparseAdam takes no dense gradient).
 - ``dense``: dense LCENet over all L logits, fused Adam.
 
 Every (L, mode) runs in its own process, so its peak RSS (ru_maxrss: the whole process, Python and torch
@@ -46,6 +47,7 @@ from lcenet.row_adam import RowAdam
 
 MODES = ("shortlist", "shortlist-gathered", "shortlist-full-tables", "shortlist-dense-grad", "shortlist-sparseadam",
          "dense")
+ROW_ADAM_MODES = ("shortlist", "shortlist-gathered", "shortlist-full-tables")  # sparse gradients, RowAdam tables
 POSITIVES = 5
 
 
@@ -71,13 +73,16 @@ def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: i
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     rank = rank_for(num_labels)
-    if mode in ("shortlist-gathered", "shortlist-full-tables"):  # this process runs this case only
-        lcenet_module.FULL_TABLES_MIN_FRACTION = float("inf") if mode == "shortlist-gathered" else 0.0
-    sparse = mode in ("shortlist", "shortlist-gathered", "shortlist-full-tables", "shortlist-sparseadam")
+    # This process runs this case only. SparseAdam needs row-sparse gradients, so it always gathers too.
+    if mode in ("shortlist-gathered", "shortlist-sparseadam"):
+        lcenet_module.FULL_TABLES_MIN_FRACTION = float("inf")
+    elif mode == "shortlist-full-tables":
+        lcenet_module.FULL_TABLES_MIN_FRACTION = 0.0
+    sparse = mode in ROW_ADAM_MODES or mode == "shortlist-sparseadam"
     net = LCENet(num_labels, rank=rank, blocks=2, sparse_gradients=sparse)
     tables = {id(table) for table in net.label_tables()}
     rest = [p for p in net.parameters() if id(p) not in tables]
-    if mode in ("shortlist", "shortlist-gathered", "shortlist-full-tables"):
+    if mode in ROW_ADAM_MODES:
         optimizers = [RowAdam(net.label_tables(), lr=1e-3), torch.optim.Adam(rest, lr=1e-3, fused=True)]
     elif mode == "shortlist-sparseadam":
         optimizers = [torch.optim.SparseAdam(net.label_tables(), lr=1e-3), torch.optim.Adam(rest, lr=1e-3, fused=True)]

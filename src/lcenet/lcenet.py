@@ -177,7 +177,7 @@ class LCENetBlock(nn.Module):
             batch, candidates = h.shape
             if shortlist.path == FULL_TABLES:
                 h_all = h.new_zeros(batch, self.up.weight.shape[0]).scatter_add_(1, shortlist.label_ids, h)
-                hidden = self.hidden_activation(torch.addmm(self.down.bias, h_all, self.down.weight))
+                hidden = self.hidden_activation(self.down(h_all))
                 correction = (hidden @ self.up.weight.t()).gather(1, shortlist.label_ids)
             elif shortlist.path == UNION_GEMM:
                 w1 = gather_rows(self.down.weight, shortlist.unique, sparse)  # [U, R]
