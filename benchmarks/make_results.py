@@ -22,11 +22,13 @@ from lcenet.report import (
     converged_text,
     convergence_flag,
     data_lines,
+    group_records,
     load_records,
     results_table,
     shared_seeds,
     stop_reasons_text,
 )
+from lcenet.report.records import base_records, lcenet_records
 
 sys.path.insert(0, str(Path(__file__).parent))
 from prepare_scale import extrapolate  # noqa: E402 -- a sibling script, also when loaded by path (the tests)
@@ -99,16 +101,12 @@ def epochs_trained(record: dict) -> float:
 def target_lines(records: list[dict]) -> list[str]:
     """Whether each model's LCENet variant meets the target, from the means over the seeds both ran; flagged in
     bold when the base did not converge (or may not have), so the Δ measures early training rather than LCENet."""
-    runs: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        variant = r.get("variant") or ("base" if r["lcenet"] is None else "lcenet")
-        runs.setdefault((r.get("grid_model") or r["model"], variant), []).append(r)
     lines = []
-    for model in sorted({key[0] for key in runs}):
-        base, enhanced = runs.get((model, "base")), runs.get((model, "lcenet"))
-        if not (base and enhanced):
+    for (_, model), group in group_records(records).items():
+        base, lcenet = base_records(group), lcenet_records(group)
+        if not (base and lcenet):
             continue
-        base, enhanced, seeds = shared_seeds(base, enhanced)
+        base, enhanced, seeds = shared_seeds(base, lcenet[1])
         verdicts = []
         for metric in ("P@1", "nDCG@5"):
             delta = 100 * (np.mean([r["test"][metric] for r in enhanced]) - np.mean([r["test"][metric] for r in base]))

@@ -530,6 +530,22 @@ def test_delta_compares_only_the_seeds_both_variants_ran(tmp_path):
     assert "| Δ (LCENet − base) |" in same_seeds
 
 
+def test_the_only_variant_with_an_lcenet_head_is_compared_with_the_base_whatever_its_name():
+    """A grid of the base and one named LCENet setting gets the Δ and p rows against the base; with two named
+    settings and none called ``lcenet`` nothing says which to compare, so the main table shows the base alone."""
+    base = [fake_record("base", None, s, 0.40, 1.0) for s in (0, 1)]
+    default = [fake_record("lcenet_default", {"aux_loss_weight": 1.0}, s, 0.55, 2.0) for s in (0, 1)]
+    main = results_table(base + default, n_resamples=200)
+    header = table_row(main, "data set")
+    row = dict(zip(header, table_row(main, "toy", "xmlcnn", "+ LCENet (lcenet_default)")))
+    delta = dict(zip(header, table_row(main, "toy", "xmlcnn", "Δ (LCENet − base)")))
+    p1 = [np.mean([r["test"]["P@1"] for r in runs]) for runs in (base, default)]
+    assert row["seeds"] == "2" and delta["P@1"] == f"{100 * (p1[1] - p1[0]):+.2f}"
+    assert "p (paired bootstrap)" in main
+    other = [fake_record("rank4", {"rank": 4}, s, 0.45, 1.5) for s in (0, 1)]
+    assert "Δ" not in results_table(base + default + other, n_resamples=200)
+
+
 def test_data_restrictions_in_headers(tmp_path):
     make_results = load_make_results()
     records = [fake_record(name, lcenet, 0, rate, 1.0) for name, lcenet, rate in (("base", None, 0.4),

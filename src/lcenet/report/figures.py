@@ -18,11 +18,11 @@ from lcenet.report.records import (
     BASE,
     CONVERGENCE_METRIC,
     CURVE_METRICS,
-    LCENET,
     MAX_CURVES,
     Group,
     Overrides,
     base_records,
+    lcenet_records,
     lcenet_settings,
     metric_values,
     step_ms,
@@ -41,18 +41,24 @@ def _save(figure: Figure, path: Path) -> None:
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
 
 
+def main_variants(group: Group) -> list[str]:
+    """The variants drawn thick with bands: the base and the LCENet variant."""
+    lcenet = lcenet_records(group)
+    return [n for n in (BASE, lcenet[0] if lcenet else None) if n in group]
+
+
 def curve_variants(group: Group) -> tuple[list[str], list[str]]:
     """(drawn, left out) variants of a training-curve figure: base and LCENet first, then the other variants
     without an LCENet head (capacity controls such as a wider base), then the rest in grid order; at most
     MAX_CURVES are drawn."""
-    main = [n for n in (BASE, LCENET) if n in group]
+    main = main_variants(group)
     controls = [n for n in group if n not in main and all(r.get("lcenet") is None for r in group[n])]
     ordered = main + controls + [n for n in group if n not in main and n not in controls]
     return ordered[:MAX_CURVES], ordered[MAX_CURVES:]
 
 
 def curves_figure(group: Group, title: str, path: Path) -> bool:
-    names = curve_variants(group)[0]
+    names, main_names = curve_variants(group)[0], main_variants(group)
     series = {n: {m: mean_curve(group[n], m) for m in CURVE_METRICS} for n in names}
     if not any(c is not None for per_metric in series.values() for c in per_metric.values()):
         return False
@@ -65,7 +71,7 @@ def curves_figure(group: Group, title: str, path: Path) -> bool:
             if data is None:
                 continue
             steps, mean, std, count = data
-            main = name in (BASE, LCENET)
+            main = name in main_names
             no_head = all(r.get("lcenet") is None for r in group[name])
             points = [c for c in (curve(r, metric) for r in group[name]) if c[0].size]
             if all(c[0].size == 1 for c in points):  # one evaluation per run: a point, not a curve
@@ -133,7 +139,8 @@ def sweep_points(group: Group, overrides: Overrides | None = None) -> list[dict]
         return (tuple(sorted((k, repr(v)) for k, v in settings.items() if k not in ("rank", "blocks"))),
                 overrides.get(id(records[0]), ()))
 
-    reference = next((rest(r, s) for n, r, s in candidates if n == LCENET), None)
+    lcenet = lcenet_records(group)
+    reference = next((rest(r, s) for n, r, s in candidates if lcenet and n == lcenet[0]), None)
     if reference is None:
         rests = [rest(r, s) for _, r, s in candidates]
         reference = max(set(rests), key=rests.count)

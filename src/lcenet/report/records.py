@@ -3,7 +3,8 @@ data set × model, and the constants every layer of the report shares.
 
 Variants: a record's ``variant`` is its name in the experiment grid; records without one (e.g. collected
 by benchmark scripts) are called ``base`` when ``lcenet`` is null and ``lcenet`` otherwise. The *base*
-variant is the one named ``base`` with ``lcenet`` null; the *LCENet* variant is the one named ``lcenet``; the
+variant is the one named ``base`` with ``lcenet`` null; the *LCENet* variant is the one named ``lcenet``, else
+the only variant with an LCENet head (a grid comparing the base with one named setting, e.g. ``lcenet_default``); the
 *capacity control* is the variant named ``capacity``, else the first whose runs set ``capacity_control`` (a
 base without LCENet, widened to hold as many extra parameters as LCENet).
 
@@ -106,6 +107,16 @@ def group_records(records: Iterable[dict], variant_order: list[str] | None = Non
 def base_records(group: Group) -> list[dict] | None:
     records = group.get(BASE)
     return records if records and is_base(records, BASE) else None
+
+
+def lcenet_records(group: Group) -> tuple[str, list[dict]] | None:
+    """(name, records) of the group's LCENet variant: the variant named ``lcenet`` with an LCENet head, else the
+    only variant with one; None when there is none or several others and none is named ``lcenet``."""
+    with_head = {name: records for name, records in group.items()
+                 if all(r.get("lcenet") is not None for r in records)}
+    if LCENET in with_head:
+        return LCENET, with_head[LCENET]
+    return next(iter(with_head.items())) if len(with_head) == 1 else None
 
 
 def is_capacity_control(records: list[dict]) -> bool:

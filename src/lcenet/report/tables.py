@@ -29,6 +29,7 @@ from lcenet.report.records import (
     converged_state,
     data_restriction,
     group_records,
+    lcenet_records,
     metric_values,
     own_overrides,
     step_ms,
@@ -206,9 +207,11 @@ def main_table(groups: dict[tuple[str, str], Group], n_resamples: int = 10000) -
     header = ["data set", "model", "variant", "seeds", *MAIN_METRICS, "train time", "converged", "stop reasons"]
     rows: list[list[object]] = []
     for (dataset, model), group in groups.items():
-        base, enhanced, capacity = base_records(group), group.get(LCENET), capacity_records(group)
+        base, lcenet, capacity = base_records(group), lcenet_records(group), capacity_records(group)
         capacity = capacity[1] if capacity else None
-        for label, records in ((BASE, base), ("+ LCENet", enhanced), ("capacity control", capacity)):
+        enhanced = lcenet[1] if lcenet else None
+        enhanced_label = "+ LCENet" if not lcenet or lcenet[0] == LCENET else f"+ LCENet ({lcenet[0]})"
+        for label, records in ((BASE, base), (enhanced_label, enhanced), ("capacity control", capacity)):
             if not records:
                 continue
             seconds = [r["train_seconds"] for r in records if r.get("train_seconds") is not None]
