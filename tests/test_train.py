@@ -78,6 +78,8 @@ def test_kill_and_resume_gives_identical_weights(tiny_data, tmp_path, shortlist)
     steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()
              if json.loads(line)["event"] == "train"]
     assert steps == sorted(set(steps))  # the resumed log has no repeated records
+    resumed = json.loads((killed / "metrics.json").read_text())["resumed_at_steps"]
+    assert resumed == [10] and json.loads((straight / "metrics.json").read_text())["resumed_at_steps"] == []
 
 
 @pytest.mark.parametrize("epoch_end", [1, 2])

@@ -210,7 +210,8 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
         # What the data was cut to: the whole split unless data.max_docs says otherwise.
         "data_restrictions": {"max_docs": config.data.max_docs, "sample_seed": config.data.sample_seed},
         "train_seconds": state["train_seconds"],
-        "preprocess_seconds": preprocess_seconds, "wall_seconds": time.perf_counter() - started,
+        "preprocess_seconds": preprocess_seconds, "wall_seconds": time.perf_counter() - started,  # this process
+        "resumed_at_steps": state.get("resumed_at_steps", []),
         "device": str(trainer.device), "device_name": device_name(trainer.device),
         "processes": trainer.world_size,  # torchrun processes (DDP ranks); rank 0's device is the one named
         "parameters": sum(p.numel() for p in model.parameters()),

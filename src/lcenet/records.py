@@ -59,7 +59,8 @@ def run_record(run_dir: str | Path, dataset: str, profile: str, command: str) ->
         "torch_version": summary.get("torch_version"),
         "date": summary.get("date"),
         "train_seconds": summary["train_seconds"],
-        "wall_seconds": summary["wall_seconds"],
+        "wall_seconds": summary["wall_seconds"],  # of the last process; earlier ones stopped at resumed_at_steps
+        "resumed_at_steps": summary.get("resumed_at_steps"),  # None: a record from before the field
         "parameters": summary["parameters"],
         "lcenet_parameters": summary["lcenet_parameters"],
         "lcenet_settings": summary.get("lcenet_settings"),

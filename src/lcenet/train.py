@@ -153,7 +153,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_score": -1.0, "best_step": 0,
                       "evals_without_improvement": 0, "train_seconds": 0.0, "stopped_early": False,
-                      "stopped_by_time": False, "dev_scores": []}
+                      "stopped_by_time": False, "dev_scores": [], "resumed_at_steps": []}
 
     def _lr_factor(self, step: int) -> float:
         settings = self.settings
@@ -172,6 +172,8 @@ class Trainer:
         settings = self.settings
         if resume and (self.run_dir / CHECKPOINT_FILE).exists():
             self._load_checkpoint()
+            # Where each earlier process stopped: a record's wall time is its last process's alone.
+            self.state.setdefault("resumed_at_steps", []).append(self.state["step"])
             log.info("resumed at step %d (epoch %d)", self.state["step"], self.state["epoch"] + 1)
         else:
             torch.manual_seed(self._rank_seed())
