@@ -265,6 +265,43 @@ def test_row_adam_on_dense_gradients_is_adamw_and_on_all_rows_the_sparse_update_
     torch.testing.assert_close(params[0], params[2])
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_row_adam_resumes_from_a_state_dict_on_any_device(device):
+    """A reloaded RowAdam (from the host, as checkpoints load; or from an older checkpoint's int step count)
+    continues exactly as the one that kept running, for dense and row-sparse gradients alike; on CUDA the fused
+    kernel needs the step count beside the parameters."""
+    torch.manual_seed(0)
+    grads = [torch.randn(4, 3, device=device) for _ in range(4)]
+
+    def gradient(step):  # dense and row-sparse steps in turn, as a shortlist table gets them
+        if step % 2:
+            return grads[step].clone()
+        return torch.sparse_coo_tensor(torch.tensor([[0, 2]], device=device), grads[step][[0, 2]], (4, 3))
+
+    running, reloaded = (nn.Parameter(torch.ones(4, 3, device=device)) for _ in range(2))
+    optimizer = RowAdam([running], lr=0.1, weight_decay=0.1)
+    for step in range(2):
+        running.grad = gradient(step)
+        optimizer.step()
+    saved = optimizer.state_dict()
+    saved["state"] = {index: {"step": int(state["step"]), **{name: state[name].cpu().clone()  # as read from a file
+                                                              for name in ("exp_avg", "exp_avg_sq")}}
+                      for index, state in saved["state"].items()}
+    with torch.no_grad():
+        reloaded.copy_(running)
+    resumed = RowAdam([reloaded], lr=0.1, weight_decay=0.1)
+    resumed.load_state_dict(saved)
+    for step in range(2, 4):
+        for param, opt in ((running, optimizer), (reloaded, resumed)):
+            param.grad = gradient(step)
+            opt.step()
+    torch.testing.assert_close(reloaded, running)
+    assert resumed.state[reloaded]["step"].device == reloaded.device
+
+
 def test_clipping_counts_sparse_and_dense_gradients_together():
     dense, table = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(5, 2))
     dense.grad = torch.tensor([3.0, 0.0])

@@ -102,11 +102,12 @@ class RowAdam(torch.optim.Optimizer):
                     continue
                 state = self.state[param]
                 if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["step"] = 0.0
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
-                elif not torch.is_tensor(state["step"]):  # checkpoints before the fused update kept an int
-                    state["step"] = torch.tensor(float(state["step"]))
+                # On the parameter's device, as the fused kernel requires; checkpoints before the fused update
+                # kept an int, and load_state_dict leaves the step on the host (a no-op when it is in place).
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32, device=param.device)
                 if param.grad.is_sparse:
                     self._row_update(param, state, group)
                 else:
@@ -126,10 +127,10 @@ class RowAdam(torch.optim.Optimizer):
     def _row_update(param: torch.Tensor, state: dict, group: dict) -> None:
         beta1, beta2 = group["betas"]
         state["step"] += 1
-        step = float(state["step"])
-        step_size = group["lr"] / (1 - beta1 ** step)
+        step = state["step"]  # a tensor on the parameter's device: the corrections need no host sync
+        step_size = -group["lr"] / (1 - beta1 ** step)
         # eps where AdamW's fused kernel (the dense update) adds it: to the bias-corrected root.
-        root_correction = (1 - beta2 ** step) ** 0.5
+        root_correction = (1 - beta2 ** step).sqrt()
         decay = 1 - group["lr"] * group["weight_decay"]
         rows, values = _rows_and_values(param.grad)
         exp_avg = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
@@ -137,7 +138,7 @@ class RowAdam(torch.optim.Optimizer):
         exp_avg_sq.addcmul_(values, values, value=1 - beta2)
         state["exp_avg"].index_copy_(0, rows, exp_avg)
         state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-        update = exp_avg.div_(exp_avg_sq.sqrt_().div_(root_correction).add_(group["eps"])).mul_(-step_size)
+        update = exp_avg.div_(exp_avg_sq.sqrt_().div_(root_correction).add_(group["eps"])).mul_(step_size)
         if decay != 1:
             update.add_(param.index_select(0, rows), alpha=decay - 1)
         param.index_add_(0, rows, update)
