@@ -7,7 +7,9 @@
 #      grid (configs/experiments/ablation_eurlex57k_gpu15min.yaml) without the step-time benchmark; or, with
 #      SUITE=bert, the BERT family base vs +LCENet (configs/experiments/paper_eurlex57k_bert_gpu15min.yaml) from
 #      the data set and encoder that benchmarks/pack_bert_lease.py packed into $PACKED (carry that folder);
-#      GRID=configs/experiments/ablation_eurlex57k_bert_gpu15min.yaml runs the BERT head learning-rate check;
+#      GRID=configs/experiments/ablation_eurlex57k_bert_gpu15min.yaml runs the BERT head learning-rate check,
+#      GRID=configs/experiments/hybrid_eurlex57k_gpu.yaml PREPROCESS_CONFIG=configs/eurlex57k_bert_sparse.yaml
+#      bert against bert_sparse (TF-IDF beside the encoder);
 #      or, with SUITE=converged FAMILY=xmlcnn|attentionxml|sparse, configs/experiments/converged_gpu_$FAMILY.yaml (the
 #      converged full-shape profile; GRID names another grid of that family, e.g.
 #      configs/experiments/converged_gpu_xmlcnn_default.yaml; BERT's is SUITE=bert
@@ -62,7 +64,7 @@ if [ "$SUITE" = bert ]; then
     DATA=/tmp/bert_lease
     python3 benchmarks/pack_bert_lease.py unpack "${PACKED:-.device_data/bert}" "$DATA" || stamp "unpack exit $?"
     set -- --set "model_args.pretrained=$DATA/encoder" "$@"
-    preprocess_args=(--config configs/eurlex57k_bert.yaml --set "data.max_docs={dev: 2000}")
+    preprocess_args=(--config "${PREPROCESS_CONFIG:-configs/eurlex57k_bert.yaml}" --set "data.max_docs={dev: 2000}")
     grid=${GRID:-configs/experiments/paper_eurlex57k_bert_gpu15min.yaml}
 fi
 if [ "$SUITE" = bert ] && [[ "$grid" == *converged* ]]; then

@@ -3,12 +3,13 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from lcenet.inference import CsrInputs, EpochBatches, SplitTensors, TokenInputs, narrowest_int_dtype
+from lcenet.inference import CsrInputs, EpochBatches, PairedInputs, SplitTensors, TokenInputs, narrowest_int_dtype
 
 CPU = torch.device("cpu")
 
 
-def random_split(seed=0, docs=37, positions=12, vocab=500, labels=9, features=False):
+def random_split(seed=0, docs=37, positions=12, vocab=500, labels=9, features="tokens"):
+    """``features``: the input store, ``tokens``, ``tfidf`` (CSR) or ``both`` (PairedInputs)."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(0, positions + 1, size=docs)
     ids = np.zeros((docs, positions), dtype=np.int32)
@@ -16,12 +17,12 @@ def random_split(seed=0, docs=37, positions=12, vocab=500, labels=9, features=Fa
         ids[row, :length] = rng.integers(1, vocab, size=length)
     truth = sp.random(docs, labels + 2, density=0.3, format="csr", random_state=seed, dtype=np.float32)
     truth.data[:] = 1  # two extra columns: labels unseen in train, never targets
-    inputs = (CsrInputs(sp.random(docs, vocab, density=0.05, format="csr", random_state=seed, dtype=np.float32))
-              if features else TokenInputs(ids, 0))
-    return SplitTensors(inputs, truth)
+    csr = CsrInputs(sp.random(docs, vocab, density=0.05, format="csr", random_state=seed, dtype=np.float32))
+    inputs = {"tokens": TokenInputs(ids, 0), "tfidf": csr, "both": PairedInputs(TokenInputs(ids, 0), csr)}
+    return SplitTensors(inputs[features], truth)
 
 
-@pytest.mark.parametrize("features", [False, True])
+@pytest.mark.parametrize("features", ["tokens", "tfidf", "both"])
 def test_device_resident_batches_equal_host_batches(features):
     split = random_split(features=features)
     host = EpochBatches(split, 9, batch_size=8, device=CPU, resident=False)
@@ -31,7 +32,7 @@ def test_device_resident_batches_equal_host_batches(features):
     resident.start_epoch(order)
     for start in range(0, len(order), 8):
         (host_inputs, host_targets), (resident_inputs, resident_targets) = host.get(start), resident.get(start)
-        assert len(host_inputs) == len(resident_inputs)
+        assert len(host_inputs) == len(resident_inputs) == {"tokens": 2, "tfidf": 3, "both": 5}[features]
         for a, b in zip(host_inputs, resident_inputs):
             assert a.dtype == b.dtype and torch.equal(a, b)
         assert torch.equal(host_targets, resident_targets)

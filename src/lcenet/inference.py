@@ -6,7 +6,8 @@ numbers into the tensors a model is called with, ``model(*store.batch(rows, devi
 - ``TokenInputs``: token ids ``[N, T]`` (numpy, possibly memory-mapped) → ``(input_ids, attention_mask)``,
   trimmed to the longest document in the batch (models are padding-invariant, so trimming only saves time);
 - ``CsrInputs``: a CSR feature matrix ``[N, F]`` → ``(indices, offsets, weights)``, the arguments of
-  ``nn.EmbeddingBag(mode="sum")``.
+  ``nn.EmbeddingBag(mode="sum")``;
+- ``PairedInputs``: both of one set of documents → ``(input_ids, attention_mask, indices, offsets, weights)``.
 
 Training on a GPU uses ``EpochBatches`` with ``resident=True``: the split's inputs (token ids in the
 narrowest integer dtype, or the CSR arrays) and its label CSR are moved to the device once, and every batch
@@ -37,10 +38,13 @@ class ResidentStore(Protocol):
     """A split's inputs held on the training device."""
 
     def batch_sizes(self, order: np.ndarray, batch_size: int) -> np.ndarray:
-        """One host-side size per consecutive ``batch_size`` slice of ``order`` (what ``batch`` needs)."""
+        """The host-side size(s) of each consecutive ``batch_size`` slice of ``order`` (what ``batch`` needs),
+        one entry (a number, or a row of numbers) per batch."""
         ...
 
-    def batch(self, rows: torch.Tensor, size: int) -> Batch: ...
+    def batch(self, rows: torch.Tensor, size) -> Batch:
+        """The inputs of ``rows``; ``size``: this batch's entry of ``batch_sizes``."""
+        ...
 
 
 class InputStore(Protocol):
@@ -96,8 +100,8 @@ class ResidentTokens:
             return np.zeros(0, dtype=np.int64)
         return np.maximum(np.maximum.reduceat(self.lengths[order], np.arange(0, len(order), batch_size)), 1)
 
-    def batch(self, rows: torch.Tensor, size: int) -> Batch:
-        input_ids = self.ids.index_select(0, rows)[:, :size].long()
+    def batch(self, rows: torch.Tensor, size) -> Batch:
+        input_ids = self.ids.index_select(0, rows)[:, :int(size)].long()
         return input_ids, input_ids != self.pad_id
 
 
@@ -160,9 +164,40 @@ class ResidentCsr:
         source = starts.index_select(0, position) + within
         return position, self.indices.index_select(0, source), self.data.index_select(0, source), first
 
-    def batch(self, rows: torch.Tensor, size: int) -> Batch:
-        _, columns, values, offsets = self.gather(rows, size)
+    def batch(self, rows: torch.Tensor, size) -> Batch:
+        _, columns, values, offsets = self.gather(rows, int(size))
         return columns, offsets, values
+
+
+@dataclass
+class PairedInputs:
+    """Token ids and a CSR feature matrix of the same documents (a family that reads both)."""
+
+    tokens: TokenInputs
+    features: CsrInputs
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def batch(self, rows: np.ndarray, device: torch.device) -> Batch:
+        return (*self.tokens.batch(rows, device), *self.features.batch(rows, device))
+
+    def resident(self, device: torch.device) -> ResidentPair:
+        return ResidentPair(self.tokens.resident(device), self.features.resident(device))
+
+
+@dataclass
+class ResidentPair:
+    tokens: ResidentTokens
+    features: ResidentCsr
+
+    def batch_sizes(self, order: np.ndarray, batch_size: int) -> np.ndarray:
+        """``[batches, 2]``: each batch's longest document and its number of non-zeros."""
+        return np.stack([self.tokens.batch_sizes(order, batch_size),
+                         self.features.batch_sizes(order, batch_size)], axis=1)
+
+    def batch(self, rows: torch.Tensor, size) -> Batch:
+        return (*self.tokens.batch(rows, size[0]), *self.features.batch(rows, size[1]))
 
 
 def train_truth(labels: sp.csr_matrix, rows: np.ndarray, num_labels: int) -> sp.csr_matrix:
@@ -232,7 +267,7 @@ class EpochBatches:
         else:
             targets = torch.zeros(len(rows), self.num_labels, device=self.device)
             targets.index_put_((position, columns), torch.ones_like(columns, dtype=targets.dtype))
-        return self.inputs.batch(rows, int(self.input_sizes[index])), targets
+        return self.inputs.batch(rows, self.input_sizes[index]), targets
 
 
 def autocast(device: torch.device, enabled: bool, on_cpu: bool = False):

@@ -19,7 +19,7 @@ import torch
 
 from lcenet import data, distributed, metrics, text
 from lcenet.config import RunConfig, TrainSettings
-from lcenet.encoders import Encoder, TfidfEncoder, TokenEncoder, load_encoder
+from lcenet.encoders import Encoder, PairedEncoder, TfidfEncoder, TokenEncoder, load_encoder
 from lcenet.ensemble import check_same_labels
 from lcenet.errors import UserError
 from lcenet.features import fit_cached
@@ -68,7 +68,7 @@ def shortlist_of(model: torch.nn.Module) -> ShortlistModel | None:
 
 
 def train_tfidf(config: RunConfig, train_texts: Sequence[str], cache_dir: Path, source_hash: str) -> TfidfEncoder:
-    """TF-IDF fitted on the train texts with the data settings (cached), as the encoder of the sparse family."""
+    """TF-IDF fitted on the train texts with the data settings (cached): the sparse family's inputs."""
     settings = config.data
     tfidf = {"ngram_max": settings.tfidf_ngram_max, "min_df": settings.tfidf_min_df,
              "max_features": settings.tfidf_max_features, "lowercase": settings.lowercase,
@@ -79,7 +79,7 @@ def train_tfidf(config: RunConfig, train_texts: Sequence[str], cache_dir: Path, 
 
 def make_encoder(config: RunConfig, train_texts: Sequence[str], cache_dir: Path, source_hash: str) -> Encoder:
     """The family's encoder: TF-IDF features or a word tokenizer fitted on train (cached), or a pretrained
-    checkpoint's tokenizer."""
+    checkpoint's tokenizer; both a tokenizer and TF-IDF for a family that reads both."""
     cls = model_class(config.model)
     settings = config.data
     if cls.input_kind == "tfidf":
@@ -88,12 +88,16 @@ def make_encoder(config: RunConfig, train_texts: Sequence[str], cache_dir: Path,
         pretrained = config.model_args.get("pretrained")
         if not pretrained:
             raise UserError(f"model {config.model!r} needs model_args.pretrained (a local checkpoint directory)")
-        return TokenEncoder(text.load_tokenizer(cls.tokenizer_file(pretrained)), settings.max_length)
-    key = text.cache_key(source_hash, "word", str(settings.vocab_size), str(settings.min_frequency),
-                         str(settings.lowercase))
-    tokenizer = text.word_tokenizer_cached(train_texts, cache_dir, key, vocab_size=settings.vocab_size,
-                                           min_frequency=settings.min_frequency, lowercase=settings.lowercase)
-    return TokenEncoder(tokenizer, settings.max_length)
+        tokenizer = text.load_tokenizer(cls.tokenizer_file(pretrained))
+    else:
+        key = text.cache_key(source_hash, "word", str(settings.vocab_size), str(settings.min_frequency),
+                             str(settings.lowercase))
+        tokenizer = text.word_tokenizer_cached(train_texts, cache_dir, key, vocab_size=settings.vocab_size,
+                                               min_frequency=settings.min_frequency, lowercase=settings.lowercase)
+    tokens = TokenEncoder(tokenizer, settings.max_length)
+    if cls.input_kind == "tokens+tfidf":
+        return PairedEncoder(tokens, train_tfidf(config, train_texts, cache_dir, source_hash))
+    return tokens
 
 
 def inverse_propensity_for(truth_columns: int, label_frequency: np.ndarray, num_train_docs: int,

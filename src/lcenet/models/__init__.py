@@ -105,7 +105,7 @@ def build_model(name: str, num_labels: int, vocab_size: int, **model_args) -> XM
 
 def _import_builtin_models() -> None:
     from lcenet.models import sparse, xmlcnn  # noqa: F401  (register themselves)
-    for optional in ("attentionxml", "bert"):
+    for optional in ("attentionxml", "bert", "hybrid"):
         try:
             __import__(f"lcenet.models.{optional}")
         except ModuleNotFoundError as error:

@@ -33,22 +33,11 @@ class BertClassifier(XMTCModel):
                  head_hidden: int | None = None):
         super().__init__()
         del vocab_size  # the encoder's own vocabulary is used
-        if (pretrained is None) == (encoder_config is None):
-            raise UserError("model 'bert' needs exactly one of pretrained (a local model directory) "
-                            "or encoder_config")
-        self.encoder = _load_encoder(pretrained) if pretrained is not None else _build_encoder(encoder_config)
-        if isinstance(getattr(self.encoder, "pooler", None), nn.Module):
-            self.encoder.pooler = None
-        layers = getattr(self.encoder.config, "num_hidden_layers", None)
-        if num_cls_layers is None:  # LightXML's 5, or all layers of a smaller encoder (a tiny or distilled one)
-            num_cls_layers = min(5, layers) if layers else 5
-        if num_cls_layers < 1 or (layers is not None and num_cls_layers > layers):
-            raise UserError(f"model 'bert': num_cls_layers must be between 1 and the encoder's "
-                            f"{layers} layers (got {num_cls_layers})")
-        self.num_cls_layers = num_cls_layers
+        self.encoder = pretrained_encoder(pretrained, encoder_config, self.registry_name)
+        self.num_cls_layers = cls_layer_count(self.encoder, num_cls_layers, self.registry_name)
         self.dropout_rate = dropout
         self.dropout = nn.Dropout(dropout)
-        features = num_cls_layers * self.encoder.config.hidden_size
+        features = self.num_cls_layers * self.encoder.config.hidden_size
         # head_hidden: a hidden layer in the head (features -> H -> L), the capacity control's extra capacity.
         self.head_hidden = head_hidden
         self.hidden = nn.Linear(features, head_hidden) if head_hidden else None
@@ -58,8 +47,8 @@ class BertClassifier(XMTCModel):
     def tokenizer_file(pretrained: str | Path) -> Path:
         path = resolve_pretrained(pretrained) / "tokenizer.json"
         if not path.is_file():
-            raise UserError(f"{path}: not found; model 'bert' needs a fast tokenizer saved as tokenizer.json "
-                            "in the pretrained directory")
+            raise UserError(f"{path}: not found; a pretrained encoder needs a fast tokenizer saved as "
+                            "tokenizer.json in its directory")
         return path
 
     @property
@@ -68,11 +57,8 @@ class BertClassifier(XMTCModel):
         return getattr(self.encoder.config, "max_position_embeddings", None)
 
     def saved_args(self) -> dict:
-        config = json.loads(self.encoder.config.to_json_string(use_diff=False))
-        for key in _UNSAVED_CONFIG_KEYS:
-            config.pop(key, None)
-        return {"encoder_config": config, "num_cls_layers": self.num_cls_layers, "dropout": self.dropout_rate,
-                "head_hidden": self.head_hidden}
+        return {"encoder_config": saved_encoder_config(self.encoder), "num_cls_layers": self.num_cls_layers,
+                "dropout": self.dropout_rate, "head_hidden": self.head_hidden}
 
     def widened_args(self, extra_parameters: int) -> dict:
         """Model arguments whose head holds ``extra_parameters`` more (to within one hidden unit) through a hidden
@@ -87,11 +73,49 @@ class BertClassifier(XMTCModel):
         return self.output(self.features(input_ids, attention_mask))
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask.long(), output_hidden_states=True)
-        cls = torch.cat([h[:, 0] for h in out.hidden_states[-self.num_cls_layers:]], dim=-1)
+        cls = cls_vectors(self.encoder, input_ids, attention_mask, self.num_cls_layers)
         if self.hidden is not None:
             cls = torch.relu(self.hidden(self.dropout(cls)))
         return self.dropout(cls)
+
+
+def pretrained_encoder(pretrained: str | None, encoder_config: dict | None, family: str) -> nn.Module:
+    """The Transformer encoder of ``pretrained`` (a local directory or packaged checkpoint), or one built with
+    random weights from ``encoder_config`` (a saved model's), without its pooler."""
+    if (pretrained is None) == (encoder_config is None):
+        raise UserError(f"model {family!r} needs exactly one of pretrained (a local model directory) "
+                        "or encoder_config")
+    encoder = _load_encoder(pretrained) if pretrained is not None else _build_encoder(encoder_config)
+    if isinstance(getattr(encoder, "pooler", None), nn.Module):
+        encoder.pooler = None
+    return encoder
+
+
+def cls_layer_count(encoder: nn.Module, num_cls_layers: int | None, family: str) -> int:
+    """How many last layers' [CLS] vectors to concatenate: LightXML's 5 by default, or all layers of a smaller
+    encoder (a tiny or distilled one)."""
+    layers = getattr(encoder.config, "num_hidden_layers", None)
+    if num_cls_layers is None:
+        num_cls_layers = min(5, layers) if layers else 5
+    if num_cls_layers < 1 or (layers is not None and num_cls_layers > layers):
+        raise UserError(f"model {family!r}: num_cls_layers must be between 1 and the encoder's "
+                        f"{layers} layers (got {num_cls_layers})")
+    return num_cls_layers
+
+
+def cls_vectors(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_layers: int
+                ) -> torch.Tensor:
+    """The [CLS] (position 0) vectors of the last ``num_layers`` layers, concatenated: [B, num_layers * hidden]."""
+    out = encoder(input_ids=input_ids, attention_mask=attention_mask.long(), output_hidden_states=True)
+    return torch.cat([h[:, 0] for h in out.hidden_states[-num_layers:]], dim=-1)
+
+
+def saved_encoder_config(encoder: nn.Module) -> dict:
+    """The encoder's architecture as ``encoder_config``, without where or when it was made."""
+    config = json.loads(encoder.config.to_json_string(use_diff=False))
+    for key in _UNSAVED_CONFIG_KEYS:
+        config.pop(key, None)
+    return config
 
 
 def _transformers():
@@ -140,10 +164,10 @@ def _build_encoder(encoder_config: dict) -> nn.Module:
     config = dict(encoder_config)
     model_type = config.pop("model_type", None)
     if not model_type:
-        raise UserError("model 'bert': encoder_config needs a model_type")
+        raise UserError("encoder_config needs a model_type (as in the encoder's config.json)")
     for key in _UNSAVED_CONFIG_KEYS:
         config.pop(key, None)
     try:
         return transformers.AutoModel.from_config(transformers.AutoConfig.for_model(model_type, **config))
     except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"model 'bert': bad encoder_config: {error}") from None
+        raise UserError(f"bad encoder_config: {error}") from None
