@@ -205,3 +205,18 @@ def test_the_sparse_family_clusters_labels_from_its_own_train_features(tmp_path)
     config.shortlist = ShortlistSettings(cluster_size=4, top_clusters=3)
     summary = run_training(config, data, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
     assert summary["shortlist"]["test_recall"] > 0.5 and 0 < summary["test"]["P@1"] <= 1
+
+
+def test_the_paired_family_scores_candidates_from_its_joint_features(tmp_path, tiny_bert):
+    """bert_sparse in shortlist mode: its [CLS] + TF-IDF features feed the cluster scorer and the candidate
+    logits through the family defaults, and a reloaded directory predicts what the run evaluated."""
+    data = write_many_labels(tmp_path / "data")
+    config = tiny_config(lcenet=True, epochs=2, lr=2e-2)
+    config.model = "bert_sparse"
+    config.model_args = {"pretrained": str(tiny_bert), "sparse_hidden": 8}
+    config.data.tfidf_min_df = 1
+    config.shortlist = ShortlistSettings(cluster_size=4, top_clusters=3)
+    summary = run_training(config, data, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    assert summary["shortlist"]["test_recall"] > 0 and 0 <= summary["test"]["P@1"] <= 1
+    reloaded = evaluate_directory(tmp_path / "run" / "model", data, split="test", device="cpu")
+    assert reloaded["P@1"] == pytest.approx(summary["test"]["P@1"])
