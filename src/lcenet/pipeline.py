@@ -344,11 +344,22 @@ def evaluate_directory(model_dirs: str | Path | list[str | Path], data_dir: str 
     config.json's run_config), so PSP@k matches the run's metrics.json; the arguments override them."""
     members = load_models([model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs), device)
     first = members[0]
-    trained = first.trained
-    batch_size = batch_size or trained["eval_batch_size"]
+    texts, truth, inv_propensity = labelled_split(first, data_dir, split, propensity_a, propensity_b)
+    top, _ = ensemble_top_k([m.model for m in members], [m.encoder.encode(texts) for m in members],
+                            max(metrics.DEFAULT_KS), first.device, batch_size or first.trained["eval_batch_size"],
+                            first.trained["bf16"])
+    return metrics.evaluate(top, truth, inv_propensity=inv_propensity)
+
+
+def labelled_split(model: LoadedModel, data_dir: str | Path, split: str, propensity_a: float | None = None,
+                   propensity_b: float | None = None) -> tuple[list[str], sp.csr_matrix, np.ndarray]:
+    """A split's texts, its truth in ``model``'s label space (labels the model does not know appended as extra
+    columns: misses) and the inverse propensities of those columns (the constants ``model`` was trained with
+    unless given)."""
+    trained = model.trained
     propensity_a = trained["propensity_a"] if propensity_a is None else propensity_a
     propensity_b = trained["propensity_b"] if propensity_b is None else propensity_b
-    label_index = {name: i for i, name in enumerate(first.label_names)}
+    label_index = {name: i for i, name in enumerate(model.label_names)}
     texts, label_lists = [], []
     for doc_text, labels in data.iter_split(data_dir, split):
         texts.append(doc_text)
@@ -359,8 +370,6 @@ def evaluate_directory(model_dirs: str | Path | list[str | Path], data_dir: str 
     truth = data.labels_to_csr(label_lists, label_index, len(label_index))
     if unseen:
         log.warning("%s: %d labels unknown to the model (kept as misses)", split, len(unseen))
-    inv_propensity = inverse_propensity_for(truth.shape[1], first.label_frequency, first.config["num_train_docs"],
+    inv_propensity = inverse_propensity_for(truth.shape[1], model.label_frequency, model.config["num_train_docs"],
                                             propensity_a, propensity_b)
-    top, _ = ensemble_top_k([m.model for m in members], [m.encoder.encode(texts) for m in members],
-                            max(metrics.DEFAULT_KS), first.device, batch_size, trained["bf16"])
-    return metrics.evaluate(top, sp.csr_matrix(truth), inv_propensity=inv_propensity)
+    return texts, sp.csr_matrix(truth), inv_propensity
