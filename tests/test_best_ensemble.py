@@ -1,21 +1,11 @@
 """benchmarks/best_ensemble.py scores every subset in one pass exactly as ``lcenet evaluate`` scores it."""
 
-import importlib.util
 import itertools
-from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config, write_tiny_dataset
+from conftest import load_benchmark, tiny_config, write_tiny_dataset
 from lcenet.pipeline import evaluate_directory, run_training
-
-
-def load_best_ensemble():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "best_ensemble.py"
-    spec = importlib.util.spec_from_file_location("best_ensemble", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_subset_scores_as_lcenet_evaluate_does(tmp_path, monkeypatch):
@@ -29,7 +19,7 @@ def test_every_subset_scores_as_lcenet_evaluate_does(tmp_path, monkeypatch):
         run_training(config, data, tmp_path / f"run{index}", progress=False)
         dirs.append(tmp_path / f"run{index}" / "model")
     subsets = [s for size in (1, 2, 3) for s in itertools.combinations(range(3), size)]
-    scores = load_best_ensemble().subset_scores(dirs, subsets, data, "dev", "cpu")
+    scores = load_benchmark("best_ensemble").subset_scores(dirs, subsets, data, "dev", "cpu")
     for members, found in zip(subsets, scores):
         expected = evaluate_directory([dirs[i] for i in members], data, "dev", "cpu")
         assert found == pytest.approx(expected, abs=1e-12), members

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import re
 import shutil
@@ -10,7 +9,7 @@ import yaml
 from matplotlib import image
 from typer.testing import CliRunner
 
-from conftest import write_tiny_dataset
+from conftest import load_benchmark, write_tiny_dataset
 from lcenet.cli import app
 from lcenet.report import (
     ablation_table,
@@ -437,11 +436,7 @@ def test_device_name_thread_count(monkeypatch):
 
 # ---- how runs ended, capacity control, RESULTS.md --------------------------------------------------------------
 def load_make_results():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "make_results.py"
-    spec = importlib.util.spec_from_file_location("make_results", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("make_results")
 
 
 def test_unconverged_base_flags_every_delta(tmp_path):
