@@ -435,12 +435,8 @@ def test_device_name_thread_count(monkeypatch):
 
 
 # ---- how runs ended, capacity control, RESULTS.md --------------------------------------------------------------
-def load_make_results():
-    return load_benchmark("make_results")
-
-
 def test_unconverged_base_flags_every_delta(tmp_path):
-    make_results = load_make_results()
+    make_results = load_benchmark("make_results")
     base = [fake_record("base", None, seed, 0.4, 1.0, converged=seed != 1, stop_reason=reason)
             for seed, reason in ((0, "patience"), (1, "max_seconds"), (2, "patience"))]
     enhanced = [fake_record("lcenet", {}, seed, 0.55, 2.0, stop_reason="epochs") for seed in (0, 1, 2)]
@@ -542,7 +538,7 @@ def test_the_only_variant_with_an_lcenet_head_is_compared_with_the_base_whatever
 
 
 def test_data_restrictions_in_headers(tmp_path):
-    make_results = load_make_results()
+    make_results = load_benchmark("make_results")
     records = [fake_record(name, lcenet, 0, rate, 1.0) for name, lcenet, rate in (("base", None, 0.4),
                                                                                    ("lcenet", {}, 0.5))]
     records[0]["data_restrictions"] = {"max_docs": {"train": 5000, "dev": 1000}, "sample_seed": 0}
@@ -573,7 +569,7 @@ def test_data_restrictions_in_headers(tmp_path):
 
 
 def test_step_time_section_old_and_new_formats(tmp_path):
-    make_results = load_make_results()
+    make_results = load_benchmark("make_results")
     timing = {"median_step_s": 0.01, "train_docs_per_s": 6400.0, "infer_docs_per_s": 20000.0}
     slower = {"median_step_s": 0.012, "train_docs_per_s": 5333.0, "infer_docs_per_s": 18000.0}
     case = {"family": "xmlcnn", "num_labels": 4271, "batch": 64, "max_length": 500, "repeats": 3}
@@ -615,7 +611,7 @@ def test_grid_lcenet_settings_size_the_capacity_control_and_leave_the_base_alone
 
 
 def test_sparse_epoch_section_lists_every_variant(tmp_path):
-    make_results = load_make_results()
+    make_results = load_benchmark("make_results")
     run = {"epoch_train_seconds": 40.0, "train_docs_per_s": 1125.0, "lcenet_settings": None,
            "dev_after_one_epoch": {"P@1": 0.5, "nDCG@5": 0.4}}
     record = {"threads": 2, "command": "python benchmarks/sparse_epoch.py", "wall_seconds": 90.0,
@@ -647,7 +643,7 @@ def test_every_shipped_experiment_builds_every_cell(spec, monkeypatch):
 def test_prepare_extrapolation_takes_the_stage_whose_peak_grows_fastest():
     """A stage with the highest peak at small scales but a flat one (a TF-IDF fit on a fixed sample) loses to a
     stage that grows with the documents once both are carried to full scale."""
-    load_make_results()  # puts benchmarks/ on the path
+    load_benchmark("make_results")  # puts benchmarks/ on the path
     from prepare_scale import extrapolate
 
     def run(docs, fit_peak, encode_peak):
