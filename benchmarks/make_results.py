@@ -366,18 +366,27 @@ def latency_text(measurement: dict) -> str:
     return f"{latency['p50']:.1f} / {latency['p99']:.1f}" if latency else "—"
 
 
+BEST_ENSEMBLES_SHOWN = 10
+
+
 def best_ensemble_section(paths: list[Path]) -> list[str]:
     """The best model or ensemble chosen on dev, scored once on test (benchmarks/best_ensemble.py)."""
     lines = []
     for path in paths:
         record = json.loads(path.read_text())
         best = record["best"]
+        candidates = record["candidates"]
+        singles = [c for c in candidates if len(c["members"]) == 1]
+        ensembles = sorted((c for c in candidates if len(c["members"]) > 1), key=lambda c: -c["dev"]["nDCG@5"])
+        shown = singles + ensembles[:BEST_ENSEMBLES_SHOWN]
         lines += [f"## Best model chosen on dev: `{path.name}`", "",
-                  f"Data `{record['data']}`; {len(record['candidates'])} single models and ensembles scored on dev, "
-                  f"the best by {record['selected_on']} scored on test once.", "",
+                  f"Data `{record['data']}`; {len(candidates)} single models and ensembles scored on dev, the best by "
+                  f"{record['selected_on']} scored on test once. Below: every single model and the "
+                  f"{min(BEST_ENSEMBLES_SHOWN, len(ensembles))} best of the {len(ensembles)} ensembles (all of them "
+                  "in the record).", "",
                   "| members | dev P@1 | dev nDCG@5 |", "|:--|--:|--:|"]
         lines += [f"| {' + '.join(Path(m).parent.name for m in c['members'])} | {100 * c['dev']['P@1']:.2f} | "
-                  f"{100 * c['dev']['nDCG@5']:.2f} |" for c in record["candidates"]]
+                  f"{100 * c['dev']['nDCG@5']:.2f} |" for c in shown]
         lines += ["", f"Chosen: {' + '.join(Path(m).parent.name for m in best['members'])}: **test P@1 "
                   f"{100 * best['test']['P@1']:.2f}, nDCG@5 {100 * best['test']['nDCG@5']:.2f}** "
                   f"(P@3 {100 * best['test']['P@3']:.2f}, P@5 {100 * best['test']['P@5']:.2f}). Reproduce: "
