@@ -52,10 +52,6 @@ class BertSparseHybrid(XMTCModel):
 
     tokenizer_file = staticmethod(BertClassifier.tokenizer_file)
 
-    @property
-    def max_length(self) -> int | None:
-        return getattr(self.encoder.config, "max_position_embeddings", None)
-
     def saved_args(self) -> dict:
         return {"encoder_config": saved_encoder_config(self.encoder), **self.args}
 
