@@ -156,9 +156,10 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
     model_args = effective_model_args(config, num_labels, encoder.vocab_size)
     clusters = None
     if config.shortlist is not None:  # label clusters from TF-IDF label centroids; the same for every seed
-        # The sparse family's train inputs are these features already; other families fit them (cached).
-        tfidf = (splits["train"].inputs if isinstance(encoder, TfidfEncoder) else
-                 train_tfidf(config, dataset.train.texts, cache_dir, dataset.source_hash).encode_cached(
+        # The train inputs of a family that reads TF-IDF hold these features already; others fit them (cached).
+        inputs = splits["train"].inputs
+        tfidf = (inputs if isinstance(encoder, TfidfEncoder) else inputs.features if isinstance(encoder, PairedEncoder)
+                 else train_tfidf(config, dataset.train.texts, cache_dir, dataset.source_hash).encode_cached(
                      dataset.train.texts, cache_dir, dataset.source_hash, "train"))
         clusters = build_clusters(splits["train"].labels[:, :num_labels], tfidf.features, config.shortlist)
     # Row-sparse gradients for the label tables in shortlist mode; DDP all-reduces dense gradients only, and a
