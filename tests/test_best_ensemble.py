@@ -24,3 +24,21 @@ def test_every_subset_scores_as_lcenet_evaluate_does(tmp_path, monkeypatch):
         expected = evaluate_directory([dirs[i] for i in members], data, "dev", "cpu")
         assert found == pytest.approx(expected, abs=1e-12), members
     assert len({round(s["nDCG@5"], 9) for s in scores}) > 1  # the subsets differ, so the match is not vacuous
+
+
+def test_forward_selection_adds_the_best_model_each_round_and_stops_when_nothing_helps():
+    ndcg = {(0,): .50, (1,): .60, (2,): .40, (3,): .55, (0, 1): .62, (1, 2): .65, (1, 3): .61,
+            (0, 1, 2): .64, (1, 2, 3): .66, (0, 1, 2, 3): .65}
+    select = load_benchmark("best_ensemble").forward_selection
+    scored = select(lambda members: {"nDCG@5": ndcg[members], "P@1": 0.0}, count=4, max_size=4)
+    assert set(scored) == set(ndcg)  # (0, 2), (0, 3), ... are never tried: they do not extend the round's best
+    best = max(scored, key=lambda members: scored[members]["nDCG@5"])
+    assert best == (1, 2, 3)
+    assert set(select(lambda members: {"nDCG@5": ndcg[members], "P@1": 0.0}, count=4, max_size=2)) == {
+        (0,), (1,), (2,), (3,), (0, 1), (1, 2), (1, 3)}
+
+
+def test_forward_selection_keeps_the_smaller_ensemble_on_a_tie():
+    select = load_benchmark("best_ensemble").forward_selection
+    scored = select(lambda members: {"nDCG@5": 0.7, "P@1": 0.9}, count=3, max_size=3)
+    assert set(scored) == {(0,), (1,), (2,), (0, 1), (0, 2)}  # a tie adds nothing, so the second round is last
