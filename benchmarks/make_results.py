@@ -367,6 +367,8 @@ def latency_text(measurement: dict) -> str:
 
 
 BEST_ENSEMBLES_SHOWN = 10
+SEARCHES = {"exhaustive": "every subset of the models up to the size limit",
+            "forward": "greedy forward selection: each round adds the model that makes the best ensemble"}
 
 
 def best_ensemble_section(paths: list[Path]) -> list[str]:
@@ -380,7 +382,8 @@ def best_ensemble_section(paths: list[Path]) -> list[str]:
         ensembles = sorted((c for c in candidates if len(c["members"]) > 1), key=lambda c: -c["dev"]["nDCG@5"])
         shown = singles + ensembles[:BEST_ENSEMBLES_SHOWN]
         lines += [f"## Best model chosen on dev: `{path.name}`", "",
-                  f"Data `{record['data']}`; {len(candidates)} single models and ensembles scored on dev, the best by "
+                  f"Data `{record['data']}`; {len(candidates)} single models and ensembles scored on dev "
+                  f"({SEARCHES[record.get('search', 'exhaustive')]}), the best by "
                   f"{record['selected_on']} scored on test once. Below: every single model and the "
                   f"{min(BEST_ENSEMBLES_SHOWN, len(ensembles))} best of the {len(ensembles)} ensembles (all of them "
                   "in the record).", "",
