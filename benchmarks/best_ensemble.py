@@ -56,9 +56,9 @@ def split_outputs(model_dirs: list[Path], data_dir: Path, split: str, device: st
     first = models[0]
     texts, truth, inv_propensity = labelled_split(first, data_dir, split)
     inputs = [m.encoder.encode(texts) for m in models]
-    outputs = []
-    for start in range(0, len(texts), first.trained["eval_batch_size"]):
-        rows = np.arange(start, min(start + first.trained["eval_batch_size"], len(texts)))
+    batch_size, outputs = first.trained["eval_batch_size"], []
+    for start in range(0, len(texts), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(texts)))
         with autocast(first.device, first.trained["bf16"]):
             scored = [m.model.score(*store.batch(rows, first.device)) for m, store in zip(models, inputs)]
         outputs.append([ModelOutput(o.logits.float().cpu(), None if o.label_ids is None else o.label_ids.cpu())
