@@ -24,11 +24,13 @@ from lcenet.report import (
     data_lines,
     group_records,
     load_records,
+    own_overrides,
     results_table,
+    setting_text,
     shared_seeds,
     stop_reasons_text,
 )
-from lcenet.report.records import base_records, lcenet_records
+from lcenet.report.records import BASE, base_records, is_capacity_control, lcenet_records
 
 sys.path.insert(0, str(Path(__file__).parent))
 from prepare_scale import extrapolate  # noqa: E402 -- a sibling script, also when loaded by path (the tests)
@@ -73,6 +75,54 @@ def experiment_section(directory: Path) -> list[str]:
     if len({r.get("variant") for r in records}) > 2:
         lines += ["### All variants", "", ablation_table(records), ""]
     return lines
+
+
+def summary_section(directories: list[Path]) -> list[str]:
+    """Every LCENet variant and capacity control of every experiment against the base of its own grid, on the
+    seeds both ran: Δ of the means (points) on dev nDCG@5 (the model selected on dev) and test P@1 / nDCG@5, and
+    whether an LCENet variant meets the +1.0 target. Bold: the base or the variant did not converge (or may not
+    have), so the Δ is early training."""
+    header = ("| experiment | model | variant | setting | seeds | converged (base, variant) | Δ dev nDCG@5 "
+              "| Δ test P@1 | Δ test nDCG@5 | +1.0 target |")
+    rows, compared, met = [], 0, 0
+    for directory in directories:
+        records = load_records(directory)[0]
+        overrides = own_overrides(records)[0]
+        for (_, model), group in group_records(records).items():
+            base = base_records(group)
+            for name, variant in group.items():
+                has_head = all(r.get("lcenet") is not None for r in variant)
+                if not base or name == BASE or not (has_head or is_capacity_control(variant)):
+                    continue
+                reference, compared_runs, _ = shared_seeds(base, variant)
+                seeds = sorted({r.get("seed") for r in reference} & {r.get("seed") for r in compared_runs})
+                if not seeds:
+                    continue
+                deltas = [100 * (np.mean([r[split][metric] for r in compared_runs])
+                                 - np.mean([r[split][metric] for r in reference]))
+                          for split, metric in (("dev", "nDCG@5"), ("test", "P@1"), ("test", "nDCG@5"))]
+                converged = all(r.get("converged") for r in reference + compared_runs)
+                verdict = "—"
+                if has_head:
+                    verdict = "met" if min(deltas[1:]) >= TARGET_POINTS else "missed"
+                    compared += converged
+                    met += converged and verdict == "met"
+                    verdict += "" if converged else " (early training)"
+                cells = [directory.name, model, name, setting_text(variant[0], overrides), len(seeds),
+                         f"{converged_text(reference)}, {converged_text(compared_runs)}",
+                         *(f"{delta:+.2f}" for delta in deltas), verdict]
+                if not converged:
+                    cells[6:9] = [f"**{cell}**" for cell in cells[6:9]]
+                rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    if not rows:
+        return []
+    return ["# Summary: every variant against its base", "",
+            "Each LCENet variant and capacity control (`capacity`: the base widened by as many parameters as LCENet "
+            "adds) against the base of the same grid, on the seeds both ran; Δ in points of the means. **Bold**: the "
+            "base or the variant did not converge (or may not have), so the Δ measures early training. "
+            f"Against a converged base, {met} of {compared} LCENet variants meet the target "
+            f"(+{TARGET_POINTS:.1f} test P@1 and nDCG@5).", "",
+            header, "|:--|:--|:--|:--|--:|:--|--:|--:|--:|:--|", *rows, ""]
 
 
 def shortlist_lines(cells: dict[tuple[str, str], list[dict]]) -> list[str]:
@@ -408,6 +458,7 @@ def main() -> None:
     for directory in sorted(p for p in RESULTS.iterdir() if (p / "records").is_dir()):
         records = load_records(directory)[0]
         (converged if records and all(r.get("converged") for r in records) else early).append(directory)
+    lines += summary_section(converged + early)
     lines += ["# Converged evidence", "",
               "Experiments in which every run converged: early stopping on dev nDCG@5 fired, or its last two dev "
               "evaluations raised the best by less than 0.1 points (`src/lcenet/stopping.py`).", ""]

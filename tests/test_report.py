@@ -16,6 +16,7 @@ from lcenet.report import (
     curve_variants,
     data_lines,
     group_records,
+    load_records,
     own_overrides,
     results_table,
     write_report,
@@ -659,3 +660,35 @@ def test_prepare_extrapolation_takes_the_stage_whose_peak_grows_fastest():
     assert full["peak_rss_gib"] == pytest.approx(1.5 + 0.5 * 8)  # +0.5 GiB per 1,000 documents
     assert full["stage_peak_rss_gib"]["fit_encoder"] == pytest.approx(2.0)
     assert full["stage_minutes"]["fit_encoder"] == pytest.approx(0.0)  # a fixed cost drops out of the slope
+
+
+def test_summary_compares_every_variant_with_its_own_base_on_shared_seeds(tmp_path):
+    make_results = load_benchmark("make_results")
+    converged = write_experiment(tmp_path / "converged", [
+        *(fake_record("base", None, seed, 0.40, 1.0) for seed in (0, 1, 2)),
+        *(fake_record("lcenet", {}, seed, 0.55, 2.0) for seed in (0, 1)),  # seed 2 not run: compared on 0 and 1
+        *(fake_record("rank4", {"rank": 4}, seed, 0.40, 1.0) for seed in (0, 1, 2))])
+    capacity = fake_record("capacity", None, 0, 0.45, 1.0)
+    capacity["config"]["capacity_control"] = {}
+    early = write_experiment(tmp_path / "early", [fake_record("base", None, 0, 0.40, 1.0, converged=False),
+                                                  fake_record("lcenet", {}, 0, 0.55, 2.0), capacity])
+    text = "\n".join(make_results.summary_section([converged, early]))
+    header = table_row(text, "experiment")
+    rows = {(row[0], row[2]): dict(zip(header, row)) for row in
+            ([cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+             if line.startswith(("| converged", "| early")))}
+    assert set(rows) == {("converged", "lcenet"), ("converged", "rank4"), ("early", "lcenet"), ("early", "capacity")}
+
+    lcenet = rows["converged", "lcenet"]
+    assert lcenet["seeds"] == "2"
+    records = load_records(converged)[0]
+    mean = {variant: np.mean([r["test"]["P@1"] for r in records if r["variant"] == variant and r["seed"] < 2])
+            for variant in ("base", "lcenet")}
+    assert float(lcenet["Δ test P@1"]) == pytest.approx(100 * (mean["lcenet"] - mean["base"]), abs=0.006)
+    assert lcenet["+1.0 target"] == "met" and rows["converged", "rank4"]["+1.0 target"] == "missed"
+    assert "rank=4" in rows["converged", "rank4"]["setting"]
+    # against an unconverged base: bold deltas and an early-training verdict, not counted in the headline
+    assert rows["early", "lcenet"]["Δ test P@1"].startswith("**")
+    assert rows["early", "lcenet"]["+1.0 target"] == "met (early training)"
+    assert rows["early", "capacity"]["+1.0 target"] == "—"
+    assert "1 of 2 LCENet variants meet the target" in text

@@ -22,9 +22,11 @@ from lcenet.report.tables import (
     convergence_flag,
     data_lines,
     results_table,
+    setting_text,
     shared_seeds,
     stop_reasons_text,
 )
 
 __all__ = ["ablation_table", "converged_text", "convergence_flag", "curve_variants", "data_lines", "group_records",
-           "load_records", "own_overrides", "results_table", "shared_seeds", "stop_reasons_text", "write_report"]
+           "load_records", "own_overrides", "results_table", "setting_text", "shared_seeds", "stop_reasons_text",
+           "write_report"]

@@ -88,7 +88,7 @@ def _arguments(arguments: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(arguments.items()))
 
 
-def _setting(record: dict, overrides: Overrides | None = None) -> str:
+def setting_text(record: dict, overrides: Overrides | None = None) -> str:
     """``"—"`` (no LCENet head) or the LCENet arguments that differ from CorNet's (``"CorNet"`` when none), or for
     a capacity control the LCENet arguments it matches in parameters and the model arguments it widened, then the
     run's own overrides: ``"CorNet; train.lcenet_lr=0.0001"``, ``"capacity control (LCENet CorNet): hidden_dim=2800"``.
@@ -262,7 +262,7 @@ def group_ablation_table(groups: dict[tuple[str, str], Group], overrides: Overri
         for name, records in group.items():
             ms = [v for v in map(step_ms, records) if v is not None]
             ratio = f"×{np.mean(ms) / np.mean(base_ms):.2f}" if ms and base_ms else "n/a"
-            rows.append([dataset, model, name, _setting(records[0], overrides), len(records),
+            rows.append([dataset, model, name, setting_text(records[0], overrides), len(records),
                          *(_pct(metric_values(records, "test", m)) for m in ABLATION_METRICS),
                          _int([r.get("lcenet_parameters") for r in records]),
                          _int([r.get("parameters") for r in records]),
