@@ -120,8 +120,8 @@ def summary_section(directories: list[Path]) -> list[str]:
             "Each LCENet variant and capacity control (`capacity`: the base widened by as many parameters as LCENet "
             "adds) against the base of the same grid, on the seeds both ran; Δ in points of the means. **Bold**: the "
             "base or the variant did not converge (or may not have), so the Δ measures early training. "
-            f"Against a converged base, {met} of {compared} LCENet variants meet the target "
-            f"(+{TARGET_POINTS:.1f} test P@1 and nDCG@5).", "",
+            f"Where the base and the variant both converged, {met} of {compared} LCENet variants meet the target "
+            f"(+{TARGET_POINTS:.1f} test P@1 and nDCG@5; a run shared by two grids counts in each).", "",
             header, "|:--|:--|:--|:--|--:|:--|--:|--:|--:|:--|", *rows, ""]
 
 

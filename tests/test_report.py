@@ -691,4 +691,4 @@ def test_summary_compares_every_variant_with_its_own_base_on_shared_seeds(tmp_pa
     assert rows["early", "lcenet"]["Δ test P@1"].startswith("**")
     assert rows["early", "lcenet"]["+1.0 target"] == "met (early training)"
     assert rows["early", "capacity"]["+1.0 target"] == "—"
-    assert "1 of 2 LCENet variants meet the target" in text
+    assert "both converged, 1 of 2 LCENet variants meet the target" in text
