@@ -70,10 +70,12 @@ def experiment_section(directory: Path) -> list[str]:
                      f" | {sum(bool(r.get('stopped_by_time')) for r in group)}/{len(group)}"
                      f" | {converged_text(group)} | {stop_reasons_text(group)} |")
     lines += shortlist_lines(seen)
-    lines += ["", "### Test set, base vs +LCENet", "", results_table(records, n_resamples=2000), ""]
-    lines += target_lines(records)
-    if len({r.get("variant") for r in records}) > 2:
-        lines += ["### All variants", "", ablation_table(records), ""]
+    variants = {r.get("variant") for r in records}
+    if BASE in variants:
+        lines += ["", "### Test set, base vs +LCENet", "", results_table(records, n_resamples=2000), ""]
+        lines += target_lines(records)
+    if len(variants) > 2 or BASE not in variants:  # a selection grid without a base shows its variants side by side
+        lines += ["", "### All variants", "", ablation_table(records), ""]
     return lines
 
 
