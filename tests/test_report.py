@@ -672,7 +672,7 @@ def test_summary_compares_every_variant_with_its_own_base_on_shared_seeds(tmp_pa
     capacity["config"]["capacity_control"] = {}
     early = write_experiment(tmp_path / "early", [fake_record("base", None, 0, 0.40, 1.0, converged=False),
                                                   fake_record("lcenet", {}, 0, 0.55, 2.0), capacity])
-    text = "\n".join(make_results.summary_section([converged, early]))
+    text = "\n".join(make_results.summary_section({d.name: load_records(d)[0] for d in (converged, early)}))
     header = table_row(text, "experiment")
     rows = {(row[0], row[2]): dict(zip(header, row)) for row in
             ([cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
