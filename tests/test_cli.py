@@ -238,10 +238,17 @@ def test_predict_keeps_input_order_across_batches(trained):
     batched = runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu", "--batch-size", "2"],
                             input=texts)
     assert whole.exit_code == batched.exit_code == 0
-    assert whole.stdout == batched.stdout and len(whole.stdout.splitlines()) == 5
-    single = [runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu"], input=line + "\n").stdout
-              for line in texts.splitlines()]
-    assert "".join(single) == whole.stdout  # each line's prediction does not depend on its neighbours
+    single = "".join(runner.invoke(app, ["predict", str(run / "model"), "--device", "cpu"], input=line + "\n").stdout
+                     for line in texts.splitlines())
+    # Each line's prediction does not depend on its neighbours. The scores agree up to float rounding: a matmul
+    # over another batch shape may sum in another order, which can move the 6th printed decimal.
+    expected = [json.loads(line) for line in whole.stdout.splitlines()]
+    assert len(expected) == 5
+    for other in (batched.stdout, single):
+        got = [json.loads(line) for line in other.splitlines()]
+        assert [r["labels"] for r in got] == [r["labels"] for r in expected]
+        for row, reference in zip(got, expected):
+            assert row["scores"] == pytest.approx(reference["scores"], rel=0, abs=2e-6)
 
 
 def test_serve_without_its_extra_is_a_one_line_error(monkeypatch, tmp_path):

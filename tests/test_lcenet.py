@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from lcenet import LCENet, LCENetWrapped, with_lcenet
+from lcenet.config import CORNET, LCENetSettings
 from lcenet.errors import UserError
 
 
@@ -34,9 +35,16 @@ def test_identity_init_is_the_identity_map():
     assert torch.equal(net(z), z)
 
 
+def test_the_defaults_start_as_the_identity_map_and_cornets_setting_does_not():
+    z = torch.randn(5, 40)
+    assert torch.equal(LCENet(num_labels=40)(z), z)
+    assert torch.equal(LCENet(num_labels=40, **LCENetSettings().kwargs())(z), z)
+    assert not torch.allclose(LCENet(num_labels=40, **CORNET.kwargs())(z), z)
+
+
 def test_xavier_init_changes_logits():
     torch.manual_seed(0)
-    net = LCENet(num_labels=40, rank=16)
+    net = LCENet(num_labels=40, rank=16, init="xavier")
     z = torch.randn(5, 40)
     assert not torch.allclose(net(z), z)
 

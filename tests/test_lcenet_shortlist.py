@@ -47,7 +47,7 @@ ABLATIONS = [
 
 def make_net(seed: int = 0, **kwargs) -> LCENet:
     torch.manual_seed(seed)
-    kwargs = {"rank": 4, **kwargs}
+    kwargs = {"rank": 4, "init": "xavier", **kwargs}
     if not kwargs.get("bottleneck", True):
         kwargs.pop("rank")
     net = LCENet(L, **kwargs)
@@ -186,7 +186,7 @@ def test_model_files_keep_the_nn_linear_layout():
     nn.init.xavier_uniform_(first_down.weight)
     nn.init.xavier_uniform_(first_up.weight)
     torch.manual_seed(0)
-    fresh = LCENet(L, rank=4, blocks=1).state_dict()
+    fresh = LCENet(L, rank=4, blocks=1, init="xavier").state_dict()
     assert torch.equal(fresh["blocks.0.down.weight"], first_down.weight)
     assert torch.equal(fresh["blocks.0.up.weight"], first_up.weight)
 

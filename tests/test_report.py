@@ -232,8 +232,10 @@ def test_experiment_end_to_end(finished_experiment):
     records = {p.name for p in (out / "records").glob("*.json")}
     assert records == {"tiny__xmlcnn__base__s0.json", "tiny__xmlcnn__lcenet__s0.json"}
     record = json.loads((out / "records" / "tiny__xmlcnn__lcenet__s0.json").read_text())
-    # the record names what differs from CorNet's setting: rank, and the auxiliary loss lcenet adds by default
-    assert record["variant"] == "lcenet" and record["lcenet"] == {"rank": 4, "aux_loss_weight": 1.0}
+    # the record names what differs from CorNet's setting: rank, and the auxiliary loss and init lcenet's default
+    # changes
+    assert record["variant"] == "lcenet" and record["lcenet"] == {"rank": 4, "aux_loss_weight": 1.0,
+                                                                  "init": "identity"}
     assert record["test_documents"]
     assert len(record["dev_curve"]) >= 2
     text = (out / "report.md").read_text(encoding="utf-8")

@@ -7,8 +7,9 @@ A stack of residual blocks over label logits z (shape [B, L]):
     z' = z + (W2 u + b2)                       W2: L x R
 
 With R << L the block learns label correlations with 2RL + R + L parameters instead of L^2.
-Defaults follow CorNet's published setting (R = 1000 capped at L, 2 blocks, sigmoid in, ELU hidden,
-residual, xavier-uniform weights).
+CorNet's published setting is R = 1000 capped at L, 2 blocks, sigmoid in, ELU hidden, residual, xavier-uniform
+weights; the defaults here keep it but start each block as the identity map (``init="identity"``) and add an
+auxiliary loss on the base logits (``aux_loss_weight``), both chosen on converged dev runs (README).
 
 ``init="cooccurrence"`` starts the first block from the labels' co-occurrence (:func:`cooccurrence_init_`,
 called by the pipeline with the train label matrix Y [N, L] once the network is built; until then, and in
@@ -207,8 +208,9 @@ class LCENet(nn.Module):
     """Label-correlation enhancement of logits: ``[B, L] -> [B, L]``.
 
     ``aux_loss_weight`` (λ) is read by the trainer: when > 0 the base logits are supervised too,
-    loss = BCE(enhanced) + λ·BCE(base). Its default, 1.0, is the one departure from CorNet's published setting
-    (λ = 0; ``lcenet.config.CORNET``): with it LCENet no longer overfits a converged AttentionXML (README).
+    loss = BCE(enhanced) + λ·BCE(base). Its default, 1.0, departs from CorNet's published setting (λ = 0;
+    ``lcenet.config.CORNET``): with it LCENet no longer overfits a converged AttentionXML (README). So does the
+    default ``init``, "identity" (CorNet: "xavier"), which led on converged dev runs of XML-CNN and Cooking.
 
     ``sparse_gradients`` (shortlist mode, bottleneck only) gives :meth:`label_tables` row-sparse gradients, for
     :class:`lcenet.row_adam.RowAdam`, unless a batch's candidates cover most labels (then the block computes over
@@ -219,7 +221,7 @@ class LCENet(nn.Module):
 
     def __init__(self, num_labels: int, rank: int = 1000, blocks: int = 2, input_activation: str = "sigmoid",
                  hidden_activation: str = "elu", residual: bool = True, bottleneck: bool = True,
-                 init: str = "xavier", aux_loss_weight: float = 1.0, sparse_gradients: bool = False):
+                 init: str = "identity", aux_loss_weight: float = 1.0, sparse_gradients: bool = False):
         super().__init__()
         if sparse_gradients and not bottleneck:
             raise UserError("LCENet sparse_gradients needs the bottleneck (bottleneck=True)")
