@@ -553,7 +553,7 @@ def test_data_restrictions_in_headers(tmp_path):
     text = write_report(directory, n_resamples=200).read_text(encoding="utf-8")
     assert ("- data: toy: train 5,000, dev 1,000 documents at most (random, sample seed 0); test full "
             "(train 5,000, dev 1,000, test 6,000 documents)") in text
-    section = "\n".join(make_results.experiment_section(directory))
+    section = "\n".join(make_results.experiment_section(directory, *load_records(directory)[:2]))
     assert "Data: toy: train 5,000, dev 1,000 documents at most (random, sample seed 0); test full" in section
     assert "| xmlcnn | base | 2.00 | 200 | 2 | 1 | 0/1 | 1/1 | epochs ×1 |" in section
 
