@@ -17,6 +17,7 @@ How the work is split (see :class:`lcenet.train.Trainer`):
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -89,6 +90,10 @@ def process_group(device: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+        # The trainer's DDP wrapper sits in reference cycles, so it outlives the training call and its reducer
+        # keeps the process group alive past destroy_process_group; gloo's threads were then torn down at the
+        # interpreter's exit, which aborted the process (SIGABRT) after a finished run. Collect it first.
+        gc.collect()
         dist.destroy_process_group()
 
 
