@@ -26,6 +26,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from lcenet.errors import UserError
 
@@ -156,15 +157,13 @@ def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``module`` in DistributedDataParallel (gradients averaged over ranks), or itself in a single process."""
     if not active():
         return module
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def gradient_sync(module: torch.nn.Module, now: bool):
     """A context for one backward pass: DDP's ``no_sync`` unless ``now`` (the last micro-batch of a step), so
     gradient accumulation all-reduces once per optimizer step."""
-    return contextlib.nullcontext() if now or not hasattr(module, "no_sync") else module.no_sync()
+    return module.no_sync() if not now and isinstance(module, DistributedDataParallel) else contextlib.nullcontext()
 
 
 def local_batch_size(global_batch: int, world: int) -> int:
