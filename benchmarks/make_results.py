@@ -461,21 +461,21 @@ def main() -> None:
              "do not edit by hand. Each record holds the exact command, device, seed and wall time of its run.", ""]
     converged, early, loaded = [], [], {}
     for directory in sorted(p for p in RESULTS.iterdir() if (p / "records").is_dir()):
-        loaded[directory] = load_records(directory)
-        records = loaded[directory][0]
+        records, failures, _ = load_records(directory)
+        loaded[directory] = records, failures
         (converged if records and all(r.get("converged") for r in records) else early).append(directory)
     lines += summary_section({d.name: loaded[d][0] for d in converged + early})
     lines += ["# Converged evidence", "",
               "Experiments in which every run converged: early stopping on dev nDCG@5 fired, or its last two dev "
               "evaluations raised the best by less than 0.1 points (`src/lcenet/stopping.py`).", ""]
     for directory in converged:
-        lines += experiment_section(directory, *loaded[directory][:2])
+        lines += experiment_section(directory, *loaded[directory])
     lines += ["# Early training and partly converged experiments", "",
               "In each of these, at least one run stopped while it was still improving (a time or epoch budget), "
               "so a Δ against such a base is early training: the tables flag it.", "",
               (Path(__file__).parent / "early_training.md").read_text(encoding="utf-8"), ""]
     for directory in early:
-        lines += experiment_section(directory, *loaded[directory][:2])
+        lines += experiment_section(directory, *loaded[directory])
     lines += ["# Benchmarks", ""]
     lines += step_time_section(sorted(RESULTS.glob("step_time_*.json")))
     lines += sparse_epoch_section(sorted(RESULTS.glob("sparse_epoch_*.json")))
