@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from lcenet.io import RUN_LOCK_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "src" / "lcenet" / "sample_data" / "eurlex57k"
 CHECKPOINT = "checkpoint.safetensors"
@@ -71,6 +73,9 @@ class Launch:
             self.pid = os.fork()
             if self.pid == 0:  # the child: run the CLI, never return into the caller's code
                 code = 1
+                # One thread, as the interpreter launch's OMP_NUM_THREADS=1: a forked child that opens an OpenMP team
+                # of the size its parent used waits forever for threads fork did not copy (seen in oneDNN's conv).
+                torch.set_num_threads(1)
                 try:
                     os.dup2(out.fileno(), 1)
                     os.dup2(out.fileno(), 2)
@@ -122,8 +127,9 @@ def progressed_since(run: Path, started_ns: int) -> bool:
 
 
 def temp_files(run: Path) -> set[str]:
-    """Write-in-progress files: ``.NAME.*.tmp`` (ours), ``.tmpXXXXXX`` (safetensors'), ``.model.*`` folders."""
-    return {p.name for p in run.glob(".*")} if run.exists() else set()
+    """Write-in-progress files: ``.NAME.*.tmp`` (ours), ``.tmpXXXXXX`` (safetensors'), ``.model.*`` folders; not
+    the run's lock file, which a kill leaves behind (unlocked) and the next launch takes."""
+    return {p.name for p in run.glob(".*") if p.name != RUN_LOCK_FILE} if run.exists() else set()
 
 
 def checkpoint_is_complete(run: Path) -> bool:

@@ -1,5 +1,7 @@
 import json
+import os
 import socket
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -7,6 +9,7 @@ from typer.testing import CliRunner
 from conftest import write_tiny_dataset
 from lcenet.cli import app
 from lcenet.config import LCENetSettings
+from lcenet.io import exclusive_run_directory
 
 runner = CliRunner()
 
@@ -107,6 +110,19 @@ def one_line_error(result, *fragments):
     assert "Traceback" not in result.output and len(message.splitlines()) == 1, message
     for fragment in fragments:
         assert fragment in message, message
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="runs are not locked on Windows")
+def test_a_run_directory_another_process_trains_in_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("LCENET_CACHE", str(tmp_path / "cache"))
+    data = write_tiny_dataset(tmp_path / "data")
+    busy = tmp_path / "busy"
+    with exclusive_run_directory(busy):  # as a run training there holds it
+        for resume in ([], ["--resume"]):
+            one_line_error(runner.invoke(app, ["train", "--data", str(data), "--output", str(busy), "--no-progress",
+                                               *resume]),
+                           f"{busy}: another lcenet process (pid {os.getpid()}) is training in this directory")
+    assert not busy.exists()  # nothing written
 
 
 def test_user_errors_are_one_line(trained, tmp_path):

@@ -25,10 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -215,7 +219,7 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
         run_dir = output / "runs" / cell.name
         status = cell_status(run_dir)
         error_path = output / "records" / f"{cell.name}.error.json"
-        if status != "done" and collect_only:
+        if status != "done" and (collect_only or cells_in_flight.stopped_by is not None):
             return "pending"
         if status != "done":
             command = cell.command(run_dir, resume=status == "resumable")
@@ -225,13 +229,15 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
                 atomic_write_text(run_dir / LAUNCH_COMMAND_FILE, shlex.join(_portable(command)) + "\n")
             started = time.perf_counter()
             with open(run_dir / "stderr.log", "a", encoding="utf-8") as stderr:
-                result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=stderr, check=False)
-            if result.returncode != 0:
+                returncode = cells_in_flight.run(command, stderr)
+            if returncode is None:  # the grid was stopped (SIGTERM or SIGINT) before or while this cell ran
+                return "pending"
+            if returncode != 0:
                 tail = (run_dir / "stderr.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()
-                atomic_write_json(error_path, {"cell": cell.name, "returncode": result.returncode,
+                atomic_write_json(error_path, {"cell": cell.name, "returncode": returncode,
                                                "command": shlex.join(command), "error": tail[-1] if tail else "",
                                                "seconds": time.perf_counter() - started})
-                log.warning("[%s] failed (exit %d): %s", cell.name, result.returncode, tail[-1] if tail else "")
+                log.warning("[%s] failed (exit %d): %s", cell.name, returncode, tail[-1] if tail else "")
                 return "failed"
         # Runs started before command.txt existed get the command the grid gives now.
         launched = run_dir / LAUNCH_COMMAND_FILE
@@ -251,9 +257,57 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
         return "skipped" if status == "done" else "done"
 
     workers = max(1, parallel or experiment.parallel)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    cells_in_flight = CellProcesses()
+    with cells_in_flight.stopped_by_signals(), ThreadPoolExecutor(max_workers=workers) as pool:
         statuses = dict(zip([c.name for c in cells], pool.map(run_cell, cells)))
     return statuses
+
+
+class CellProcesses:
+    """The grid's running ``lcenet train`` processes. A SIGTERM or SIGINT sent to the grid alone (a scheduler, a
+    ``timeout``, ``kill``) would otherwise leave them training, orphaned, and a relaunch of the grid would meet
+    them in their run directories; so while :meth:`stopped_by_signals` is active the signal terminates them
+    (they resume from their checkpoints), starts no further cell, and, once they are gone, ends this process as
+    the signal would have."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.stopped_by: int | None = None
+
+    def run(self, command: list[str], stderr) -> int | None:
+        """The process's exit code, or None if the grid was stopped before or while it ran."""
+        with self._lock:
+            if self.stopped_by is not None:
+                return None
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+            self._running.add(process)
+        returncode = process.wait()
+        with self._lock:
+            self._running.discard(process)
+            return None if self.stopped_by is not None else returncode
+
+    def stop(self, signum: int, frame=None) -> None:
+        with self._lock:
+            self.stopped_by = signum
+            for process in self._running:
+                process.terminate()
+
+    @contextmanager
+    def stopped_by_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may take signals
+            yield
+            return
+        previous = {signum: signal.signal(signum, self.stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if self.stopped_by is not None:
+            log.warning("stopped by signal %d; rerun the same command to resume the unfinished cells",
+                        self.stopped_by)
+            signal.raise_signal(self.stopped_by)
 
 
 def _portable(command: list[str]) -> list[str]:

@@ -21,7 +21,8 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,18 @@ import torch
 
 from lcenet.errors import UserError
 
+try:
+    import fcntl
+except ImportError:  # Windows: runs there are not locked
+    fcntl = None
+
 MODEL_FILES = ("model.safetensors", "config.json", "labels.tsv")
 CHECKSUMMED_FILES = ("model.safetensors", "labels.tsv")  # at least; config.json holds every other file's sha256
 VERSION_1_FILES = ("tokenizer.json",)  # format 1 had token families only
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 FORMAT_VERSION = 2
 SAFETENSORS_MAX_HEADER = 100 * 2**20  # the safetensors format's own limit on its JSON header
+RUN_LOCK_FILE = ".lock"
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -59,6 +66,54 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def exclusive_run_directory(directory: str | Path) -> Iterator[None]:
+    """Hold ``directory/.lock`` while a run trains there, so that a second process writing the same checkpoint and
+    log (a grid launched twice, a resume while the first run still trains) is refused with one line instead.
+
+    An OS file lock (flock), so the kernel releases it however the holder ends, SIGKILL included: a killed run
+    leaves no stale lock to clear by hand. Creates the directory; if it created it and nothing else was written
+    there when the block ends (e.g. the data failed to load), removes it again, so bad input leaves nothing."""
+    directory = Path(directory)
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / RUN_LOCK_FILE
+    handle = _lock(path) if fcntl is not None else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            path.unlink(missing_ok=True)  # while still held: whoever locks next finds a new file (see _lock)
+            handle.close()
+        if created and not any(directory.iterdir()):
+            directory.rmdir()
+
+
+def _lock(path: Path):
+    for _ in range(3):
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise UserError(f"{path.parent}: another lcenet process (pid {holder}) is training in this directory; "
+                            "wait for it to end or stop it") from None
+        try:
+            same_file = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            return handle
+        handle.close()  # the holder released and removed this file between our open and lock: take the new one
+    raise UserError(f"{path.parent}: could not lock the run directory (other processes keep taking it)")
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

@@ -10,6 +10,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from lcenet.ensemble import check_same_labels
 from lcenet.errors import UserError
 from lcenet.features import fit_cached
 from lcenet.inference import SplitTensors, ensemble_top_k, evaluate_model, predict_top_k
-from lcenet.io import atomic_write_json, read_model_dir, write_model_dir
+from lcenet.io import atomic_write_json, exclusive_run_directory, read_model_dir, write_model_dir
 from lcenet.lcenet import LCENet, cooccurrence_init_, with_lcenet
 from lcenet.models import XMTCModel, build_model, model_class
 from lcenet.provenance import provenance
@@ -125,9 +126,11 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
     """Train, select on dev, evaluate on dev and test; write ``output/{model/, log.jsonl, metrics.json}``.
 
     Under torchrun every process calls this: all train (:mod:`lcenet.distributed`), rank 0 alone evaluates
-    and writes, and every rank returns rank 0's summary."""
+    and writes (holding the directory's lock: :func:`lcenet.io.exclusive_run_directory`), and every rank
+    returns rank 0's summary."""
     with distributed.process_group(config.train.device):
-        return _run_training(config, data_dir, output, resume, cache_dir, progress)
+        with exclusive_run_directory(output) if distributed.is_main() else nullcontext():
+            return _run_training(config, data_dir, output, resume, cache_dir, progress)
 
 
 def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, resume: bool,
@@ -251,7 +254,8 @@ def remove_partial_writes(run_dir: Path) -> None:
     """Delete what writes cut short by a kill left in ``run_dir``: atomic-write temp files (``.NAME.*.tmp``),
     the safetensors library's own temp files (``.tmpXXXXXX``) and model directory temp folders (``.model.*``).
     Nothing reads them, but a run killed often (preemptible machines) would otherwise fill the disk with
-    checkpoint-sized files. Only one process trains a run directory, so none of them is still being written."""
+    checkpoint-sized files. The directory's lock (run_training) keeps any other process from training here, so
+    none of them is still being written."""
     if not run_dir.is_dir():
         return
     for path in run_dir.iterdir():
