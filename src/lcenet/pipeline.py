@@ -26,7 +26,7 @@ from lcenet.errors import UserError
 from lcenet.features import fit_cached
 from lcenet.inference import SplitTensors, ensemble_top_k, evaluate_model, predict_top_k
 from lcenet.io import atomic_write_json, exclusive_run_directory, read_model_dir, write_model_dir
-from lcenet.lcenet import LCENet, cooccurrence_init_, with_lcenet
+from lcenet.lcenet import LCENet, LCENetWrapped, cooccurrence_init_, with_lcenet
 from lcenet.models import XMTCModel, build_model, model_class
 from lcenet.provenance import provenance
 from lcenet.shortlist import ShortlistModel, build_clusters, shortlist_args, shortlist_recall
@@ -109,12 +109,19 @@ def inverse_propensity_for(truth_columns: int, label_frequency: np.ndarray, num_
     return metrics.inverse_propensity(frequency, num_train_docs, a, b)
 
 
-def prepare(config: RunConfig, data_dir: str | Path, cache_dir: Path
+def prepare(config: RunConfig, data_dir: str | Path, cache_dir: Path, init_from: LoadedModel | None = None
             ) -> tuple[data.Dataset, Encoder, dict[str, SplitTensors]]:
-    """Read the data set and encode every split (both cached on disk, keyed by data + settings)."""
+    """Read the data set and encode every split (both cached on disk, keyed by data + settings), with the
+    encoder of the model to start from (``init_from``, whose labels the data must have) if there is one."""
     dataset = data.load_dataset(data_dir, dev_fraction=config.data.dev_fraction, dev_seed=config.data.dev_seed,
                                 max_docs=config.data.max_docs, sample_seed=config.data.sample_seed)
-    encoder = make_encoder(config, dataset.train.texts, cache_dir, dataset.source_hash)
+    if init_from is None:
+        encoder = make_encoder(config, dataset.train.texts, cache_dir, dataset.source_hash)
+    else:
+        check_same_labels([init_from.label_names, dataset.label_names], [config.train.init_from, str(data_dir)],
+                          "train.init_from needs a model trained on the same labels")
+        encoder = load_encoder(model_class(config.model).input_kind, Path(config.train.init_from),
+                               {**init_from.config, "max_length": config.data.max_length})
     splits = {name: SplitTensors(encoder.encode_cached(split.texts, cache_dir, dataset.source_hash, name),
                                  split.labels)
               for name, split in (("train", dataset.train), ("dev", dataset.dev), ("test", dataset.test))}
@@ -151,8 +158,9 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
         raise UserError(f"{output}: holds an unfinished run; pass --resume to continue it or choose a new --output")
     if resume:
         remove_partial_writes(output)
+    init_from = load_init_from(config) if config.train.init_from else None
     with distributed.main_first():  # the others read the tokenization cache rank 0 filled
-        dataset, encoder, splits = prepare(config, data_dir, cache_dir)
+        dataset, encoder, splits = prepare(config, data_dir, cache_dir, init_from)
     preprocess_seconds = time.perf_counter() - started
 
     num_labels = dataset.num_labels
@@ -179,7 +187,9 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
     if config.lcenet is not None and model.lcenet.config["init"] == "cooccurrence":
         cooccurrence_init_(model.lcenet, splits["train"].labels[:, :num_labels], seed=config.train.seed)
     embedding_stats = (load_embeddings_into(base_of(model), config.train.embeddings, encoder)
-                       if config.train.embeddings else None)
+                       if config.train.embeddings and init_from is None else None)
+    warm = None if init_from is None else {"model_dir": config.train.init_from,
+                                           **warm_start(model, init_from.model, config.train.init_from)}
     inv_propensity = inverse_propensity_for(dataset.num_truth_columns, dataset.label_frequency,
                                             len(dataset.train), config.train.propensity_a, config.train.propensity_b)
     trainer = Trainer(model, config.train, splits["train"], splits["dev"], num_labels, output,
@@ -234,6 +244,7 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
                                                   trainer.device, config.train.eval_batch_size)
                for name in ("dev", "test")}},
         "word_vectors": embedding_stats,
+        "init_from": warm,  # the model directory the weights started from, and which parts came from it
         "train_docs": len(dataset.train), "dev_docs": len(dataset.dev), "test_docs": len(dataset.test),
         "config": config.to_dict(),
         **origin,
@@ -287,6 +298,57 @@ def load_embeddings_into(model: XMTCModel, source: str, encoder: Encoder) -> dic
     with torch.no_grad():
         embedding.weight.copy_(torch.from_numpy(vectors))
     return stats
+
+
+def load_init_from(config: RunConfig) -> LoadedModel:
+    """The model directory ``train.init_from`` names, on the CPU, checked to be of the run's family."""
+    source = load_model(config.train.init_from, "cpu")
+    if source.config["model"] != config.model:
+        raise UserError(f"train.init_from {config.train.init_from}: a {source.config['model']} model, but this run "
+                        f"trains {config.model}; start from a model of the same family")
+    return source
+
+
+def model_parts(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, dict[str, torch.Tensor]] | None]:
+    """The parts a warm start copies one by one, each as (module, its own tensors), None where ``model`` has no
+    such part: the family model, a shortlist's cluster scorer and clusters, the LCENet head."""
+    shortlist = shortlist_of(model)
+    return {
+        "family model": (base_of(model), base_of(model).state_dict()),
+        "shortlist": None if shortlist is None else (shortlist, {
+            key: value for key, value in shortlist.state_dict().items() if not key.startswith("base.")}),
+        "LCENet": (model.lcenet, model.lcenet.state_dict()) if isinstance(model, LCENetWrapped) else None,
+    }
+
+
+def warm_start(model: torch.nn.Module, source: torch.nn.Module, source_name: str) -> dict[str, list[str]]:
+    """Copy ``source``'s weights into ``model`` for every part both have (see :func:`model_parts`); a part only
+    ``model`` has keeps its initial weights (an LCENet head with identity init then starts by giving the source's
+    predictions unchanged). A part whose tensors differ in name or shape is refused: the settings that size it
+    (model_args, shortlist, lcenet, capacity_control) must be the source's."""
+    loaded, fresh = [], []
+    source_parts = model_parts(source)
+    for part, target in model_parts(model).items():
+        if target is None:
+            if source_parts[part] is not None:
+                log.warning("train.init_from %s: its %s is not part of this model (not used)", source_name, part)
+            continue
+        if source_parts[part] is None:
+            fresh.append(part)
+            continue
+        module, expected = target
+        given = source_parts[part][1]
+        mismatch = next((f"{key}: {tuple(given[key].shape) if key in given else 'missing'} instead of "
+                         f"{tuple(tensor.shape)}" for key, tensor in expected.items()
+                         if key not in given or given[key].shape != tensor.shape), None)
+        if mismatch or set(given) != set(expected):
+            raise UserError(f"train.init_from {source_name}: its {part} does not fit this run's "
+                            f"({mismatch or 'different tensors'}); use the settings it was trained with")
+        module.load_state_dict(given, strict=part != "shortlist")  # the shortlist's own tensors, not its base's
+        loaded.append(part)
+    log.info("train.init_from %s: loaded %s%s", source_name, ", ".join(loaded) or "nothing",
+             f"; initialised afresh: {', '.join(fresh)}" if fresh else "")
+    return {"loaded": loaded, "fresh": fresh}
 
 
 def device_name(device: torch.device) -> str:

@@ -32,9 +32,11 @@ def paired_document_test(base: list[dict], other: list[dict], metric: str, n_res
 
 
 def curve(record: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a run's dev evaluations; a run started from another's trained model (a grid variant's
+    ``init_from``) counts its steps on from the steps that model had trained."""
     points = [p for p in record.get("dev_curve") or [] if p.get(metric) is not None and p.get("step") is not None]
     points.sort(key=lambda p: p["step"])
-    return (np.array([p["step"] for p in points], dtype=np.float64),
+    return (np.array([p["step"] for p in points], dtype=np.float64) + record.get("init_from_steps", 0),
             np.array([p[metric] for p in points], dtype=np.float64))
 
 

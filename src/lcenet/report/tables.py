@@ -91,7 +91,8 @@ def _arguments(arguments: dict) -> str:
 def setting_text(record: dict, overrides: Overrides | None = None) -> str:
     """``"—"`` (no LCENet head) or the LCENet arguments that differ from CorNet's (``"CorNet"`` when none), or for
     a capacity control the LCENet arguments it matches in parameters and the model arguments it widened, then the
-    run's own overrides: ``"CorNet; train.lcenet_lr=0.0001"``, ``"capacity control (LCENet CorNet): hidden_dim=2800"``.
+    run's own overrides: ``"CorNet; train.lcenet_lr=0.0001"``, ``"capacity control (LCENet CorNet): hidden_dim=2800"``,
+    ``"aux_loss_weight=1.0, init=identity; from base's trained model"`` (a grid variant with ``init_from: base``).
     """
     lcenet = record.get("lcenet")
     parts = [] if lcenet is None else [_arguments(lcenet) or CORNET_LABEL]
@@ -102,6 +103,8 @@ def setting_text(record: dict, overrides: Overrides | None = None) -> str:
         matched = changes_from_cornet(config["capacity_control"])
         parts.append(f"capacity control (LCENet {_arguments(matched) or CORNET_LABEL})"
                      + (f": {_arguments(widened)}" if widened else ""))
+    if record.get("init_from_variant"):
+        parts.append(f"from {record['init_from_variant']}'s trained model")
     parts += list((overrides or {}).get(id(record), ()))
     return "; ".join(parts) or "—"
 

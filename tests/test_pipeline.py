@@ -1,0 +1,77 @@
+"""Starting a run from a trained model (``train.init_from``): what it loads, and what it refuses."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import pytest
+
+from conftest import tiny_config
+from lcenet.errors import UserError
+from lcenet.pipeline import LoadedModel, build, load_model, run_training, warm_start
+from lcenet.predict import Predictor
+
+TEXTS = ["milk cheese cow", "fishing quota sea tax", "wine grape import duty", "nothing known here"]
+
+
+@pytest.fixture
+def trained_base(tiny_data, tmp_path):
+    run_training(tiny_config(epochs=4, lr=2e-2), tiny_data, tmp_path / "base", cache_dir=tmp_path / "cache",
+                 progress=False)
+    return tmp_path / "base" / "model"
+
+
+def first_loss(run_dir) -> float:
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return next(event["loss"] for event in events if event["event"] == "train")
+
+
+def test_lcenet_started_from_a_trained_base_predicts_what_the_base_does(trained_base):
+    base = load_model(trained_base, device="cpu")
+    config = tiny_config(lcenet=True)
+    model = build(config.model, base.config["model_args"], config.lcenet.kwargs(), base.config["num_labels"],
+                  base.config["vocab_size"])
+    assert warm_start(model, base.model, str(trained_base)) == {"loaded": ["family model"], "fresh": ["LCENet"]}
+    warm = LoadedModel(model.eval(), base.encoder, base.label_names, base.label_frequency, base.config, base.device)
+    # identity init: the new head's correction starts at exactly zero
+    assert Predictor([warm]).predict(TEXTS, k=3) == Predictor([base]).predict(TEXTS, k=3)
+
+
+def test_a_run_from_a_trained_base_trains_on_from_it_with_its_encoder(tiny_data, tmp_path, trained_base):
+    cache = tmp_path / "cache"
+    fresh = tmp_path / "fresh"
+    run_training(tiny_config(lcenet=True, epochs=1), tiny_data, fresh, cache_dir=cache, progress=False)
+    warm = tmp_path / "warm"
+    summary = run_training(tiny_config(lcenet=True, epochs=1, init_from=str(trained_base)), tiny_data, warm,
+                           cache_dir=cache, progress=False)
+    assert summary["init_from"] == {"model_dir": str(trained_base), "loaded": ["family model"], "fresh": ["LCENet"]}
+    # it starts where the trained base ended (without the warm start the two runs would be the same run)
+    assert first_loss(warm) < 0.9 * first_loss(fresh)
+    assert (warm / "model" / "tokenizer.json").read_bytes() == (trained_base / "tokenizer.json").read_bytes()
+
+
+def other_labels(tiny_data, tmp_path):
+    data = tmp_path / "renamed"
+    shutil.copytree(tiny_data, data)
+    for split in ("train", "dev", "test"):
+        path = data / f"{split}_labels.txt"
+        path.write_text(path.read_text().replace("milk", "dairy"))
+    return data
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda config: replace(config, model="attentionxml", model_args={}),
+     "a xmlcnn model, but this run trains attentionxml"),
+    (lambda config: replace(config, model_args={**config.model_args, "hidden_dim": 32}),
+     "its family model does not fit this run's"),
+    ("labels", "different label vocabularies .* train.init_from needs a model trained on the same labels"),
+])
+def test_a_source_that_does_not_fit_is_refused_and_nothing_is_written(tiny_data, tmp_path, trained_base, change,
+                                                                       message):
+    config = tiny_config(lcenet=True, epochs=1, init_from=str(trained_base))
+    data = other_labels(tiny_data, tmp_path) if change == "labels" else tiny_data
+    if change != "labels":
+        config = change(config)
+    with pytest.raises(UserError, match=message):
+        run_training(config, data, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "run").exists()
