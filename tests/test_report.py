@@ -320,10 +320,20 @@ def test_a_variant_started_from_another_waits_for_its_run_and_counts_on_from_its
     root, data, env, _ = finished_experiment
     out = tmp_path / "out"
     spec = experiment_spec(tmp_path, data, {"base": {"lcenet": None},
-                                            "then_lcenet": {"lcenet": {"rank": 4}, "init_from": "base"}})
-    # two at once: the LCENet cell is taken up while its base still trains, and must wait for it
+                                            "then_lcenet": {"lcenet": {"rank": 4}, "init_from": "base"}},
+                           seeds=(0, 1))
+    # two at once: each LCENet cell starts once its base has finished, and seed 1's base does not wait for that
     result = CliRunner().invoke(app, ["experiment", str(spec), "--output", str(out), "--parallel", "2"], env=env)
     assert result.exit_code == 0, result.output
+
+    def started(cell):
+        return (out / "runs" / f"tiny__xmlcnn__{cell}" / "command.txt").stat().st_mtime
+
+    def ended(cell):
+        return (out / "runs" / f"tiny__xmlcnn__{cell}" / "metrics.json").stat().st_mtime
+
+    assert started("then_lcenet__s0") >= ended("base__s0") and started("then_lcenet__s1") >= ended("base__s1")
+    assert started("base__s1") < ended("base__s0")
     base = json.loads((out / "records" / "tiny__xmlcnn__base__s0.json").read_text())
     warm = json.loads((out / "records" / "tiny__xmlcnn__then_lcenet__s0.json").read_text())
     assert f"train.init_from={out / 'runs' / 'tiny__xmlcnn__base__s0' / 'model'}" in warm["command"]

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -233,21 +233,12 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
                    "lcenet": c.lcenet, "capacity_control": c.capacity_control, "overrides": c.overrides,
                    "init_from": c.init_from}
                   for c in cells]})
-    finished = {c.name: threading.Event() for c in cells}  # set once a cell's run has ended, however it ended
 
     def run_cell(cell: Cell) -> str:
-        try:
-            return run_one_cell(cell)
-        finally:
-            finished[cell.name].set()
-
-    def run_one_cell(cell: Cell) -> str:
         run_dir = output / "runs" / cell.name
         status = cell_status(run_dir)
         error_path = output / "records" / f"{cell.name}.error.json"
-        if status != "done" and cell.source_name is not None:
-            if cell.source_name in finished:
-                finished[cell.source_name].wait()
+        if status != "done" and cell.source_name is not None:  # started once its source's run had ended
             if cell_status(output / "runs" / cell.source_name) != "done":
                 if collect_only or cells_in_flight.stopped_by is not None:
                     return "pending"
@@ -298,9 +289,20 @@ def run_experiment(experiment: Experiment, output: str | Path, parallel: int | N
 
     workers = max(1, parallel or experiment.parallel)
     cells_in_flight = CellProcesses()
+    statuses: dict[str, str] = {}
     with cells_in_flight.stopped_by_signals(), ThreadPoolExecutor(max_workers=workers) as pool:
-        statuses = dict(zip([c.name for c in cells], pool.map(run_cell, cells)))
-    return statuses
+        waiting, running = list(cells), {}
+        while waiting or running:
+            unfinished = {c.name for c in waiting} | {c.name for c in running.values()}
+            # In grid order, each cell whose source (a variant's init_from) is not still to run in this grid:
+            # a cell waiting for its source lets the cells after it start meanwhile.
+            for cell in [c for c in waiting if c.source_name not in unfinished][:workers - len(running)]:
+                waiting.remove(cell)
+                running[pool.submit(run_cell, cell)] = cell
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                statuses[running.pop(future).name] = future.result()
+    return {c.name: statuses[c.name] for c in cells}
 
 
 class CellProcesses:
