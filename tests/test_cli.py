@@ -162,6 +162,23 @@ def test_user_errors_are_one_line(trained, tmp_path):
                    "<stdin>:2", "UTF-8")
 
 
+def test_train_on_from_a_model_directory_with_its_settings(trained, tmp_path):
+    data, run = trained
+    warm = tmp_path / "warm"
+    result = runner.invoke(app, ["train", "--data", str(data), "--init-from", str(run / "model"), "--output",
+                                 str(warm), "--epochs", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    source, metrics = (json.loads((r / "metrics.json").read_text()) for r in (run, warm))
+    assert metrics["init_from"] == {"model_dir": str(run / "model"), "loaded": ["family model", "LCENet"],
+                                    "fresh": []}
+    # the source's settings (no --config given), the flags over them
+    expected = {**source["config"]["train"], "epochs": 1, "init_from": str(run / "model")}
+    assert metrics["config"]["train"] == expected and metrics["config"]["model_args"] == source["config"]["model_args"]
+    one_line_error(runner.invoke(app, ["train", "--data", str(data), "--init-from", str(tmp_path / "nothing"),
+                                       "--output", str(tmp_path / "x")]), "nothing/config.json: missing")
+    assert not (tmp_path / "x").exists()
+
+
 def test_model_dir_with_pickle_or_malformed_files_is_refused(trained, tmp_path):
     import shutil
 

