@@ -146,7 +146,7 @@ def load_experiment(path: str | Path, data_overrides: dict[str, str] | None = No
                                     "'init_from'")
                 if variant_spec.get("lcenet") is not None and variant_spec.get("capacity_control") is not None:
                     raise UserError(f"{path}: variants.{variant}: capacity_control is a base without LCENet")
-                # Listed above: a seed's cells run in the grid's order, so the source has started when this waits.
+                # Listed above it, so a chain of sources cannot loop; the cell starts once its source has ended.
                 if "init_from" in variant_spec and variant_spec["init_from"] not in [v for v, _, _ in variants]:
                     raise UserError(f"{path}: variants.{variant}.init_from must name a variant listed above it (got "
                                     f"{variant_spec['init_from']!r})")
