@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/scale_step.py                      # CPU, the default cases
     python benchmarks/scale_step.py --device cuda --labels 4271 501070 --repeats 5
+    OMP_NUM_THREADS=1 python benchmarks/scale_step.py --labels 13330 --bf16-cpu   # train.bf16_cpu's steps
 
 Each step is the Trainer's own ``optimizer_step`` (as in benchmarks/step_time.py) of XML-CNN at its published
 shape (T = 500, 300-d embeddings, 128 filters × widths 2/4/8, hidden 512), batch 64, on synthetic documents with
@@ -99,11 +100,11 @@ def model_for(num_labels: int, mode: str, variant: str) -> torch.nn.Module:
     return model
 
 
-def measure_pairs(num_labels: int, mode: str, device_arg: str, repeats: int, warmup: int) -> dict:
+def measure_pairs(num_labels: int, mode: str, device_arg: str, repeats: int, warmup: int, bf16_cpu: bool) -> dict:
     """Base and +LCENet in one process, steps alternating: the per-pair ratios' median."""
     device = resolve_device(device_arg)
     split = synthetic_split(BATCH * (warmup + repeats + 1), LENGTH, VOCAB, num_labels)
-    settings = TrainSettings(batch_size=BATCH, device=str(device))
+    settings = TrainSettings(batch_size=BATCH, device=str(device), bf16_cpu=bf16_cpu)
     with tempfile.TemporaryDirectory() as run_dir:
         timed = [Timed(model_for(num_labels, mode, variant), split, num_labels, settings, Path(run_dir) / variant)
                  for variant in ("base", "lcenet")]
@@ -116,12 +117,13 @@ def measure_pairs(num_labels: int, mode: str, device_arg: str, repeats: int, war
             "device_name": device_name(device)}
 
 
-def measure(num_labels: int, mode: str, variant: str, device_arg: str, repeats: int, warmup: int) -> dict:
+def measure(num_labels: int, mode: str, variant: str, device_arg: str, repeats: int, warmup: int,
+            bf16_cpu: bool) -> dict:
     device = resolve_device(device_arg)
     model = model_for(num_labels, mode, variant)
     lcenet = model.lcenet.config if variant == "lcenet" else None
     split = synthetic_split(BATCH * (warmup + repeats + 1), LENGTH, VOCAB, num_labels)
-    settings = TrainSettings(batch_size=BATCH, device=str(device))
+    settings = TrainSettings(batch_size=BATCH, device=str(device), bf16_cpu=bf16_cpu)
     with tempfile.TemporaryDirectory() as run_dir:
         timed = Timed(model, split, num_labels, settings, Path(run_dir))
         if device.type == "cuda":
@@ -147,18 +149,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--one", nargs=3, metavar=("L", "MODE", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--bf16-cpu", action="store_true", help="train.bf16_cpu: bf16 autocast on the CPU too")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     if args.one:  # a child process: one measurement, as JSON on stdout
         labels, mode, variant = args.one
-        result = (measure_pairs(int(labels), mode, args.device, args.repeats, args.warmup) if variant == "pairs"
-                  else measure(int(labels), mode, variant, args.device, args.repeats, args.warmup))
+        result = (measure_pairs(int(labels), mode, args.device, args.repeats, args.warmup, args.bf16_cpu)
+                  if variant == "pairs" else measure(int(labels), mode, variant, args.device, args.repeats,
+                                                     args.warmup, args.bf16_cpu))
         print(json.dumps(result))
         return
     device = resolve_device(args.device)
     record = {"benchmark": "scale_step", "device": str(device), "device_name": device_name(device),
               "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), "batch": BATCH,
-              "max_length": LENGTH, "family": "xmlcnn", "shortlist": vars(SHORTLIST), **provenance(),
+              "max_length": LENGTH, "family": "xmlcnn", "shortlist": vars(SHORTLIST), "bf16_cpu": args.bf16_cpu,
+              **provenance(),
               "load_average_at_start": os.getloadavg(), "cases": []}
     started = time.perf_counter()
     output = args.output or Path(__file__).parent / "results" / f"scale_{device.type}.json"
@@ -168,7 +173,8 @@ def main() -> None:
             for variant in ("base", "lcenet", "pairs"):
                 child = subprocess.run([sys.executable, __file__, "--one", str(num_labels), mode, variant,
                                         "--device", args.device, "--repeats", str(args.repeats),
-                                        "--warmup", str(args.warmup)], capture_output=True, text=True)
+                                        "--warmup", str(args.warmup), *(["--bf16-cpu"] if args.bf16_cpu else [])],
+                                       capture_output=True, text=True)
                 if child.returncode != 0:
                     case[variant] = {"error": child.stderr.strip().splitlines()[-1:]}
                     continue
