@@ -22,9 +22,12 @@ def trained_base(tiny_data, tmp_path):
     return tmp_path / "base" / "model"
 
 
+def events(run_dir, kind: str) -> list[dict]:
+    return [e for e in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines()) if e["event"] == kind]
+
+
 def first_loss(run_dir) -> float:
-    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return next(event["loss"] for event in events if event["event"] == "train")
+    return events(run_dir, "train")[0]["loss"]
 
 
 @pytest.mark.parametrize("shortlist", [False, True])
@@ -54,6 +57,19 @@ def test_a_run_from_a_trained_base_trains_on_from_it_with_its_encoder(tiny_data,
     # it starts where the trained base ended (without the warm start the two runs would be the same run)
     assert first_loss(warm) < 0.9 * first_loss(fresh)
     assert (warm / "model" / "tokenizer.json").read_bytes() == (trained_base / "tokenizer.json").read_bytes()
+    # its starting weights are evaluated on dev first: the base's selected weights, with the head adding zero
+    base = json.loads((trained_base.parent / "metrics.json").read_text())
+    start = events(warm, "eval")[0]
+    assert start["step"] == 0 and start["metrics"]["nDCG@5"] == base["dev"]["nDCG@5"]
+
+
+def test_a_run_that_cannot_beat_its_starting_weights_keeps_them(tiny_data, tmp_path, trained_base):
+    base = json.loads((trained_base.parent / "metrics.json").read_text())
+    summary = run_training(tiny_config(epochs=2, lr=50.0, patience=2, init_from=str(trained_base)), tiny_data,
+                           tmp_path / "ruined", cache_dir=tmp_path / "cache", progress=False)
+    assert [e["improved"] for e in events(tmp_path / "ruined", "eval")] == [True, False, False]
+    assert summary["best_step"] == 0 and summary["stop_reason"] == "patience"
+    assert summary["test"] == base["test"]
 
 
 def other_labels(tiny_data, tmp_path):

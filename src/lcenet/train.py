@@ -179,6 +179,10 @@ class Trainer:
             torch.manual_seed(self._rank_seed())
             if distributed.is_main():
                 self.log_path.unlink(missing_ok=True)
+            if settings.init_from:
+                # A trained model's weights (train.init_from) are a candidate too: dev selection keeps them
+                # unless training on beats them, and patience counts from them.
+                self._evaluate_dev()
         # Only on a terminal: in logs a bar floods; there the per-evaluation log lines tell progress.
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step",
                    disable=not (self.progress and sys.stderr.isatty() and distributed.is_main()),
