@@ -79,12 +79,22 @@ def experiment_section(directory: Path, records: list[dict], failures: list[dict
     return lines
 
 
+def same_start_controls(group: dict[str, list[dict]], name: str) -> list[tuple[str, list[dict]]]:
+    """For a variant started from another's trained model (``init_from_variant``), the variants started from the
+    same one without an LCENet head or capacity control: the base trained on, its fair reference."""
+    source = group[name][0].get("init_from_variant")
+    return [(other, records) for other, records in group.items()
+            if other != name and source is not None and all(r.get("init_from_variant") == source for r in records)
+            and all(r.get("lcenet") is None for r in records) and not is_capacity_control(records)]
+
+
 def summary_section(experiments: dict[str, list[dict]]) -> list[str]:
-    """Every LCENet variant and capacity control of every experiment against the base of its own grid, on the
-    seeds both ran: Δ of the means (points) on dev nDCG@5 (the model selected on dev) and test P@1 / nDCG@5, and
-    whether an LCENet variant meets the +1.0 target. Bold: the base or the variant did not converge (or may not
-    have), so the Δ is early training."""
-    header = ("| experiment | model | variant | setting | seeds | converged (base, variant) | Δ dev nDCG@5 "
+    """Every LCENet variant and capacity control of every experiment against the base of its own grid (and a
+    variant started from a trained model also against that model trained on without a head), on the seeds both
+    ran: Δ of the means (points) on dev nDCG@5 (the model selected on dev) and test P@1 / nDCG@5, and whether an
+    LCENet variant meets the +1.0 target over the base. Bold: the reference or the variant did not converge (or
+    may not have), so the Δ is early training."""
+    header = ("| experiment | model | variant | setting | seeds | converged (reference, variant) | Δ dev nDCG@5 "
               "| Δ test P@1 | Δ test nDCG@5 | +1.0 target |")
     rows, compared, met = [], 0, 0
     for experiment, records in experiments.items():
@@ -95,34 +105,50 @@ def summary_section(experiments: dict[str, list[dict]]) -> list[str]:
                 has_head = all(r.get("lcenet") is not None for r in variant)
                 if not base or name == BASE or not (has_head or is_capacity_control(variant)):
                     continue
-                reference, compared_runs, _ = shared_seeds(base, variant)
-                seeds = {r.get("seed") for r in reference} & {r.get("seed") for r in compared_runs}
-                if not seeds:
-                    continue
-                deltas = [delta_points(reference, compared_runs, split, metric)
-                          for split, metric in (("dev", "nDCG@5"), ("test", "P@1"), ("test", "nDCG@5"))]
-                converged = convergence_flag(reference + compared_runs) is None
-                verdict = "—"
-                if has_head:
-                    verdict = "met" if min(deltas[1:]) >= TARGET_POINTS else "missed"
-                    compared += converged
-                    met += converged and verdict == "met"
-                    verdict += "" if converged else " (early training)"
-                cells = [experiment, model, name, setting_text(variant[0], overrides), len(seeds),
-                         f"{converged_text(reference)}, {converged_text(compared_runs)}",
-                         *(f"{delta:+.2f}" for delta in deltas), verdict]
-                if not converged:
-                    cells[6:9] = [f"**{cell}**" for cell in cells[6:9]]
-                rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+                for reference_name, reference_runs in [(BASE, base), *same_start_controls(group, name)]:
+                    compared_row = comparison_row(experiment, model, name, variant, reference_name, reference_runs,
+                                                  overrides)
+                    if compared_row is None:
+                        continue
+                    row, verdict = compared_row
+                    rows.append(row)
+                    compared += verdict in ("met", "missed")  # the target, over a converged base only
+                    met += verdict == "met"
     if not rows:
         return []
     return ["# Summary: every variant against its base", "",
             "Each LCENet variant and capacity control (`capacity`: the base widened by as many parameters as LCENet "
-            "adds) against the base of the same grid, on the seeds both ran; Δ in points of the means. **Bold**: the "
-            "base or the variant did not converge (or may not have), so the Δ measures early training. "
+            "adds) against the base of the same grid, on the seeds both ran; Δ in points of the means. A variant "
+            "started from the base's trained model is also compared with that model trained on without a head "
+            "(`X vs Y`). **Bold**: the reference or the variant did not converge (or may not have), so the Δ "
+            "measures early training. "
             f"Where the base and the variant both converged, {met} of {compared} LCENet variants meet the target "
-            f"(+{TARGET_POINTS:.1f} test P@1 and nDCG@5; a run shared by two grids counts in each).", "",
+            f"(+{TARGET_POINTS:.1f} test P@1 and nDCG@5 over the base; a run shared by two grids counts in each).", "",
             header, "|:--|:--|:--|:--|--:|:--|--:|--:|--:|:--|", *rows, ""]
+
+
+def comparison_row(experiment: str, model: str, name: str, variant: list[dict], reference_name: str,
+                   reference_runs: list[dict], overrides) -> tuple[str, str] | None:
+    """The summary's row of ``variant`` against a reference variant's runs, and its +1.0 target verdict (None if
+    they share no seed)."""
+    reference, compared_runs, _ = shared_seeds(reference_runs, variant)
+    seeds = {r.get("seed") for r in reference} & {r.get("seed") for r in compared_runs}
+    if not seeds:
+        return None
+    deltas = [delta_points(reference, compared_runs, split, metric)
+              for split, metric in (("dev", "nDCG@5"), ("test", "P@1"), ("test", "nDCG@5"))]
+    converged = convergence_flag(reference + compared_runs) is None
+    verdict = "—"
+    if reference_name == BASE and all(r.get("lcenet") is not None for r in variant):
+        verdict = "met" if min(deltas[1:]) >= TARGET_POINTS else "missed"
+        verdict += "" if converged else " (early training)"
+    label = name if reference_name == BASE else f"{name} vs {reference_name}"
+    cells = [experiment, model, label, setting_text(variant[0], overrides), len(seeds),
+             f"{converged_text(reference)}, {converged_text(compared_runs)}",
+             *(f"{delta:+.2f}" for delta in deltas), verdict]
+    if not converged:
+        cells[6:9] = [f"**{cell}**" for cell in cells[6:9]]
+    return "| " + " | ".join(str(cell) for cell in cells) + " |", verdict
 
 
 def shortlist_lines(cells: dict[tuple[str, str], list[dict]]) -> list[str]:

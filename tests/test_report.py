@@ -717,7 +717,10 @@ def test_summary_compares_every_variant_with_its_own_base_on_shared_seeds(tmp_pa
     converged = write_experiment(tmp_path / "converged", [
         *(fake_record("base", None, seed, 0.40, 1.0) for seed in (0, 1, 2)),
         *(fake_record("lcenet", {}, seed, 0.55, 2.0) for seed in (0, 1)),  # seed 2 not run: compared on 0 and 1
-        *(fake_record("rank4", {"rank": 4}, seed, 0.40, 1.0) for seed in (0, 1, 2))])
+        *(fake_record("rank4", {"rank": 4}, seed, 0.40, 1.0) for seed in (0, 1, 2)),
+        # started from the base's trained models, with and without a head
+        *({**fake_record("then_lcenet", {}, seed, 0.50, 1.0), "init_from_variant": "base"} for seed in (0, 1)),
+        *({**fake_record("continued", None, seed, 0.45, 1.0), "init_from_variant": "base"} for seed in (0, 1))])
     capacity = fake_record("capacity", None, 0, 0.45, 1.0)
     capacity["config"]["capacity_control"] = {}
     early = write_experiment(tmp_path / "early", [fake_record("base", None, 0, 0.40, 1.0, converged=False),
@@ -727,7 +730,8 @@ def test_summary_compares_every_variant_with_its_own_base_on_shared_seeds(tmp_pa
     rows = {(row[0], row[2]): dict(zip(header, row)) for row in
             ([cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
              if line.startswith(("| converged", "| early")))}
-    assert set(rows) == {("converged", "lcenet"), ("converged", "rank4"), ("early", "lcenet"), ("early", "capacity")}
+    assert set(rows) == {("converged", "lcenet"), ("converged", "rank4"), ("converged", "then_lcenet"),
+                         ("converged", "then_lcenet vs continued"), ("early", "lcenet"), ("early", "capacity")}
 
     lcenet = rows["converged", "lcenet"]
     assert lcenet["seeds"] == "2"
@@ -741,4 +745,11 @@ def test_summary_compares_every_variant_with_its_own_base_on_shared_seeds(tmp_pa
     assert rows["early", "lcenet"]["Δ test P@1"].startswith("**")
     assert rows["early", "lcenet"]["+1.0 target"] == "met (early training)"
     assert rows["early", "capacity"]["+1.0 target"] == "—"
-    assert "both converged, 1 of 2 LCENet variants meet the target" in text
+    # a variant started from a trained base, also against that base trained on: no target there
+    records = {(r["variant"], r["seed"]): r for r in records}
+    against_control = rows["converged", "then_lcenet vs continued"]
+    assert float(against_control["Δ test P@1"]) == pytest.approx(100 * np.mean(
+        [records["then_lcenet", s]["test"]["P@1"] - records["continued", s]["test"]["P@1"] for s in (0, 1)]), abs=0.006)
+    assert against_control["+1.0 target"] == "—" and rows["converged", "then_lcenet"]["+1.0 target"] == "met"
+    assert "from base's trained model" in against_control["setting"]
+    assert "both converged, 2 of 3 LCENet variants meet the target" in text
