@@ -65,11 +65,14 @@ def test_a_run_from_a_trained_base_trains_on_from_it_with_its_encoder(tiny_data,
 
 def test_a_run_that_cannot_beat_its_starting_weights_keeps_them(tiny_data, tmp_path, trained_base):
     base = json.loads((trained_base.parent / "metrics.json").read_text())
-    summary = run_training(tiny_config(epochs=2, lr=50.0, patience=2, init_from=str(trained_base)), tiny_data,
+    summary = run_training(tiny_config(epochs=4, lr=50.0, patience=1, init_from=str(trained_base)), tiny_data,
                            tmp_path / "ruined", cache_dir=tmp_path / "cache", progress=False)
-    assert [e["improved"] for e in events(tmp_path / "ruined", "eval")] == [True, False, False]
-    assert summary["best_step"] == 0 and summary["stop_reason"] == "patience"
-    assert summary["test"] == base["test"]
+    improved = [e["improved"] for e in events(tmp_path / "ruined", "eval")]
+    assert improved[0] and not any(improved[1:])
+    assert summary["best_step"] == 0 and summary["test"] == base["test"]
+    # patience counts from the first evaluation after the start, not from the start (a new head and a fresh
+    # optimizer state first fall below it): with patience 1 the run evaluates at least twice after the start
+    assert len(improved) >= 3 and summary["stop_reason"] == "patience"
 
 
 def other_labels(tiny_data, tmp_path):
