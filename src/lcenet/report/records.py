@@ -176,8 +176,9 @@ Overrides = dict[int, tuple[str, ...]]  # id(record) -> the record's own --set o
 
 def run_overrides(record: dict, cell_overrides: dict[str, list[str]] | None = None) -> list[str]:
     """The ``--set`` overrides a run was launched with, without the ``lcenet...`` and ``capacity_control...``
-    ones (those are the record's ``lcenet`` and ``config.capacity_control``): the grid cell's ``overrides`` from
-    ``experiment.json`` when known, else parsed from the record's ``command``."""
+    ones (those are the record's ``lcenet`` and ``config.capacity_control``) and a grid's ``train.init_from`` (the
+    record's ``init_from_variant``): the grid cell's ``overrides`` from ``experiment.json`` when known, else parsed
+    from the record's ``command``."""
     cell = record.get("cell")
     if cell_overrides and cell in cell_overrides:
         found = list(cell_overrides[cell])
@@ -188,7 +189,7 @@ def run_overrides(record: dict, cell_overrides: dict[str, list[str]] | None = No
             words = []
         found = [word.split("=", 1)[1] for word in words if word.startswith("--set=")]
         found += [value for flag, value in zip(words, words[1:]) if flag == "--set"]
-    return [o for o in found if not _head_override(o)]
+    return [o for o in found if not _head_override(o) and not o.startswith("train.init_from=")]
 
 
 def _head_override(override: str) -> bool:
