@@ -25,11 +25,13 @@ from lcenet.report import (
     group_records,
     load_records,
     own_overrides,
+    p_text,
     results_table,
     setting_text,
     shared_seeds,
     stop_reasons_text,
 )
+from lcenet.report.analysis import paired_document_test
 from lcenet.report.records import BASE, base_records, is_capacity_control, lcenet_records
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -95,7 +97,7 @@ def summary_section(experiments: dict[str, list[dict]]) -> list[str]:
     LCENet variant meets the +1.0 target over the base. Bold: the reference or the variant did not converge (or
     may not have), so the Δ is early training."""
     header = ("| experiment | model | variant | setting | seeds | converged (reference, variant) | Δ dev nDCG@5 "
-              "| Δ test P@1 | Δ test nDCG@5 | +1.0 target |")
+              "| Δ test P@1 | Δ test nDCG@5 | p (test nDCG@5) | +1.0 target |")
     rows, compared, met = [], 0, 0
     for experiment, records in experiments.items():
         overrides = own_overrides(records)[0]
@@ -120,11 +122,12 @@ def summary_section(experiments: dict[str, list[dict]]) -> list[str]:
             "Each LCENet variant and capacity control (`capacity`: the base widened by as many parameters as LCENet "
             "adds) against the base of the same grid, on the seeds both ran; Δ in points of the means. A variant "
             "started from the base's trained model is also compared with that model trained on without a head "
-            "(`X vs Y`). **Bold**: the reference or the variant did not converge (or may not have), so the Δ "
-            "measures early training. "
+            "(`X vs Y`). p: paired bootstrap over test documents of nDCG@5, each document's value averaged over the "
+            "shared seeds (n/a: no per-document results). **Bold**: the reference or the variant did not converge (or "
+            "may not have), so the Δ measures early training. "
             f"Where the base and the variant both converged, {met} of {compared} LCENet variants meet the target "
             f"(+{TARGET_POINTS:.1f} test P@1 and nDCG@5 over the base; a run shared by two grids counts in each).", "",
-            header, "|:--|:--|:--|:--|--:|:--|--:|--:|--:|:--|", *rows, ""]
+            header, "|:--|:--|:--|:--|--:|:--|--:|--:|--:|--:|:--|", *rows, ""]
 
 
 def comparison_row(experiment: str, model: str, name: str, variant: list[dict], reference_name: str,
@@ -143,9 +146,10 @@ def comparison_row(experiment: str, model: str, name: str, variant: list[dict], 
         verdict = "met" if min(deltas[1:]) >= TARGET_POINTS else "missed"
         verdict += "" if converged else " (early training)"
     label = name if reference_name == BASE else f"{name} vs {reference_name}"
+    test = paired_document_test(reference, compared_runs, "nDCG@5")
     cells = [experiment, model, label, setting_text(variant[0], overrides), len(seeds),
              f"{converged_text(reference)}, {converged_text(compared_runs)}",
-             *(f"{delta:+.2f}" for delta in deltas), verdict]
+             *(f"{delta:+.2f}" for delta in deltas), "n/a" if test is None else p_text(test["p_bootstrap"]), verdict]
     if not converged:
         cells[6:9] = [f"**{cell}**" for cell in cells[6:9]]
     return "| " + " | ".join(str(cell) for cell in cells) + " |", verdict

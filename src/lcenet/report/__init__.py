@@ -21,6 +21,7 @@ from lcenet.report.tables import (
     converged_text,
     convergence_flag,
     data_lines,
+    p_text,
     results_table,
     setting_text,
     shared_seeds,
@@ -28,5 +29,5 @@ from lcenet.report.tables import (
 )
 
 __all__ = ["ablation_table", "converged_text", "convergence_flag", "curve_variants", "data_lines", "group_records",
-           "load_records", "own_overrides", "results_table", "setting_text", "shared_seeds", "stop_reasons_text",
-           "write_report"]
+           "load_records", "own_overrides", "p_text", "results_table", "setting_text", "shared_seeds",
+           "stop_reasons_text", "write_report"]

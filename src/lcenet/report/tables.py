@@ -44,7 +44,8 @@ def _pct(values: list[float]) -> str:
     return f"{100 * mean:.2f}" if len(values) == 1 else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def _p(value: float | None) -> str:
+def p_text(value: float | None) -> str:
+    """A p-value as the tables print it: 3 decimals or <0.001, bold below 0.05."""
     if value is None:
         return "n/a"
     text = "<0.001" if value < 0.001 else f"{value:.3f}"
@@ -250,7 +251,7 @@ def _comparison_rows(name: str, reference: list[dict], enhanced: list[dict], p_l
     paired_seeds = next((t["seeds"] for t in tests.values() if t), 0)
     for label, key in ((f"{p_label} (paired bootstrap)", "p_bootstrap"), (f"{p_label} (Wilcoxon)", "p_wilcoxon")):
         rows.append([label, paired_seeds or "", *(
-            (_p(tests[m][key]) if tests[m] else "n/a") if m in TESTED_METRICS else "" for m in MAIN_METRICS),
+            (p_text(tests[m][key]) if tests[m] else "n/a") if m in TESTED_METRICS else "" for m in MAIN_METRICS),
             "", "", ""])
     return rows
 
