@@ -434,6 +434,7 @@ def scale_step_section(paths: list[Path]) -> list[str]:
         load = record.get("load_average_at_start")
         lines += ["", f"- `{path.name}`: `{record['command']}` ({record['wall_seconds']:.0f} s, "
                   f"{provenance_text(record)}" + (f"; load average at start {load[0]:.1f}" if load else "")
+                  + ("; **bf16 autocast on the CPU** (train.bf16_cpu)" if record.get("bf16_cpu") else "")
                   + ("; **stopped before every case ran**" if record.get("finished") is False else "") + ")", ""]
     return lines
 
