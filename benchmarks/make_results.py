@@ -81,18 +81,28 @@ def experiment_section(directory: Path, records: list[dict], failures: list[dict
     return lines
 
 
-def same_start_controls(group: dict[str, list[dict]], name: str) -> list[tuple[str, list[dict]]]:
-    """For a variant started from another's trained model (``init_from_variant``), the variants started from the
-    same one without an LCENet head or capacity control: the base trained on, its fair reference."""
+def references(group: dict[str, list[dict]], name: str, overrides) -> list[tuple[str, list[dict]]]:
+    """What a variant is compared with: the grid's base, or for a variant started from another's trained model
+    (``init_from_variant``) that variant, then the variants started from the same one without an LCENet head or
+    capacity control and otherwise trained alike (the same overrides but LCENet's rate): the source trained on,
+    its fair control."""
     source = group[name][0].get("init_from_variant")
-    return [(other, records) for other, records in group.items()
-            if other != name and source is not None and all(r.get("init_from_variant") == source for r in records)
-            and all(r.get("lcenet") is None for r in records) and not is_capacity_control(records)]
+    if source is None or source not in group:
+        return [(BASE, group[BASE])]
+
+    def trained_alike(records: list[dict]) -> set[str]:
+        return {o for o in overrides.get(id(records[0]), ()) if not o.startswith("train.lcenet_lr=")}
+
+    return [(source, group[source]), *(
+        (other, records) for other, records in group.items()
+        if other != name and all(r.get("init_from_variant") == source for r in records)
+        and all(r.get("lcenet") is None for r in records) and not is_capacity_control(records)
+        and trained_alike(records) == trained_alike(group[name]))]
 
 
 def summary_section(experiments: dict[str, list[dict]]) -> list[str]:
-    """Every LCENet variant and capacity control of every experiment against the base of its own grid (and a
-    variant started from a trained model also against that model trained on without a head), on the seeds both
+    """Every LCENet variant and capacity control of every experiment against the base of its own grid (a variant
+    started from trained models against their variant and those models trained on without a head), on the seeds both
     ran: Δ of the means (points) on dev nDCG@5 (the model selected on dev) and test P@1 / nDCG@5, and whether an
     LCENet variant meets the +1.0 target over the base. Bold: the reference or the variant did not converge (or
     may not have), so the Δ is early training."""
@@ -107,9 +117,9 @@ def summary_section(experiments: dict[str, list[dict]]) -> list[str]:
                 has_head = all(r.get("lcenet") is not None for r in variant)
                 if not base or name == BASE or not (has_head or is_capacity_control(variant)):
                     continue
-                for reference_name, reference_runs in [(BASE, base), *same_start_controls(group, name)]:
+                for number, (reference_name, reference_runs) in enumerate(references(group, name, overrides)):
                     compared_row = comparison_row(experiment, model, name, variant, reference_name, reference_runs,
-                                                  overrides)
+                                                  overrides, against_base=number == 0)
                     if compared_row is None:
                         continue
                     row, verdict = compared_row
@@ -121,19 +131,20 @@ def summary_section(experiments: dict[str, list[dict]]) -> list[str]:
     return ["# Summary: every variant against its base", "",
             "Each LCENet variant and capacity control (`capacity`: the base widened by as many parameters as LCENet "
             "adds) against the base of the same grid, on the seeds both ran; Δ in points of the means. A variant "
-            "started from the base's trained model is also compared with that model trained on without a head "
-            "(`X vs Y`). p: paired bootstrap over test documents of nDCG@5, each document's value averaged over the "
-            "shared seeds (n/a: no per-document results). **Bold**: the reference or the variant did not converge (or "
-            "may not have), so the Δ measures early training. "
+            "started from another variant's trained models is compared with that variant (`X vs Y` unless it is the "
+            "base), and also with those models trained on alike without a head (`X vs Y`). p: paired bootstrap over "
+            "test documents of nDCG@5, each document's value averaged over the shared seeds (n/a: no per-document "
+            "results). **Bold**: the reference or the variant did not converge (or may not have), so the Δ measures "
+            "early training. "
             f"Where the base and the variant both converged, {met} of {compared} LCENet variants meet the target "
             f"(+{TARGET_POINTS:.1f} test P@1 and nDCG@5 over the base; a run shared by two grids counts in each).", "",
             header, "|:--|:--|:--|:--|--:|:--|--:|--:|--:|--:|:--|", *rows, ""]
 
 
 def comparison_row(experiment: str, model: str, name: str, variant: list[dict], reference_name: str,
-                   reference_runs: list[dict], overrides) -> tuple[str, str] | None:
-    """The summary's row of ``variant`` against a reference variant's runs, and its +1.0 target verdict (None if
-    they share no seed)."""
+                   reference_runs: list[dict], overrides, against_base: bool) -> tuple[str, str] | None:
+    """The summary's row of ``variant`` against a reference variant's runs, and its +1.0 target verdict when the
+    reference is its base (None if they share no seed)."""
     reference, compared_runs, _ = shared_seeds(reference_runs, variant)
     seeds = {r.get("seed") for r in reference} & {r.get("seed") for r in compared_runs}
     if not seeds:
@@ -142,7 +153,7 @@ def comparison_row(experiment: str, model: str, name: str, variant: list[dict], 
               for split, metric in (("dev", "nDCG@5"), ("test", "P@1"), ("test", "nDCG@5"))]
     converged = convergence_flag(reference + compared_runs) is None
     verdict = "—"
-    if reference_name == BASE and all(r.get("lcenet") is not None for r in variant):
+    if against_base and all(r.get("lcenet") is not None for r in variant):
         verdict = "met" if min(deltas[1:]) >= TARGET_POINTS else "missed"
         verdict += "" if converged else " (early training)"
     label = name if reference_name == BASE else f"{name} vs {reference_name}"
