@@ -5,6 +5,7 @@ import shutil
 from dataclasses import replace
 
 import pytest
+import torch
 
 from conftest import tiny_config
 from lcenet.config import LCENetSettings, ShortlistSettings
@@ -100,3 +101,37 @@ def test_a_source_that_does_not_fit_is_refused_and_nothing_is_written(tiny_data,
     with pytest.raises(UserError, match=message):
         run_training(config, data, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_warm_start_resumes_to_the_same_run(tiny_data, tmp_path, trained_base, monkeypatch):
+    import lcenet.train as train_module
+    from lcenet.io import load_tensors
+    from lcenet.train import CHECKPOINT_FILE
+
+    def config(**train):
+        return tiny_config(lcenet=True, epochs=2, patience=2, keep_checkpoints=True, init_from=str(trained_base),
+                           **train)
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_training(config(), tiny_data, straight, cache_dir=tmp_path / "cache", progress=False)
+    original = train_module.Trainer.fit
+
+    def fit_then_die(self, resume=False, on_step=None):
+        def die(step):
+            if step == 3:  # inside epoch 1, after the step-0 evaluation and a checkpoint
+                raise KeyboardInterrupt
+        return original(self, resume=resume, on_step=die)
+
+    monkeypatch.setattr(train_module.Trainer, "fit", fit_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config(checkpoint_every_steps=1), tiny_data, killed, cache_dir=tmp_path / "cache", progress=False)
+    monkeypatch.setattr(train_module.Trainer, "fit", original)
+    summary = run_training(config(checkpoint_every_steps=1), tiny_data, killed, resume=True,
+                           cache_dir=tmp_path / "cache", progress=False)
+
+    a, b = (load_tensors(run / CHECKPOINT_FILE)[0] for run in (straight, killed))
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    expected = json.loads((straight / "metrics.json").read_text())
+    assert (summary["best_step"], summary["dev"], summary["test"]) == (expected["best_step"], expected["dev"],
+                                                                       expected["test"])
+    assert [e["step"] for e in events(killed, "eval")] == [e["step"] for e in events(straight, "eval")]
