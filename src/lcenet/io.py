@@ -190,6 +190,21 @@ def write_model_dir(directory: str | Path, model: torch.nn.Module, config: dict[
         raise
 
 
+def read_model_config(directory: str | Path) -> dict[str, Any]:
+    """A model directory's config.json, checked to be an lcenet model config (its files are not checked: that
+    is :func:`read_model_dir`'s work)."""
+    config_path = Path(directory) / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{config_path}: missing (not an lcenet model directory)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{config_path}: malformed JSON ({error})") from None
+    if not isinstance(config, dict) or "model" not in config or "num_labels" not in config:
+        raise UserError(f"{config_path}: not an lcenet model config (needs 'model' and 'num_labels')")
+    return config
+
+
 def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str], np.ndarray]:
     """Return (config, state_dict, label_names, label_frequency) after checking every file (the encoder's
     files are checked here and loaded by :mod:`lcenet.encoders`); refuse anything unsafe."""
@@ -203,13 +218,7 @@ def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, tor
     for name in MODEL_FILES:
         if not (directory / name).is_file():
             raise UserError(f"{directory / name}: missing (a model directory needs {', '.join(MODEL_FILES)})")
-    config_path = directory / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{config_path}: malformed JSON ({error})") from None
-    if not isinstance(config, dict) or "model" not in config or "num_labels" not in config:
-        raise UserError(f"{config_path}: not an lcenet model config (needs 'model' and 'num_labels')")
+    config = read_model_config(directory)
     check_files(directory, config)
     state, _ = load_tensors(directory / "model.safetensors")
     names, counts = [], []

@@ -25,7 +25,7 @@ from lcenet.ensemble import check_same_labels
 from lcenet.errors import UserError
 from lcenet.features import fit_cached
 from lcenet.inference import SplitTensors, ensemble_top_k, evaluate_model, predict_top_k
-from lcenet.io import atomic_write_json, exclusive_run_directory, read_model_dir, write_model_dir
+from lcenet.io import atomic_write_json, exclusive_run_directory, read_model_config, read_model_dir, write_model_dir
 from lcenet.lcenet import LCENet, LCENetWrapped, cooccurrence_init_, with_lcenet
 from lcenet.models import XMTCModel, build_model, model_class
 from lcenet.provenance import provenance
@@ -312,17 +312,9 @@ def load_init_from(config: RunConfig) -> LoadedModel:
 def saved_run_config(model_dir: str | Path) -> RunConfig:
     """The settings a model directory was trained with (its config.json's ``run_config``; for a model saved
     before that was kept, its family and model arguments), to train on from it with the same ones."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise UserError(f"{path}: missing (not an lcenet model directory)")
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: malformed JSON ({error})") from None
-    if not isinstance(saved, dict) or "model" not in saved:
-        raise UserError(f"{path}: not an lcenet model config (needs 'model')")
+    saved = read_model_config(model_dir)
     raw = saved.get("run_config") or {"model": saved["model"], "model_args": saved.get("model_args") or {}}
-    return RunConfig.from_dict(raw, source=str(path))
+    return RunConfig.from_dict(raw, source=str(Path(model_dir) / "config.json"))
 
 
 def model_parts(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, dict[str, torch.Tensor]] | None]:
