@@ -82,22 +82,31 @@ def experiment_section(directory: Path, records: list[dict], failures: list[dict
 
 
 def references(group: dict[str, list[dict]], name: str, overrides) -> list[tuple[str, list[dict]]]:
-    """What a variant is compared with: the grid's base, or for a variant started from another's trained model
-    (``init_from_variant``) that variant, then the variants started from the same one without an LCENet head or
-    capacity control and otherwise trained alike (the same overrides but LCENet's rate): the source trained on,
-    its fair control."""
+    """What a variant is compared with: the grid's base. A variant started from another's trained models
+    (``init_from_variant``) is compared with that variant first, then with the controls trained alike (the same
+    overrides but LCENet's rate): the source trained on without a head, and a capacity control trained on from its own
+    converged models. A capacity control started from its own trained models is compared with the base, then with
+    its source."""
     source = group[name][0].get("init_from_variant")
     if source is None or source not in group:
         return [(BASE, group[BASE])]
+    if is_capacity_control(group[name]):
+        return [(BASE, group[BASE]), *([(source, group[source])] if source != BASE else [])]
 
-    def trained_alike(records: list[dict]) -> set[str]:
+    def own_overrides_but_lcenet_lr(records: list[dict]) -> set[str]:
         return {o for o in overrides.get(id(records[0]), ()) if not o.startswith("train.lcenet_lr=")}
 
-    return [(source, group[source]), *(
-        (other, records) for other, records in group.items()
-        if other != name and all(r.get("init_from_variant") == source for r in records)
-        and all(r.get("lcenet") is None for r in records) and not is_capacity_control(records)
-        and trained_alike(records) == trained_alike(group[name]))]
+    def control_trained_alike(records: list[dict]) -> bool:
+        """The source trained on without a head, or a capacity control trained on from its own models; alike."""
+        if not all(r.get("lcenet") is None and r.get("init_from_variant") for r in records):
+            return False
+        if not is_capacity_control(records) and records[0]["init_from_variant"] != source:
+            return False
+        return own_overrides_but_lcenet_lr(records) == own_overrides_but_lcenet_lr(group[name])
+
+    controls = [(other, records) for other, records in group.items()
+                if other != name and control_trained_alike(records)]
+    return [(source, group[source]), *sorted(controls, key=lambda control: is_capacity_control(control[1]))]
 
 
 def summary_section(experiments: dict[str, list[dict]]) -> list[str]:
@@ -132,7 +141,9 @@ def summary_section(experiments: dict[str, list[dict]]) -> list[str]:
             "Each LCENet variant and capacity control (`capacity`: the base widened by as many parameters as LCENet "
             "adds) against the base of the same grid, on the seeds both ran; Δ in points of the means. A variant "
             "started from another variant's trained models is compared with that variant (`X vs Y` unless it is the "
-            "base), and also with those models trained on alike without a head (`X vs Y`). p: paired bootstrap over "
+            "base), and also with the controls trained on alike (`X vs Y`): those models without a head, and a "
+            "capacity control trained on from its own converged models (itself compared with the base and with "
+            "its source). p: paired bootstrap over "
             "test documents of nDCG@5, each document's value averaged over the shared seeds (n/a: no per-document "
             "results). **Bold**: the reference or the variant did not converge (or may not have), so the Δ measures "
             "early training. "

@@ -712,10 +712,15 @@ def test_prepare_extrapolation_takes_the_stage_whose_peak_grows_fastest():
     assert full["stage_minutes"]["fit_encoder"] == pytest.approx(0.0)  # a fixed cost drops out of the slope
 
 
-def started_from_base(record: dict) -> dict:
-    """``record`` as a grid variant ``init_from: base`` writes it."""
-    command = f"{record['command']} --set train.init_from=/runs/toy__xmlcnn__base__s{record['seed']}/model"
-    return {**record, "command": command, "init_from_variant": "base", "init_from_steps": 200}
+def started_from_base(record: dict, source: str = "base") -> dict:
+    """``record`` as a grid variant ``init_from: base`` (or ``source``) writes it."""
+    command = f"{record['command']} --set train.init_from=/runs/toy__xmlcnn__{source}__s{record['seed']}/model"
+    return {**record, "command": command, "init_from_variant": source, "init_from_steps": 200}
+
+
+def capacity_control(record: dict) -> dict:
+    record["config"]["capacity_control"] = {}
+    return record
 
 
 def test_summary_compares_every_variant_with_its_own_base_on_shared_seeds(tmp_path):
@@ -726,9 +731,12 @@ def test_summary_compares_every_variant_with_its_own_base_on_shared_seeds(tmp_pa
         *(fake_record("rank4", {"rank": 4}, seed, 0.40, 1.0) for seed in (0, 1, 2)),
         # started from the base's trained models, with and without a head
         *(started_from_base(fake_record("then_lcenet", {}, seed, 0.50, 1.0)) for seed in (0, 1)),
-        *(started_from_base(fake_record("continued", None, seed, 0.45, 1.0)) for seed in (0, 1))])
-    capacity = fake_record("capacity", None, 0, 0.45, 1.0)
-    capacity["config"]["capacity_control"] = {}
+        *(started_from_base(fake_record("continued", None, seed, 0.45, 1.0)) for seed in (0, 1)),
+        # a capacity control, and the same trained on from its own converged models
+        *(capacity_control(fake_record("wide", None, seed, 0.44, 1.0)) for seed in (0, 1)),
+        *(started_from_base(capacity_control(fake_record("wide_continued", None, seed, 0.47, 1.0)), "wide")
+          for seed in (0, 1))])
+    capacity = capacity_control(fake_record("capacity", None, 0, 0.45, 1.0))
     early = write_experiment(tmp_path / "early", [fake_record("base", None, 0, 0.40, 1.0, converged=False),
                                                   fake_record("lcenet", {}, 0, 0.55, 2.0), capacity])
     text = "\n".join(make_results.summary_section({d.name: load_records(d)[0] for d in (converged, early)}))
@@ -737,7 +745,13 @@ def test_summary_compares_every_variant_with_its_own_base_on_shared_seeds(tmp_pa
             ([cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
              if line.startswith(("| converged", "| early")))}
     assert set(rows) == {("converged", "lcenet"), ("converged", "rank4"), ("converged", "then_lcenet"),
-                         ("converged", "then_lcenet vs continued"), ("early", "lcenet"), ("early", "capacity")}
+                         ("converged", "then_lcenet vs continued"), ("converged", "then_lcenet vs wide_continued"),
+                         ("converged", "wide"), ("converged", "wide_continued"),
+                         ("converged", "wide_continued vs wide"), ("early", "lcenet"), ("early", "capacity")}
+    # the controls trained alike follow the source, the one without a head first
+    labels = [label for _, label in rows]
+    assert labels.index("then_lcenet") < labels.index("then_lcenet vs continued") < labels.index(
+        "then_lcenet vs wide_continued")
 
     lcenet = rows["converged", "lcenet"]
     assert lcenet["seeds"] == "2"
@@ -758,4 +772,9 @@ def test_summary_compares_every_variant_with_its_own_base_on_shared_seeds(tmp_pa
         [records["then_lcenet", s]["test"]["P@1"] - records["continued", s]["test"]["P@1"] for s in (0, 1)]), abs=0.006)
     assert against_control["+1.0 target"] == "—" and rows["converged", "then_lcenet"]["+1.0 target"] == "met"
     assert against_control["setting"] == "CorNet; from base's trained model"  # not the path of one seed's source
+    against_capacity = rows["converged", "then_lcenet vs wide_continued"]
+    assert float(against_capacity["Δ test P@1"]) == pytest.approx(100 * np.mean(
+        [records["then_lcenet", s]["test"]["P@1"] - records["wide_continued", s]["test"]["P@1"] for s in (0, 1)]),
+        abs=0.006)
+    assert rows["converged", "wide_continued"]["+1.0 target"] == "—"
     assert "both converged, 2 of 3 LCENet variants meet the target" in text
