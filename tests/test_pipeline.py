@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from lcenet.config import LCENetSettings, ShortlistSettings
+from lcenet.config import LCENetSettings, RunConfig, ShortlistSettings
 from lcenet.errors import UserError
 from lcenet.pipeline import LoadedModel, build, load_model, run_training, warm_start
 from lcenet.predict import Predictor
@@ -74,6 +74,25 @@ def test_a_run_that_cannot_beat_its_starting_weights_keeps_them(tiny_data, tmp_p
     # patience counts from the first evaluation after the start, not from the start (a new head and a fresh
     # optimizer state first fall below it): with patience 1 the run evaluates at least twice after the start
     assert len(improved) >= 3 and summary["stop_reason"] == "patience"
+
+
+def test_a_capacity_control_trains_on_from_its_own_trained_model_not_from_the_base(tiny_data, tmp_path,
+                                                                                    trained_base):
+    """The control for LCENet's second stage: the widened base trained on alike from its own converged weights."""
+    capacity = replace(tiny_config(epochs=2, lr=2e-2), capacity_control=LCENetSettings(rank=4))
+    run_training(capacity, tiny_data, tmp_path / "wide", cache_dir=tmp_path / "cache", progress=False)
+
+    def trained_on_from(model_dir) -> RunConfig:
+        return replace(capacity, train=replace(capacity.train, epochs=1, init_from=str(model_dir)))
+
+    summary = run_training(trained_on_from(tmp_path / "wide" / "model"), tiny_data, tmp_path / "wide_on",
+                           cache_dir=tmp_path / "cache", progress=False)
+    assert summary["init_from"]["loaded"] == ["family model"] and summary["init_from"]["fresh"] == []
+    wide = json.loads((tmp_path / "wide" / "metrics.json").read_text())
+    assert events(tmp_path / "wide_on", "eval")[0]["metrics"]["nDCG@5"] == wide["dev"]["nDCG@5"]
+    with pytest.raises(UserError, match="its family model does not fit this run's"):
+        run_training(trained_on_from(trained_base), tiny_data, tmp_path / "from_base", cache_dir=tmp_path / "cache",
+                     progress=False)
 
 
 def other_labels(tiny_data, tmp_path):
