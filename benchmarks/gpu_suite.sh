@@ -22,6 +22,11 @@
 # The report (report.md + figures) is generated on the device, so $OUT holds records, report and plots.
 # Results come back through $OUT: the step-time record, logs, and the experiment directory without weights.
 #   DATA=.device_data/EURLEX57K OUT=/tmp/out bash benchmarks/gpu_suite.sh
+# A call carries at most 64 MiB, and the tracked tree (35 MiB) with EURLEX57K's gzipped texts (41 MiB) is more, so
+# the texts travel as xz (16 MiB) and the suite unpacks each {split}_texts.txt.xz in $DATA first. To pack them here:
+#   mkdir -p .device_data/EURLEX57K && for s in train dev test; do cp ../shared/data/EURLEX57K/${s}_labels.txt.gz \
+#       .device_data/EURLEX57K/ && zcat ../shared/data/EURLEX57K/${s}_texts.txt.gz | xz -9 -T2 \
+#       > .device_data/EURLEX57K/${s}_texts.txt.xz; done
 #   SUITE=bert PACKED=.device_data/bert OUT=/tmp/out bash benchmarks/gpu_suite.sh
 set -u
 DATA=${DATA:-.device_data/EURLEX57K}
@@ -35,6 +40,11 @@ started=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - started ))s] $*" | tee -a "$OUT/suite.log"; }
 
 stamp "environment"
+for packed in "$DATA"/*_texts.txt.xz; do  # python's lzma: the device image need not have xz
+    [ -e "$packed" ] && [ ! -e "${packed%.xz}" ] || continue
+    python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+        "$packed" "${packed%.xz}" || stamp "unpacking $packed failed"
+done
 { nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; nproc; ls ~/.cache/huggingface/hub 2>&1 | head; } \
     > "$OUT/env.txt" 2>&1
 
