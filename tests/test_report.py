@@ -712,7 +712,7 @@ def test_prepare_extrapolation_takes_the_stage_whose_peak_grows_fastest():
     assert full["stage_minutes"]["fit_encoder"] == pytest.approx(0.0)  # a fixed cost drops out of the slope
 
 
-def started_from_base(record: dict, source: str = "base") -> dict:
+def started_from(record: dict, source: str = "base") -> dict:
     """``record`` as a grid variant ``init_from: base`` (or ``source``) writes it."""
     command = f"{record['command']} --set train.init_from=/runs/toy__xmlcnn__{source}__s{record['seed']}/model"
     return {**record, "command": command, "init_from_variant": source, "init_from_steps": 200}
@@ -730,11 +730,11 @@ def test_summary_compares_every_variant_with_its_own_base_on_shared_seeds(tmp_pa
         *(fake_record("lcenet", {}, seed, 0.55, 2.0) for seed in (0, 1)),  # seed 2 not run: compared on 0 and 1
         *(fake_record("rank4", {"rank": 4}, seed, 0.40, 1.0) for seed in (0, 1, 2)),
         # started from the base's trained models, with and without a head
-        *(started_from_base(fake_record("then_lcenet", {}, seed, 0.50, 1.0)) for seed in (0, 1)),
-        *(started_from_base(fake_record("continued", None, seed, 0.45, 1.0)) for seed in (0, 1)),
+        *(started_from(fake_record("then_lcenet", {}, seed, 0.50, 1.0)) for seed in (0, 1)),
+        *(started_from(fake_record("continued", None, seed, 0.45, 1.0)) for seed in (0, 1)),
         # a capacity control, and the same trained on from its own converged models
         *(capacity_control(fake_record("wide", None, seed, 0.44, 1.0)) for seed in (0, 1)),
-        *(started_from_base(capacity_control(fake_record("wide_continued", None, seed, 0.47, 1.0)), "wide")
+        *(started_from(capacity_control(fake_record("wide_continued", None, seed, 0.47, 1.0)), "wide")
           for seed in (0, 1))])
     capacity = capacity_control(fake_record("capacity", None, 0, 0.45, 1.0))
     early = write_experiment(tmp_path / "early", [fake_record("base", None, 0, 0.40, 1.0, converged=False),
