@@ -110,11 +110,11 @@ def references(group: dict[str, list[dict]], name: str, overrides) -> list[tuple
 
 
 def summary_section(experiments: dict[str, list[dict]]) -> list[str]:
-    """Every LCENet variant and capacity control of every experiment against the base of its own grid (a variant
-    started from trained models against their variant and those models trained on without a head), on the seeds both
-    ran: Δ of the means (points) on dev nDCG@5 (the model selected on dev) and test P@1 / nDCG@5, and whether an
-    LCENet variant meets the +1.0 target over the base. Bold: the reference or the variant did not converge (or
-    may not have), so the Δ is early training."""
+    """Every LCENet variant and capacity control of every experiment against what :func:`references` names (the
+    base of its own grid; for a variant started from trained models, their variant and the controls trained on
+    alike), on the seeds both ran: Δ of the means (points) on dev nDCG@5 (the model selected on dev) and test
+    P@1 / nDCG@5, and whether an LCENet variant meets the +1.0 target over the base. Bold: the reference or the
+    variant did not converge (or may not have), so the Δ is early training."""
     header = ("| experiment | model | variant | setting | seeds | converged (reference, variant) | Δ dev nDCG@5 "
               "| Δ test P@1 | Δ test nDCG@5 | p (test nDCG@5) | +1.0 target |")
     rows, compared, met = [], 0, 0

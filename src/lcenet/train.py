@@ -312,19 +312,24 @@ class Trainer:
         if improved:
             state.update(best_score=score, best_step=state["step"])
             save_tensors(self.run_dir / BEST_FILE, self.model.state_dict())
-        # Patience compares with the best of the evaluations it counts: all but a warm start's first (checkpoints
-        # written before patience_best existed had no such evaluation, so their best score is that best).
-        if not start and score > state.get("patience_best", previous_best):
-            state.update(patience_best=score, evals_without_improvement=0)
-        elif not start:
-            state["evals_without_improvement"] += 1
-            if self.settings.patience is not None and state["evals_without_improvement"] >= self.settings.patience:
-                state["stopped_early"] = True
+        if not start:
+            self._count_patience(score, previous_best)
         self._log({"event": "eval", "split": "dev", "step": state["step"], "epoch": self._epochs_done(),
                    "metrics": scores, "improved": improved, "seconds": state["train_seconds"],
                    "eval_seconds": time.perf_counter() - started})
         log.info("step %d: dev P@1 %.4f nDCG@5 %.4f%s", state["step"], scores["P@1"], scores[SELECTION_METRIC],
                  " (best)" if improved else "")
+
+    def _count_patience(self, score: float, previous_best: float) -> None:
+        """Patience compares with the best of the evaluations it counts: all but a warm start's first (checkpoints
+        written before patience_best existed had no such evaluation, so their best score is that best)."""
+        state = self.state
+        if score > state.get("patience_best", previous_best):
+            state.update(patience_best=score, evals_without_improvement=0)
+            return
+        state["evals_without_improvement"] += 1
+        if self.settings.patience is not None and state["evals_without_improvement"] >= self.settings.patience:
+            state["stopped_early"] = True
 
     def load_best(self) -> None:
         """Load the weights that scored best on dev (the last weights if dev was never evaluated)."""
