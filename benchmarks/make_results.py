@@ -461,6 +461,28 @@ def scale_step_section(paths: list[Path]) -> list[str]:
     return lines
 
 
+def step_flops_section(paths: list[Path]) -> list[str]:
+    """FLOPs of a training step, base vs +LCENet (benchmarks/step_flops.py): the floor of the step-time ratio."""
+    if not paths:
+        return []
+    lines = ["## Extreme scale: FLOPs of the same training step, base vs +LCENet", "",
+             "The models, batches and shortlist of the step times above, counted by torch's FlopCounterMode over the "
+             "trainer's step (matrix products and convolutions, forward and backward; element-wise work, gathers "
+             "and the optimizer count 0). Where the step is compute-bound (CPU), the FLOP ratio is about the lowest "
+             "LCENet step ratio any implementation of the same products reaches. Max R within 10%: the largest rank "
+             "at which LCENet adds at most 10% of the base's FLOPs (its FLOPs are linear in R).", ""]
+    for path in paths:
+        record = json.loads(path.read_text())
+        lines += [f"`{path.name}`:", "", "| L | mode | R | base GFLOP/step | LCENet adds GFLOP | FLOP ratio | "
+                  "max R within 10% |", "|--:|:--|--:|--:|--:|--:|--:|"]
+        lines += [f"| {c['num_labels']:,} | {c['mode']} | {c['rank']} | {c['base_gflop']:.1f} | "
+                  f"{c['lcenet_added_gflop']:.1f} | ×{c['lcenet_flop_ratio']:.3f} | {c['max_rank_within_10_percent']} |"
+                  for c in record["cases"]]
+        lines += ["", f"- `{path.name}`: `{record['command']}` ({record['wall_seconds']:.0f} s, "
+                  f"{provenance_text(record)})", ""]
+    return lines
+
+
 def ratio_text(case: dict) -> str:
     """The paired ratio (separate processes' ratio in brackets), or for older records the separate one alone."""
     if "lcenet_step_ratio_separate" not in case:
@@ -539,6 +561,7 @@ def main() -> None:
     lines += scale_section(sorted(RESULTS.glob("prepare_*.json")), sorted(RESULTS.glob("shortlist_lcenet_*.json")),
                            sorted(RESULTS.glob("cluster_labels_*.json")), sorted(RESULTS.glob("cluster_recall_*.json")))
     lines += scale_step_section(sorted(RESULTS.glob("scale_*.json")))
+    lines += step_flops_section(sorted(RESULTS.glob("step_flops*.json")))
     lines += best_ensemble_section(sorted(RESULTS.glob("best_ensemble_*.json")))
     atomic_write_text(Path(__file__).parent / "RESULTS.md", "\n".join(lines))
     print(Path(__file__).parent / "RESULTS.md")

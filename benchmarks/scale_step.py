@@ -86,8 +86,9 @@ def single_document_latency(model: torch.nn.Module, split, device: torch.device,
     return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)), "repeats": repeats}
 
 
-def model_for(num_labels: int, mode: str, variant: str) -> torch.nn.Module:
-    lcenet = {"rank": rank_for(num_labels), "blocks": 2} if variant == "lcenet" else None
+def model_for(num_labels: int, mode: str, variant: str, rank: int | None = None) -> torch.nn.Module:
+    """The benchmark's XML-CNN, base or +LCENet (rank: CorNet's unless given), dense or with the shortlist."""
+    lcenet = {"rank": rank or rank_for(num_labels), "blocks": 2} if variant == "lcenet" else None
     shortlist = mode == "shortlist"
     clusters = random_clusters(num_labels, SHORTLIST.cluster_size) if shortlist else None
     if lcenet is not None and shortlist:
