@@ -28,7 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scale_step import BATCH, LABELS, LENGTH, MODES, SHORTLIST, model_for, rank_for  # noqa: E402
+from scale_step import BATCH, LABELS, LENGTH, MODES, SHORTLIST, VOCAB, model_for, rank_for  # noqa: E402
 from step_time import Timed, synthetic_split  # noqa: E402
 
 from lcenet.config import TrainSettings  # noqa: E402
@@ -42,7 +42,7 @@ def step_flops(num_labels: int, mode: str, rank: int) -> tuple[int, int]:
     rest is the base's own step (counting a separate base model instead would compare two different shortlists:
     its candidates follow its weights, which LCENet's gradients have moved)."""
     model = model_for(num_labels, mode, "lcenet", rank)
-    split = synthetic_split(BATCH * 3, LENGTH, 50_000, num_labels)
+    split = synthetic_split(BATCH * 3, LENGTH, VOCAB, num_labels)
     with tempfile.TemporaryDirectory() as run_dir:
         timed = Timed(model, split, num_labels, TrainSettings(batch_size=BATCH, device="cpu"), Path(run_dir))
         timed.step()
