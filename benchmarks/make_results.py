@@ -256,8 +256,7 @@ def step_time_section(paths: list[Path]) -> list[str]:
                              f"{base['infer_docs_per_s']:,.0f} / {enhanced['infer_docs_per_s']:,.0f} | "
                              + (f"×{speedup['base']:.2f} / ×{speedup['lcenet']:.2f} |" if speedup else "— |"))
     lines.append("")
-    lines += [f"- `{path.name}`: `{record['command']}` ({record['wall_seconds']:.0f} s, {provenance_text(record)})"
-              for path, record in zip(paths, records)]
+    lines += [source_line(path, record) for path, record in zip(paths, records)]
     return lines + [""]
 
 
@@ -281,8 +280,7 @@ def sparse_epoch_section(paths: list[Path]) -> list[str]:
                          f"{run['epoch_train_seconds']:.1f} | {run['train_docs_per_s']:,.0f} | "
                          f"{100 * dev['P@1']:.2f} / {100 * dev['nDCG@5']:.2f} |")
     lines.append("")
-    lines += [f"- `{path.name}`: `{record['command']}` ({record['wall_seconds']:.0f} s, {provenance_text(record)})"
-              for path, record in zip(paths, records)]
+    lines += [source_line(path, record) for path, record in zip(paths, records)]
     return lines + [""]
 
 
@@ -316,6 +314,12 @@ def timed_paths(case: dict) -> list[tuple[str, dict, dict, float]]:
     if "paths" not in case:
         return [("host", case["base"], case["lcenet"], case["median_ratio"])]
     return [(path, case[f"base/{path}"], case[f"lcenet/{path}"], case["median_ratio"][path]) for path in case["paths"]]
+
+
+def source_line(path: Path, record: dict, details: str = "") -> str:
+    """A benchmark record's bullet: its file, the command that wrote it, wall time, provenance and ``details``."""
+    return (f"- `{path.name}`: `{record['command']}` ({record['wall_seconds']:.0f} s, {provenance_text(record)}"
+            f"{details})")
 
 
 def provenance_text(record: dict) -> str:
@@ -454,10 +458,10 @@ def scale_step_section(paths: list[Path]) -> list[str]:
                          f"{base['peak_memory_gib']:.2f} / {head['peak_memory_gib']:.2f} | "
                          f"{latency_text(base)}; {latency_text(head)} |")
         load = record.get("load_average_at_start")
-        lines += ["", f"- `{path.name}`: `{record['command']}` ({record['wall_seconds']:.0f} s, "
-                  f"{provenance_text(record)}" + (f"; load average at start {load[0]:.1f}" if load else "")
-                  + ("; **bf16 autocast on the CPU** (train.bf16_cpu)" if record.get("bf16_cpu") else "")
-                  + ("; **stopped before every case ran**" if record.get("finished") is False else "") + ")", ""]
+        details = ((f"; load average at start {load[0]:.1f}" if load else "")
+                   + ("; **bf16 autocast on the CPU** (train.bf16_cpu)" if record.get("bf16_cpu") else "")
+                   + ("; **stopped before every case ran**" if record.get("finished") is False else ""))
+        lines += ["", source_line(path, record, details), ""]
     return lines
 
 
@@ -478,8 +482,7 @@ def step_flops_section(paths: list[Path]) -> list[str]:
         lines += [f"| {c['num_labels']:,} | {c['mode']} | {c['rank']} | {c['base_gflop']:.1f} | "
                   f"{c['lcenet_added_gflop']:.1f} | ×{c['lcenet_flop_ratio']:.3f} | {c['max_rank_within_10_percent']} |"
                   for c in record["cases"]]
-        lines += ["", f"- `{path.name}`: `{record['command']}` ({record['wall_seconds']:.0f} s, "
-                  f"{provenance_text(record)})", ""]
+        lines += ["", source_line(path, record), ""]
     return lines
 
 
