@@ -2,11 +2,14 @@
 
     OMP_NUM_THREADS=1 python benchmarks/shortlist_step.py                 # CPU, the default cases
     python benchmarks/shortlist_step.py --labels 4271 501070 --modes shortlist dense --repeats 3
+    OMP_NUM_THREADS=1 python benchmarks/shortlist_step.py --cluster-size 100 --modes shortlist shortlist-clusters
 
 One step: forward of LCENet (2 blocks; R = 1000 up to 13K labels, 100 beyond, as CorNet) over random base
 logits, mean BCE (over the valid candidates in shortlist mode, over all L labels in dense mode), backward, and
 the optimizer step. Each document has K candidates (a random 90-100% of --candidates, distinct labels, padded
-with -1 to the longest) holding its 5 positive labels. Modes:
+with -1 to the longest) holding its 5 positive labels; or, with ``--cluster-size S``, K / S whole clusters
+(distinct random ones per document, from a random partition of the labels into clusters of S), as a shortlist
+model's candidates come. Modes:
 
 - ``shortlist``: ``sparse_gradients=True``; RowAdam on the [L, R] tables, fused Adam on the rest (biases). When
   the batch's candidates cover most labels (lcenet.lcenet.FULL_TABLES_MIN_FRACTION), LCENet computes over the
@@ -18,6 +21,9 @@ with -1 to the longest) holding its 5 positive labels. Modes:
   trainer's gradients under torchrun): the backward fills and Adam reads and writes all L·R of every table.
 - ``shortlist-sparseadam``: sparse gradients with torch.optim.SparseAdam on the tables (always gathered rows:
   SparseAdam takes no dense gradient).
+- ``shortlist-clusters``: as ``shortlist``, but LCENet is given the candidates' cluster ids (as a shortlist
+  model gives them), so on the CPU it computes a cluster at a time (lcenet.cluster_products); needs
+  ``--cluster-size``. Without the ids (the other modes) the same candidates take the per-label paths.
 - ``dense``: dense LCENet over all L logits, fused Adam.
 
 Every (L, mode) runs in its own process, so its peak RSS (ru_maxrss: the whole process, Python and torch
@@ -46,8 +52,9 @@ from lcenet.provenance import provenance
 from lcenet.row_adam import RowAdam
 
 MODES = ("shortlist", "shortlist-gathered", "shortlist-full-tables", "shortlist-dense-grad", "shortlist-sparseadam",
-         "dense")
-ROW_ADAM_MODES = ("shortlist", "shortlist-gathered", "shortlist-full-tables")  # sparse gradients, RowAdam tables
+         "shortlist-clusters", "dense")
+# sparse gradients, RowAdam tables
+ROW_ADAM_MODES = ("shortlist", "shortlist-gathered", "shortlist-full-tables", "shortlist-clusters")
 POSITIVES = 5
 
 
@@ -56,7 +63,7 @@ def rank_for(num_labels: int) -> int:
 
 
 def batches(count: int, batch: int, candidates: int, num_labels: int, generator: torch.Generator):
-    """(label_ids [B, K], targets [B, K]) with each document's positives among its distinct candidates."""
+    """(label_ids [B, K], targets [B, K], None) with each document's positives among its distinct candidates."""
     out = []
     for _ in range(count):
         lengths = torch.randint(int(0.9 * candidates), candidates + 1, (batch,), generator=generator)
@@ -65,11 +72,32 @@ def batches(count: int, batch: int, candidates: int, num_labels: int, generator:
         for doc, length in enumerate(lengths.tolist()):
             ids[doc, :length] = torch.randperm(num_labels, generator=generator)[:length]
             targets[doc, :POSITIVES] = 1
-        out.append((ids, targets))
+        out.append((ids, targets, None))
     return out
 
 
-def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: int, warmup: int) -> dict:
+def cluster_batches(count: int, batch: int, candidates: int, num_labels: int, size: int,
+                    generator: torch.Generator):
+    """(label_ids [B, K], targets [B, K], clusters [B, K / size]): each document's candidates are K / size
+    distinct clusters of a random partition of the labels into clusters of ``size`` (the last one smaller, its
+    block padded with -1), its positives among its first cluster's labels."""
+    num_clusters = -(-num_labels // size)
+    members = torch.full((num_clusters * size,), -1, dtype=torch.long)
+    members[:num_labels] = torch.randperm(num_labels, generator=generator)
+    members = members.view(num_clusters, size)
+    out = []
+    for _ in range(count):
+        clusters = torch.stack([torch.randperm(num_clusters, generator=generator)[:candidates // size]
+                                for _ in range(batch)])
+        ids = members[clusters].view(batch, -1)
+        targets = torch.zeros(ids.shape)
+        targets[:, :POSITIVES] = 1
+        out.append((ids, targets, clusters))
+    return out
+
+
+def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: int, warmup: int,
+             cluster_size: int | None) -> dict:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     rank = rank_for(num_labels)
@@ -88,16 +116,20 @@ def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: i
         optimizers = [torch.optim.SparseAdam(net.label_tables(), lr=1e-3), torch.optim.Adam(rest, lr=1e-3, fused=True)]
     else:
         optimizers = [torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)]
-    data = batches(warmup + repeats, batch, candidates, num_labels, generator)
+    if cluster_size:
+        data = cluster_batches(warmup + repeats, batch, candidates, num_labels, cluster_size, generator)
+    else:
+        data = batches(warmup + repeats, batch, candidates, num_labels, generator)
     if mode == "dense":  # the same positives, as a [B, L] target matrix
-        data = [(None, torch.zeros(batch, num_labels).scatter_(1, ids[:, :POSITIVES], 1.0)) for ids, _ in data]
+        data = [(None, torch.zeros(batch, num_labels).scatter_(1, ids[:, :POSITIVES], 1.0), None)
+                for ids, _, _ in data]
     times = []
-    for index, (ids, targets) in enumerate(data):
+    for index, (ids, targets, clusters) in enumerate(data):
         logits = torch.randn(targets.shape, generator=generator).requires_grad_()
         started = time.perf_counter()
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        out = net(logits, ids)
+        out = net(logits, ids, clusters if mode == "shortlist-clusters" else None)
         if ids is None:
             loss = F.binary_cross_entropy_with_logits(out, targets)
         else:
@@ -109,7 +141,8 @@ def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: i
         if index >= warmup:
             times.append(time.perf_counter() - started)
     return {"num_labels": num_labels, "mode": mode, "rank": rank, "blocks": 2, "batch": batch,
-            "candidates": None if mode == "dense" else candidates, "repeats": repeats, "warmup": warmup,
+            "candidates": None if mode == "dense" else candidates, "cluster_size": cluster_size,
+            "repeats": repeats, "warmup": warmup,
             "median_step_s": statistics.median(times), "step_s": times,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "parameters": net.num_parameters()}
@@ -121,15 +154,19 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--candidates", type=int, default=1500, help="K, the longest candidate list")
+    parser.add_argument("--cluster-size", type=int, default=None,
+                        help="candidates as K / S whole clusters of S labels (needed by shortlist-clusters)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--note", default="", help="recorded with the results (e.g. how busy the machine was)")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--case", nargs=2, metavar=("LABELS", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if "shortlist-clusters" in args.modes and not args.cluster_size:
+        parser.error("--modes shortlist-clusters needs --cluster-size")
     if args.case:  # one case, in this fresh process: print its result
         print(json.dumps(run_case(int(args.case[0]), args.case[1], args.batch, args.candidates, args.repeats,
-                                  args.warmup)))
+                                  args.warmup, args.cluster_size)))
         return
     device = torch.device("cpu")
     record = {"benchmark": "shortlist_step", "device": str(device), "device_name": device_name(device),
@@ -140,7 +177,8 @@ def main() -> None:
         for mode in args.modes:
             command = [sys.executable, __file__, "--case", str(num_labels), mode, "--batch", str(args.batch),
                        "--candidates", str(args.candidates), "--repeats", str(args.repeats),
-                       "--warmup", str(args.warmup)]
+                       "--warmup", str(args.warmup)] + (["--cluster-size", str(args.cluster_size)]
+                                                        if args.cluster_size else [])
             result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
             record["cases"].append(result)
             print(f"L={num_labels:>7d} R={result['rank']:>4d} {mode:21s} {result['median_step_s'] * 1000:9.1f} ms/step"

@@ -55,6 +55,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from lcenet.cluster_products import ClusterSegments, correction_of_clusters, hidden_of_clusters
 from lcenet.errors import UserError
 from lcenet.output import PADDING_LOGIT, ModelOutput
 from lcenet.row_adam import gather_rows
@@ -99,7 +100,11 @@ def _weight_from_linear(module, state_dict, prefix, *args) -> None:
         state_dict[prefix + "weight"] = state_dict[prefix + "weight"].t()
 
 
-# Shortlist mode computes a block one of three ways, the same sums in each:
+# Shortlist mode computes a block one of four ways, the same sums in each:
+# - on the CPU, when the candidates come as whole label clusters (a shortlist model's, which pass their cluster
+#   ids), one small GEMM per cluster in the batch over the documents that chose it (lcenet.cluster_products:
+#   O(B·K·R), each cluster's rows read once). LCENet's part of a 2-block step at B = 64, K = 1,500 in clusters of
+#   100 (benchmarks/results/shortlist_lcenet_clusters_cpu.json): see that record against the paths below;
 # - while the batch's distinct labels U are at least FULL_TABLES_MIN_FRACTION of L (at 13K labels 94-100% are),
 #   as dense LCENet over all L labels with each document's non-candidates at h = 0: no gathers, and the tables'
 #   gradients are dense, so RowAdam updates them in AdamW's fused pass. On one CPU core (B = 64, K = 1,500
@@ -112,8 +117,9 @@ def _weight_from_linear(module, state_dict, prefix, *args) -> None:
 # - past it, gathering each document's K rows (O(B·K·R): 108 ms against 323 ms at L = 501,070, R = 100,
 #   U = 87K).
 FULL_TABLES_MIN_FRACTION = 0.75
+CLUSTER_GEMM_DEVICE_TYPES = ("cpu",)  # where a per-cluster GEMM is cheap (a kernel launch each elsewhere)
 UNION_GEMM_MAX_RATIO = 16
-FULL_TABLES, UNION_GEMM, CANDIDATE_ROWS = "full_tables", "union_gemm", "candidate_rows"
+FULL_TABLES, UNION_GEMM, CANDIDATE_ROWS, CLUSTER_GEMM = "full_tables", "union_gemm", "candidate_rows", "cluster_gemm"
 
 
 @dataclass
@@ -124,20 +130,26 @@ class Shortlist:
     label_ids: torch.Tensor  # [B, K] label ids, padding replaced by 0 (masked wherever it matters)
     unique: torch.Tensor  # [U] the batch's distinct candidate labels, sorted: the table rows gathered and updated
     inverse: torch.Tensor  # [B, K] position of each candidate's label in ``unique`` (padding: 0)
-    path: str  # FULL_TABLES, UNION_GEMM or CANDIDATE_ROWS (see FULL_TABLES_MIN_FRACTION)
+    path: str  # CLUSTER_GEMM, FULL_TABLES, UNION_GEMM or CANDIDATE_ROWS (see FULL_TABLES_MIN_FRACTION)
+    segments: ClusterSegments | None = None  # the pairs of documents and clusters, on the CLUSTER_GEMM path
 
     @classmethod
-    def of(cls, label_ids: torch.Tensor, num_labels: int) -> Shortlist:
+    def of(cls, label_ids: torch.Tensor, num_labels: int, clusters: torch.Tensor | None = None) -> Shortlist:
+        """``clusters`` ``[B, c]``: the candidates are whole clusters, block j of ``label_ids`` holding the labels
+        of cluster ``clusters[:, j]`` (:class:`lcenet.output.ModelOutput`)."""
         valid = label_ids >= 0
         unique, inverse = torch.unique(label_ids[valid], return_inverse=True)
+        inverse = torch.zeros_like(label_ids).masked_scatter(valid, inverse)
+        if clusters is not None and label_ids.device.type in CLUSTER_GEMM_DEVICE_TYPES:
+            return cls(valid, label_ids.clamp(min=0), unique, inverse, CLUSTER_GEMM,
+                       ClusterSegments.of(label_ids, clusters, num_labels))
         if len(unique) >= FULL_TABLES_MIN_FRACTION * num_labels:
             path = FULL_TABLES
         elif len(unique) <= UNION_GEMM_MAX_RATIO * label_ids.shape[1]:
             path = UNION_GEMM
         else:
             path = CANDIDATE_ROWS
-        return cls(valid, label_ids.clamp(min=0), unique, torch.zeros_like(label_ids).masked_scatter(valid, inverse),
-                   path)
+        return cls(valid, label_ids.clamp(min=0), unique, inverse, path)
 
 
 class LCENetBlock(nn.Module):
@@ -176,7 +188,13 @@ class LCENetBlock(nn.Module):
             correction = self._full_rank_shortlist(h, shortlist)
         else:
             batch, candidates = h.shape
-            if shortlist.path == FULL_TABLES:
+            if shortlist.path == CLUSTER_GEMM:
+                # Row-sparse gradients only while the batch leaves most rows untouched, as on the other paths.
+                sparse = sparse and shortlist.segments.touched < FULL_TABLES_MIN_FRACTION * self.up.weight.shape[0]
+                hidden = self.hidden_activation(
+                    hidden_of_clusters(h, self.down.weight, shortlist.segments, sparse) + self.down.bias)
+                correction = correction_of_clusters(hidden, self.up.weight, shortlist.segments, sparse)
+            elif shortlist.path == FULL_TABLES:
                 h_all = h.new_zeros(batch, self.up.weight.shape[0]).scatter_add_(1, shortlist.label_ids, h)
                 hidden = self.hidden_activation(self.down(h_all))
                 correction = (hidden @ self.up.weight.t()).gather(1, shortlist.label_ids)
@@ -251,10 +269,15 @@ class LCENet(nn.Module):
             LCENetBlock(num_labels, rank, input_activation, hidden_activation, residual, bottleneck, init)
             for _ in range(blocks))
 
-    def forward(self, logits: torch.Tensor, label_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, label_ids: torch.Tensor | None = None,
+                clusters: torch.Tensor | None = None) -> torch.Tensor:
         """Dense: ``logits`` [B, L] -> [B, L]. Shortlist: ``logits`` [B, K] are the logits of the candidate labels
         ``label_ids`` [B, K] (-1 pads a shorter list) -> [B, K], the dense output at those labels if every
-        label were a candidate; padded slots take no part and come out as ``PADDING_LOGIT``, without gradient."""
+        label were a candidate; padded slots take no part and come out as ``PADDING_LOGIT``, without gradient.
+        ``clusters`` [B, c] (optional, as a shortlist model's ``candidate_clusters``): the candidates are whole
+        label clusters, block j of ``label_ids`` (K / c slots, its cluster's labels then -1s) being cluster
+        ``clusters[:, j]``, the same labels for every document that chose it; the result is the same, computed
+        per cluster on the CPU."""
         if label_ids is None:
             for block in self.blocks:
                 logits = block(logits)
@@ -264,7 +287,12 @@ class LCENet(nn.Module):
                             f"{tuple(logits.shape)} (got {label_ids.dtype} {tuple(label_ids.shape)})")
         if ((label_ids < -1) | (label_ids >= self.num_labels)).any():
             raise UserError(f"LCENet shortlist: label ids must be in [0, {self.num_labels}) or -1 for padding")
-        shortlist = Shortlist.of(label_ids.long(), self.num_labels)
+        if clusters is not None and (clusters.ndim != 2 or clusters.shape[0] != len(label_ids) or clusters.shape[1] == 0
+                                     or label_ids.shape[1] % clusters.shape[1]
+                                     or clusters.dtype not in (torch.int32, torch.int64)):
+            raise UserError(f"LCENet shortlist: clusters must be integer ids [{len(label_ids)}, c] with c dividing "
+                            f"the {label_ids.shape[1]} candidates (got {clusters.dtype} {tuple(clusters.shape)})")
+        shortlist = Shortlist.of(label_ids.long(), self.num_labels, None if clusters is None else clusters.long())
         if len(shortlist.unique) == 0:
             return torch.full_like(logits, PADDING_LOGIT)
         for block in self.blocks:
@@ -308,7 +336,7 @@ class LCENetWrapped(nn.Module):
     def score(self, *inputs: torch.Tensor, true_labels: torch.Tensor | None = None) -> ModelOutput:
         output = self.base.score(*inputs, true_labels=true_labels)
         weight = self.lcenet.aux_loss_weight
-        return output._replace(logits=self.lcenet(output.logits, output.label_ids),
+        return output._replace(logits=self.lcenet(output.logits, output.label_ids, output.candidate_clusters),
                                base_logits=output.logits if weight > 0 else None, aux_loss_weight=weight)
 
 

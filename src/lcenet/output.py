@@ -23,6 +23,10 @@ PADDING_LOGIT = -1e4
 class ModelOutput(NamedTuple):
     logits: torch.Tensor  # [B, L] dense, or [B, K] at label_ids
     label_ids: torch.Tensor | None = None  # [B, K] the label of each logit, -1 = padding; None = dense
+    # [B, c] when the candidates are whole label clusters (a shortlist's): block j of label_ids (K / c slots: the
+    # cluster's labels, then -1s) is cluster candidate_clusters[:, j], the same labels for every document that
+    # chose it, so shortlist LCENet can compute a cluster at a time (lcenet.cluster_products).
+    candidate_clusters: torch.Tensor | None = None
     # A loss term the model adds in training, already weighted (the shortlist's cluster-scorer BCE).
     extra_loss: torch.Tensor | None = None
     base_logits: torch.Tensor | None = None  # the logits before LCENet, when its auxiliary loss is on

@@ -82,17 +82,17 @@ class ShortlistModel(nn.Module):
     def score(self, *inputs: torch.Tensor, true_labels: torch.Tensor | None = None) -> ModelOutput:
         encoded = self.base.encode(*inputs)
         cluster_logits = self.cluster_scorer(self.base.document_vector(encoded))
-        chosen = candidates(cluster_logits, ClusterTables(self.members, self.cluster_of_label), self.top_clusters,
-                            true_labels).labels
+        chosen, clusters = candidates(cluster_logits, ClusterTables(self.members, self.cluster_of_label),
+                                      self.top_clusters, true_labels)
         # The batch's distinct candidates (padded slots point at the first of them and are masked below, so no
         # label row is touched for padding), as shortlist LCENet sets them up.
         batch = Shortlist.of(chosen, len(self.cluster_of_label))
         logits = self.base.candidate_logits(encoded, batch.unique, batch.inverse, self.sparse_gradients)
         logits = logits.masked_fill(~batch.valid, PADDING_LOGIT)
         if true_labels is None:
-            return ModelOutput(logits, chosen)
-        return ModelOutput(logits, chosen, extra_loss=self.cluster_loss_weight * F.binary_cross_entropy_with_logits(
-            cluster_logits.float(), self.cluster_targets(true_labels)))
+            return ModelOutput(logits, chosen, clusters)
+        cluster_loss = F.binary_cross_entropy_with_logits(cluster_logits.float(), self.cluster_targets(true_labels))
+        return ModelOutput(logits, chosen, clusters, extra_loss=self.cluster_loss_weight * cluster_loss)
 
     def cluster_targets(self, true_labels: torch.Tensor) -> torch.Tensor:
         """``[B, C]`` 0/1: the clusters of each document's true labels (``[B, T]``, -1 padded)."""

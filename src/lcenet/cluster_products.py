@@ -1,0 +1,172 @@
+"""Shortlist LCENet's two table products grouped by label cluster: the CPU path when candidates come in clusters.
+
+A shortlist model's candidates are whole clusters (:mod:`lcenet.shortlist`): document d's K = c·S candidates
+are the members of its c chosen clusters, S slots each, and every document that chose a cluster holds the same
+labels in that cluster's slots. Each cluster in the batch therefore does one small GEMM over the n documents
+that chose it, with its own S rows of the tables:
+
+    hidden[d]      = Σ_j h[d, block j] · W1ᵀ[members(c_dj)]      ([n, S] x [S, R] per cluster)
+    correction[d, block j] = u[d] · W2[members(c_dj)]ᵀ           ([n, R] x [R, S] per cluster)
+
+That is B·K·R multiply-adds per product, as in gathering each document's K rows, but each cluster's S rows are
+read once per pass, while they sit in cache, instead of once per document that chose it (B·K·R of memory
+traffic); and against GEMMs over all L labels (B·L·R multiply-adds) it saves the labels no document in the batch
+chose as a candidate of its own: at 13,330 labels and K = 1,500 nearly every label is some document's candidate,
+yet each document has only 11% of them. One Python-level GEMM per cluster is cheap on a CPU and costly in
+kernel launches on an accelerator, so LCENet takes this path on the CPU only (see lcenet.lcenet).
+
+The tables' gradients are built a cluster at a time as well: dense (zero outside the touched rows, which fused
+AdamW updates), or with ``sparse=True`` row-sparse over the touched rows for :class:`lcenet.row_adam.RowAdam`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ClusterSegments", "hidden_of_clusters", "correction_of_clusters"]
+
+
+@dataclass
+class ClusterSegments:
+    """A batch's (document, block) pairs sorted by cluster, set up once per forward for every block."""
+
+    order: torch.Tensor  # [P] positions of the pairs (P = B·c, pair p = document p // c, block p % c) by cluster
+    document: torch.Tensor  # [P] the document of each sorted pair
+    bounds: list[int]  # sorted pairs bounds[i]:bounds[i + 1] chose the batch's i-th distinct cluster
+    rows: list[torch.Tensor]  # [S] each distinct cluster's labels: its table rows (padding points at row 0)
+    members: list[torch.Tensor]  # each distinct cluster's real labels (its rows before the padding)
+    touched: int  # the number of distinct labels in the batch's clusters
+    num_labels: int
+
+    @classmethod
+    def of(cls, label_ids: torch.Tensor, clusters: torch.Tensor, num_labels: int) -> ClusterSegments:
+        """``label_ids`` ``[B, c·S]`` (-1 pads a cluster smaller than S, after its labels), ``clusters`` ``[B, c]``:
+        block j of a document's candidates holds the members of its cluster ``clusters[:, j]``."""
+        batch, count = clusters.shape
+        flat = clusters.flatten()
+        order = torch.argsort(flat, stable=True)
+        distinct, per_cluster = torch.unique_consecutive(flat[order], return_counts=True)
+        first = torch.cumsum(per_cluster, 0) - per_cluster  # the first pair that chose each cluster
+        blocks = label_ids.view(batch * count, -1).index_select(0, order.index_select(0, first))  # [U, S]
+        sizes = (blocks >= 0).sum(1).tolist()
+        rows = list(blocks.clamp(min=0).unbind(0))
+        return cls(order, order // count, [0, *torch.cumsum(per_cluster, 0).tolist()], rows,
+                   [row[:size] for row, size in zip(rows, sizes)], sum(sizes), num_labels)
+
+    def __iter__(self):
+        """(the sorted pairs of a cluster, its table rows)."""
+        for i, rows in enumerate(self.rows):
+            yield slice(self.bounds[i], self.bounds[i + 1]), rows
+
+    def pairs(self, per_slot: torch.Tensor) -> torch.Tensor:
+        """``[B, c·S]`` -> ``[P, S]`` in cluster order."""
+        return per_slot.reshape(len(self.order), -1).index_select(0, self.order)
+
+    def slots(self, pairs: torch.Tensor, batch: int) -> torch.Tensor:
+        """``[P, S]`` in cluster order -> ``[B, c·S]``."""
+        return torch.empty_like(pairs).index_copy_(0, self.order, pairs).view(batch, -1)
+
+    def table_gradient(self, per_cluster: list[torch.Tensor], table: torch.Tensor, sparse: bool) -> torch.Tensor:
+        """The gradient of an [L, R] table from each distinct cluster's ``[S, R]`` (padding rows dropped):
+        row-sparse over the touched rows, or dense and zero elsewhere."""
+        if sparse:
+            members = torch.cat(self.members)
+            values = torch.cat([grad[:len(rows)] for grad, rows in zip(per_cluster, self.members)])
+            members, position = members.sort()
+            return torch.sparse_coo_tensor(members.unsqueeze(0), values.index_select(0, position), table.shape,
+                                           is_coalesced=True, check_invariants=False)
+        # Every row written when the batch touches them all, as at 13K labels: no pass to zero the table first.
+        grad = table.new_empty(table.shape) if self.touched == self.num_labels else table.new_zeros(table.shape)
+        for values, rows in zip(per_cluster, self.members):
+            grad.index_copy_(0, rows, values[:len(rows)])
+        return grad
+
+
+def _compute_dtype(inputs: torch.Tensor, table: torch.Tensor) -> torch.dtype:
+    """bf16 under CPU autocast (as its GEMMs would be), else the inputs' and table's common type."""
+    if torch.is_autocast_enabled(inputs.device.type):
+        return torch.get_autocast_dtype(inputs.device.type)
+    return torch.promote_types(inputs.dtype, table.dtype)
+
+
+class _Hidden(torch.autograd.Function):
+    """``[B, c·S]`` activations of the candidates -> ``[B, R]``: Σ over each document's blocks of h · W1ᵀ[rows]."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, table: torch.Tensor, segments: ClusterSegments, sparse: bool) -> torch.Tensor:
+        dtype = _compute_dtype(h, table)
+        with torch.autocast(h.device.type, enabled=False):
+            pairs = segments.pairs(h.to(dtype))
+            products = pairs.new_empty(len(pairs), table.shape[1])
+            for span, rows in segments:
+                torch.mm(pairs[span], table.index_select(0, rows).to(dtype), out=products[span])
+            ctx.save_for_backward(pairs, table)
+            ctx.segments, ctx.sparse, ctx.input_dtype = segments, sparse, h.dtype
+            return products.new_zeros(len(h), table.shape[1]).index_add_(0, segments.document, products)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        pairs, table = ctx.saved_tensors
+        segments = ctx.segments
+        grad_pairs = grad.to(pairs.dtype).index_select(0, segments.document)  # [P, R]
+        grad_h = torch.empty_like(pairs) if ctx.needs_input_grad[0] else None
+        grad_rows = []
+        for span, rows in segments:
+            if grad_h is not None:
+                torch.mm(grad_pairs[span], table.index_select(0, rows).to(pairs.dtype).t(), out=grad_h[span])
+            if ctx.needs_input_grad[1]:
+                grad_rows.append((pairs[span].t() @ grad_pairs[span]).to(table.dtype))
+        return (None if grad_h is None else segments.slots(grad_h, len(grad)).to(ctx.input_dtype),
+                segments.table_gradient(grad_rows, table, ctx.sparse) if ctx.needs_input_grad[1] else None, None, None)
+
+
+class _Correction(torch.autograd.Function):
+    """``[B, R]`` hidden -> ``[B, c·S]``: each candidate's W2 row times its document's hidden vector."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, table: torch.Tensor, segments: ClusterSegments, sparse: bool
+                ) -> torch.Tensor:
+        dtype = _compute_dtype(hidden, table)
+        with torch.autocast(hidden.device.type, enabled=False):
+            per_pair = hidden.to(dtype).index_select(0, segments.document)  # [P, R]
+            products = per_pair.new_empty(len(per_pair), segments.rows[0].shape[0])
+            for span, rows in segments:
+                torch.mm(per_pair[span], table.index_select(0, rows).to(dtype).t(), out=products[span])
+            ctx.save_for_backward(per_pair, table)
+            ctx.segments, ctx.sparse, ctx.input_dtype, ctx.batch = segments, sparse, hidden.dtype, len(hidden)
+            return segments.slots(products, len(hidden))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        per_pair, table = ctx.saved_tensors
+        segments = ctx.segments
+        grad_pairs = segments.pairs(grad.to(per_pair.dtype))  # [P, S]
+        grad_per_pair = torch.empty_like(per_pair) if ctx.needs_input_grad[0] else None
+        grad_rows = []
+        for span, rows in segments:
+            if grad_per_pair is not None:
+                torch.mm(grad_pairs[span], table.index_select(0, rows).to(per_pair.dtype), out=grad_per_pair[span])
+            if ctx.needs_input_grad[1]:
+                grad_rows.append((grad_pairs[span].t() @ per_pair[span]).to(table.dtype))
+        grad_hidden = None
+        if grad_per_pair is not None:
+            grad_hidden = grad_per_pair.new_zeros(ctx.batch, per_pair.shape[1]).index_add_(
+                0, segments.document, grad_per_pair).to(ctx.input_dtype)
+        table_grad = segments.table_gradient(grad_rows, table, ctx.sparse) if ctx.needs_input_grad[1] else None
+        return grad_hidden, table_grad, None, None
+
+
+def hidden_of_clusters(h: torch.Tensor, table: torch.Tensor, segments: ClusterSegments, sparse: bool
+                       ) -> torch.Tensor:
+    """``[B, R]``: Σ_k h[:, k] · table[label of k], where ``table`` is W1ᵀ ``[L, R]`` (bias not added);
+    ``sparse``: the table's gradient is row-sparse."""
+    return _Hidden.apply(h, table, segments, sparse)
+
+
+def correction_of_clusters(hidden: torch.Tensor, table: torch.Tensor, segments: ClusterSegments, sparse: bool
+                           ) -> torch.Tensor:
+    """``[B, c·S]``: each candidate's row of ``table`` (W2, ``[L, R]``) times its document's ``hidden`` (no
+    bias); ``sparse``: the table's gradient is row-sparse."""
+    return _Correction.apply(hidden, table, segments, sparse)
