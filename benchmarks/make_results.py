@@ -400,9 +400,11 @@ def scale_section(prepare: list[Path], shortlist: list[Path], clusters: list[Pat
         for path in shortlist:
             r = json.loads(path.read_text())
             for case in r["cases"]:
-                lines.append(f"| `{path.name}` | {case['num_labels']:,} | {case['rank']} | "
-                             f"{case['candidates'] or '—'} | {case['mode']} | {case['median_step_s']:.3f} | "
-                             f"{case['peak_rss_bytes'] / 2**30:.2f} |")
+                candidates = f"{case['candidates']:,}" if case["candidates"] else "—"
+                if case.get("cluster_size") and case["candidates"]:
+                    candidates += f" ({case['candidates'] // case['cluster_size']} clusters of {case['cluster_size']})"
+                lines.append(f"| `{path.name}` | {case['num_labels']:,} | {case['rank']} | {candidates} | "
+                             f"{case['mode']} | {case['median_step_s']:.3f} | {case['peak_rss_bytes'] / 2**30:.2f} |")
             lines.append(f"\n- `{r['command']}` ({r['date'][:10]}, commit {str(r.get('git_commit'))[:8]})")
         lines.append("")
     if clusters or recall:

@@ -124,3 +124,16 @@ def test_bad_cluster_ids_are_refused(clusters):
     ids, _ = chosen(BATCH)
     with pytest.raises(UserError, match="clusters must be integer ids"):
         make_net()(torch.randn(ids.shape), ids, clusters)
+
+
+def test_clusters_that_disagree_on_their_labels_are_refused():
+    ids, clusters = chosen(BATCH)
+    net = make_net()
+    swapped = ids.clone()
+    swapped[0, :2] = swapped[0, :2].flip(0)  # document 0's block of cluster 0 in another order than document 3's
+    with pytest.raises(UserError, match="same labels in its block"):
+        net(torch.randn(ids.shape), swapped, clusters)
+    shared = torch.tensor([[0, 1], [1, 0]])
+    overlapping = torch.cat([MEMBERS[0], MEMBERS[0]]).expand(2, -1)  # clusters 0 and 1 both naming cluster 0's labels
+    with pytest.raises(UserError, match="must not share labels"):
+        net(torch.randn(overlapping.shape), overlapping, shared)

@@ -9,21 +9,27 @@ that chose it, with its own S rows of the tables:
     correction[d, block j] = u[d] · W2[members(c_dj)]ᵀ           ([n, R] x [R, S] per cluster)
 
 That is B·K·R multiply-adds per product, as in gathering each document's K rows, but each cluster's S rows are
-read once per pass, while they sit in cache, instead of once per document that chose it (B·K·R of memory
-traffic); and against GEMMs over all L labels (B·L·R multiply-adds) it saves the labels no document in the batch
-chose as a candidate of its own: at 13,330 labels and K = 1,500 nearly every label is some document's candidate,
-yet each document has only 11% of them. One Python-level GEMM per cluster is cheap on a CPU and costly in
-kernel launches on an accelerator, so LCENet takes this path on the CPU only (see lcenet.lcenet).
+gathered once, not once per document that chose it (B·K·R of memory traffic); and against GEMMs over all L
+labels (B·L·R multiply-adds) it saves the labels no document in the batch chose as a candidate of its own: at
+13,330 labels and K = 1,500 nearly every label is some document's candidate, yet each document has only 11% of
+them. The gathered rows are kept for the backward (U·S·R values per table, U the batch's distinct clusters:
+53 MB at 13,330 labels and R = 1,000), which then multiplies without gathering again. One Python-level GEMM per
+cluster is cheap on a CPU and costly in kernel launches on an accelerator, so LCENet takes this path on the CPU
+only (see lcenet.lcenet).
 
-The tables' gradients are built a cluster at a time as well: dense (zero outside the touched rows, which fused
-AdamW updates), or with ``sparse=True`` row-sparse over the touched rows for :class:`lcenet.row_adam.RowAdam`.
+The tables' gradients are written a cluster at a time as well: dense (zero outside the touched rows, which fused
+AdamW updates), or with ``sparse=True`` row-sparse over the touched rows (sorted, as
+:class:`lcenet.row_adam.RowAdam` reads them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from lcenet.errors import UserError
 
 __all__ = ["ClusterSegments", "hidden_of_clusters", "correction_of_clusters"]
 
@@ -37,7 +43,8 @@ class ClusterSegments:
     bounds: list[int]  # sorted pairs bounds[i]:bounds[i + 1] chose the batch's i-th distinct cluster
     rows: list[torch.Tensor]  # [S] each distinct cluster's labels: its table rows (padding points at row 0)
     members: list[torch.Tensor]  # each distinct cluster's real labels (its rows before the padding)
-    touched: int  # the number of distinct labels in the batch's clusters
+    touched_rows: torch.Tensor  # the labels of the batch's clusters, sorted: a row-sparse gradient's rows
+    destinations: list[torch.Tensor]  # where each distinct cluster's members sit in touched_rows
     num_labels: int
 
     @classmethod
@@ -47,13 +54,31 @@ class ClusterSegments:
         batch, count = clusters.shape
         flat = clusters.flatten()
         order = torch.argsort(flat, stable=True)
-        distinct, per_cluster = torch.unique_consecutive(flat[order], return_counts=True)
+        _, per_cluster = torch.unique_consecutive(flat[order], return_counts=True)
         first = torch.cumsum(per_cluster, 0) - per_cluster  # the first pair that chose each cluster
-        blocks = label_ids.view(batch * count, -1).index_select(0, order.index_select(0, first))  # [U, S]
-        sizes = (blocks >= 0).sum(1).tolist()
+        pair_blocks = label_ids.reshape(batch * count, -1).index_select(0, order)  # [P, S] in cluster order
+        blocks = pair_blocks.index_select(0, first)  # [U, S]
+        # Each sorted pair's cluster, as a position among the batch's distinct ones.
+        which = torch.repeat_interleave(torch.arange(len(per_cluster), device=order.device), per_cluster)
+        if not torch.equal(pair_blocks, blocks.index_select(0, which)):
+            raise UserError("LCENet shortlist: documents that chose the same cluster must hold the same labels in "
+                            "its block")
+        real = blocks >= 0
+        sizes = real.sum(1).tolist()
+        touched_rows, position = blocks[real].sort()
+        if bool((touched_rows[1:] == touched_rows[:-1]).any()):
+            raise UserError("LCENet shortlist: a label is in two clusters; clusters must not share labels")
+        destination = torch.empty_like(position).index_copy_(0, position, torch.arange(len(position),
+                                                                                        device=order.device))
         rows = list(blocks.clamp(min=0).unbind(0))
         return cls(order, order // count, [0, *torch.cumsum(per_cluster, 0).tolist()], rows,
-                   [row[:size] for row, size in zip(rows, sizes)], sum(sizes), num_labels)
+                   [row[:size] for row, size in zip(rows, sizes)], touched_rows, list(destination.split(sizes)),
+                   num_labels)
+
+    @property
+    def touched(self) -> int:
+        """The number of distinct labels in the batch's clusters."""
+        return len(self.touched_rows)
 
     def __iter__(self):
         """(the sorted pairs of a cluster, its table rows)."""
@@ -68,19 +93,22 @@ class ClusterSegments:
         """``[P, S]`` in cluster order -> ``[B, c·S]``."""
         return torch.empty_like(pairs).index_copy_(0, self.order, pairs).view(batch, -1)
 
-    def table_gradient(self, per_cluster: list[torch.Tensor], table: torch.Tensor, sparse: bool) -> torch.Tensor:
-        """The gradient of an [L, R] table from each distinct cluster's ``[S, R]`` (padding rows dropped):
-        row-sparse over the touched rows, or dense and zero elsewhere."""
+    def table_gradient(self, table: torch.Tensor, sparse: bool, rows_of: Callable[[slice, int], torch.Tensor]
+                       ) -> torch.Tensor:
+        """The gradient of an [L, R] table, row-sparse over the touched rows or dense and zero elsewhere, with
+        ``rows_of(span, size)`` giving a cluster's ``[size, R]`` (its pairs ``span``, its ``size`` real labels)
+        written straight into place."""
+        spans = [span for span, _ in self]
         if sparse:
-            members = torch.cat(self.members)
-            values = torch.cat([grad[:len(rows)] for grad, rows in zip(per_cluster, self.members)])
-            members, position = members.sort()
-            return torch.sparse_coo_tensor(members.unsqueeze(0), values.index_select(0, position), table.shape,
-                                           is_coalesced=True, check_invariants=False)
+            values = table.new_empty(self.touched, table.shape[1])
+            for span, members, destination in zip(spans, self.members, self.destinations):
+                values.index_copy_(0, destination, rows_of(span, len(members)).to(values.dtype))
+            return torch.sparse_coo_tensor(self.touched_rows.unsqueeze(0), values, table.shape, is_coalesced=True,
+                                           check_invariants=False)
         # Every row written when the batch touches them all, as at 13K labels: no pass to zero the table first.
         grad = table.new_empty(table.shape) if self.touched == self.num_labels else table.new_zeros(table.shape)
-        for values, rows in zip(per_cluster, self.members):
-            grad.index_copy_(0, rows, values[:len(rows)])
+        for span, members in zip(spans, self.members):
+            grad.index_copy_(0, members, rows_of(span, len(members)).to(grad.dtype))
         return grad
 
 
@@ -100,9 +128,11 @@ class _Hidden(torch.autograd.Function):
         with torch.autocast(h.device.type, enabled=False):
             pairs = segments.pairs(h.to(dtype))
             products = pairs.new_empty(len(pairs), table.shape[1])
-            for span, rows in segments:
-                torch.mm(pairs[span], table.index_select(0, rows).to(dtype), out=products[span])
+            gathered = [table.index_select(0, rows).to(dtype) for _, rows in segments]  # [S, R] each, for backward
+            for (span, _), weight in zip(segments, gathered):
+                torch.mm(pairs[span], weight, out=products[span])
             ctx.save_for_backward(pairs, table)
+            ctx.gathered = gathered
             ctx.segments, ctx.sparse, ctx.input_dtype = segments, sparse, h.dtype
             return products.new_zeros(len(h), table.shape[1]).index_add_(0, segments.document, products)
 
@@ -111,15 +141,16 @@ class _Hidden(torch.autograd.Function):
         pairs, table = ctx.saved_tensors
         segments = ctx.segments
         grad_pairs = grad.to(pairs.dtype).index_select(0, segments.document)  # [P, R]
-        grad_h = torch.empty_like(pairs) if ctx.needs_input_grad[0] else None
-        grad_rows = []
-        for span, rows in segments:
-            if grad_h is not None:
-                torch.mm(grad_pairs[span], table.index_select(0, rows).to(pairs.dtype).t(), out=grad_h[span])
-            if ctx.needs_input_grad[1]:
-                grad_rows.append((pairs[span].t() @ grad_pairs[span]).to(table.dtype))
-        return (None if grad_h is None else segments.slots(grad_h, len(grad)).to(ctx.input_dtype),
-                segments.table_gradient(grad_rows, table, ctx.sparse) if ctx.needs_input_grad[1] else None, None, None)
+        grad_h = table_grad = None
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.empty_like(pairs)
+            for (span, _), weight in zip(segments, ctx.gathered):
+                torch.mm(grad_pairs[span], weight.t(), out=grad_h[span])
+            grad_h = segments.slots(grad_h, len(grad)).to(ctx.input_dtype)
+        if ctx.needs_input_grad[1]:
+            table_grad = segments.table_gradient(
+                table, ctx.sparse, lambda span, size: pairs[span, :size].t() @ grad_pairs[span])
+        return grad_h, table_grad, None, None
 
 
 class _Correction(torch.autograd.Function):
@@ -132,9 +163,11 @@ class _Correction(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             per_pair = hidden.to(dtype).index_select(0, segments.document)  # [P, R]
             products = per_pair.new_empty(len(per_pair), segments.rows[0].shape[0])
-            for span, rows in segments:
-                torch.mm(per_pair[span], table.index_select(0, rows).to(dtype).t(), out=products[span])
+            gathered = [table.index_select(0, rows).to(dtype) for _, rows in segments]  # [S, R] each, for backward
+            for (span, _), weight in zip(segments, gathered):
+                torch.mm(per_pair[span], weight.t(), out=products[span])
             ctx.save_for_backward(per_pair, table)
+            ctx.gathered = gathered
             ctx.segments, ctx.sparse, ctx.input_dtype, ctx.batch = segments, sparse, hidden.dtype, len(hidden)
             return segments.slots(products, len(hidden))
 
@@ -143,18 +176,16 @@ class _Correction(torch.autograd.Function):
         per_pair, table = ctx.saved_tensors
         segments = ctx.segments
         grad_pairs = segments.pairs(grad.to(per_pair.dtype))  # [P, S]
-        grad_per_pair = torch.empty_like(per_pair) if ctx.needs_input_grad[0] else None
-        grad_rows = []
-        for span, rows in segments:
-            if grad_per_pair is not None:
-                torch.mm(grad_pairs[span], table.index_select(0, rows).to(per_pair.dtype), out=grad_per_pair[span])
-            if ctx.needs_input_grad[1]:
-                grad_rows.append((grad_pairs[span].t() @ per_pair[span]).to(table.dtype))
-        grad_hidden = None
-        if grad_per_pair is not None:
+        grad_hidden = table_grad = None
+        if ctx.needs_input_grad[0]:
+            grad_per_pair = torch.empty_like(per_pair)
+            for (span, _), weight in zip(segments, ctx.gathered):
+                torch.mm(grad_pairs[span], weight, out=grad_per_pair[span])
             grad_hidden = grad_per_pair.new_zeros(ctx.batch, per_pair.shape[1]).index_add_(
                 0, segments.document, grad_per_pair).to(ctx.input_dtype)
-        table_grad = segments.table_gradient(grad_rows, table, ctx.sparse) if ctx.needs_input_grad[1] else None
+        if ctx.needs_input_grad[1]:
+            table_grad = segments.table_gradient(
+                table, ctx.sparse, lambda span, size: grad_pairs[span, :size].t() @ per_pair[span])
         return grad_hidden, table_grad, None, None
 
 

@@ -39,6 +39,8 @@ W1 is stored transposed (``down.weight`` is W1ᵀ, [L, R]; ``state_dict`` still 
 ``blocks.N.down.weight``, so model files keep their layout). The rows of the labels in the batch are gathered
 once per step, and with ``sparse_gradients=True`` the tables get row-sparse gradients that
 :class:`lcenet.row_adam.RowAdam` applies touching only those rows (dense Adam would read and write all L·R).
+A shortlist model's candidates are whole label clusters; given their ids (``clusters``), the blocks compute a
+cluster at a time on the CPU (:mod:`lcenet.cluster_products`), the same sums.
 
 Dense memory (no chunking: it fits at the sizes the peers run): training n blocks at batch B holds the
 parameters, gradients and two Adam moments, 16·n·(2·L·R + L + R) bytes, plus about 5·n + 2 [B, L] fp32
