@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/scale_step.py                      # CPU, the default cases
     python benchmarks/scale_step.py --device cuda --labels 4271 501070 --repeats 5
     OMP_NUM_THREADS=1 python benchmarks/scale_step.py --labels 13330 --bf16-cpu   # train.bf16_cpu's steps
+    OMP_NUM_THREADS=1 python benchmarks/scale_step.py --glibc-malloc-defaults       # train.reuse_freed_memory off
 
 Each step is the Trainer's own ``optimizer_step`` (as in benchmarks/step_time.py) of XML-CNN at its published
 shape (T = 500, 300-d embeddings, 128 filters × widths 2/4/8, hidden 512), batch 64, on synthetic documents with
@@ -12,7 +13,8 @@ shape (T = 500, 300-d embeddings, 128 filters × widths 2/4/8, hidden 512), batc
 - ``shortlist``: the trainer's shortlist mode (lcenet.shortlist): a cluster scorer over balanced clusters of 100
   labels (random ones: step time does not depend on which labels share a cluster), the top 10 clusters plus the
   true labels' clusters as candidates (K ≈ 1,000-1,500), label-id targets, row-sparse gradients for the output
-  layer and LCENet's tables, RowAdam; LCENet in its shortlist mode.
+  layer and LCENet's tables, RowAdam; LCENet in its shortlist mode (a cluster at a time on the CPU, from the
+  candidates' cluster ids the shortlist passes on).
 
 LCENet: 2 blocks, R = 1000 up to 13,330 labels and 100 beyond (CorNet's choice at 500K labels). Every (L, mode,
 variant) runs in its own process, one after another, so its peak RSS (ru_maxrss: the whole process, Python and
@@ -101,11 +103,12 @@ def model_for(num_labels: int, mode: str, variant: str, rank: int | None = None)
     return model
 
 
-def measure_pairs(num_labels: int, mode: str, device_arg: str, repeats: int, warmup: int, bf16_cpu: bool) -> dict:
-    """Base and +LCENet in one process, steps alternating: the per-pair ratios' median."""
+def measure_pairs(num_labels: int, mode: str, device_arg: str, repeats: int, warmup: int, train: dict) -> dict:
+    """Base and +LCENet in one process, steps alternating: the per-pair ratios' median. ``train``: the
+    TrainSettings the command line sets."""
     device = resolve_device(device_arg)
     split = synthetic_split(BATCH * (warmup + repeats + 1), LENGTH, VOCAB, num_labels)
-    settings = TrainSettings(batch_size=BATCH, device=str(device), bf16_cpu=bf16_cpu)
+    settings = TrainSettings(batch_size=BATCH, device=str(device), **train)
     with tempfile.TemporaryDirectory() as run_dir:
         timed = [Timed(model_for(num_labels, mode, variant), split, num_labels, settings, Path(run_dir) / variant)
                  for variant in ("base", "lcenet")]
@@ -119,12 +122,12 @@ def measure_pairs(num_labels: int, mode: str, device_arg: str, repeats: int, war
 
 
 def measure(num_labels: int, mode: str, variant: str, device_arg: str, repeats: int, warmup: int,
-            bf16_cpu: bool) -> dict:
+            train: dict) -> dict:
     device = resolve_device(device_arg)
     model = model_for(num_labels, mode, variant)
     lcenet = model.lcenet.config if variant == "lcenet" else None
     split = synthetic_split(BATCH * (warmup + repeats + 1), LENGTH, VOCAB, num_labels)
-    settings = TrainSettings(batch_size=BATCH, device=str(device), bf16_cpu=bf16_cpu)
+    settings = TrainSettings(batch_size=BATCH, device=str(device), **train)
     with tempfile.TemporaryDirectory() as run_dir:
         timed = Timed(model, split, num_labels, settings, Path(run_dir))
         if device.type == "cuda":
@@ -151,19 +154,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--one", nargs=3, metavar=("L", "MODE", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--bf16-cpu", action="store_true", help="train.bf16_cpu: bf16 autocast on the CPU too")
+    parser.add_argument("--glibc-malloc-defaults", action="store_true",
+                        help="train.reuse_freed_memory off: glibc unmaps and trims freed memory as by default")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    train = {"bf16_cpu": args.bf16_cpu, "reuse_freed_memory": not args.glibc_malloc_defaults}
     if args.one:  # a child process: one measurement, as JSON on stdout
         labels, mode, variant = args.one
-        result = (measure_pairs(int(labels), mode, args.device, args.repeats, args.warmup, args.bf16_cpu)
+        result = (measure_pairs(int(labels), mode, args.device, args.repeats, args.warmup, train)
                   if variant == "pairs" else measure(int(labels), mode, variant, args.device, args.repeats,
-                                                     args.warmup, args.bf16_cpu))
+                                                     args.warmup, train))
         print(json.dumps(result))
         return
     device = resolve_device(args.device)
     record = {"benchmark": "scale_step", "device": str(device), "device_name": device_name(device),
               "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), "batch": BATCH,
-              "max_length": LENGTH, "family": "xmlcnn", "shortlist": vars(SHORTLIST), "bf16_cpu": args.bf16_cpu,
+              "max_length": LENGTH, "family": "xmlcnn", "shortlist": vars(SHORTLIST), **train,
               **provenance(),
               "load_average_at_start": os.getloadavg(), "cases": []}
     started = time.perf_counter()
@@ -174,7 +180,8 @@ def main() -> None:
             for variant in ("base", "lcenet", "pairs"):
                 child = subprocess.run([sys.executable, __file__, "--one", str(num_labels), mode, variant,
                                         "--device", args.device, "--repeats", str(args.repeats),
-                                        "--warmup", str(args.warmup), *(["--bf16-cpu"] if args.bf16_cpu else [])],
+                                        "--warmup", str(args.warmup), *(["--bf16-cpu"] if args.bf16_cpu else []),
+                                        *(["--glibc-malloc-defaults"] if args.glibc_malloc_defaults else [])],
                                        capture_output=True, text=True)
                 if child.returncode != 0:
                     case[variant] = {"error": child.stderr.strip().splitlines()[-1:]}

@@ -66,6 +66,9 @@ class TrainSettings:
     # bf16 autocast for training steps on the CPU too (oneDNN's bf16 kernels; fast on CPUs with AVX512-BF16 or
     # AMX, slow elsewhere). Off by default: it changes results; dev evaluation and prediction stay fp32 on CPU.
     bf16_cpu: bool = False
+    # Keep freed memory for reuse (glibc's malloc, lcenet.allocator): a step's large temporaries, e.g. LCENet's
+    # [L, R] gradients, stop being faulted in page by page every step. The process keeps its peak memory.
+    reuse_freed_memory: bool = True
     # Keep the training split on the device and build batches there; None = on CUDA only (on CPU the ids may
     # stay memory-mapped).
     resident_batches: bool | None = None

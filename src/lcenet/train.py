@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lcenet import distributed
+from lcenet.allocator import reuse_freed_memory
 from lcenet.config import TrainSettings
 from lcenet.errors import UserError
 from lcenet.inference import Batch, EpochBatches, SplitTensors, autocast, evaluate_model
@@ -112,6 +113,8 @@ class Trainer:
                  num_labels: int, run_dir: str | Path, inv_propensity: np.ndarray | None = None,
                  progress: bool = True):
         self.settings = settings
+        if settings.reuse_freed_memory:
+            reuse_freed_memory()
         self.device = resolve_device(settings.device)
         self.model = model.to(self.device)
         self.train, self.dev = train, dev
