@@ -394,19 +394,18 @@ def scale_section(prepare: list[Path], shortlist: list[Path], clusters: list[Pat
                          f"`{r['command']}` |")
         lines.append("")
     if shortlist:
-        lines += ["## Extreme scale: LCENet training step, dense vs shortlist (random logits, B = 64)", "",
-                  "| record | L | R | candidates K | mode | median step s | peak RSS GiB |",
-                  "|:--|--:|--:|--:|:--|--:|--:|"]
+        lines += ["## Extreme scale: LCENet training step, dense vs shortlist (random logits, B = 64)", ""]
         for path in shortlist:
             r = json.loads(path.read_text())
+            lines += ["| record | L | R | candidates K | mode | median step s | peak RSS GiB |",
+                      "|:--|--:|--:|--:|:--|--:|--:|"]
             for case in r["cases"]:
                 candidates = f"{case['candidates']:,}" if case["candidates"] else "—"
                 if case.get("cluster_size") and case["candidates"]:
                     candidates += f" ({case['candidates'] // case['cluster_size']} clusters of {case['cluster_size']})"
                 lines.append(f"| `{path.name}` | {case['num_labels']:,} | {case['rank']} | {candidates} | "
                              f"{case['mode']} | {case['median_step_s']:.3f} | {case['peak_rss_bytes'] / 2**30:.2f} |")
-            lines.append(f"\n- `{r['command']}` ({r['date'][:10]}, commit {str(r.get('git_commit'))[:8]})")
-        lines.append("")
+            lines += ["", source_line(path, r), ""]  # the command holds any --note
     if clusters or recall:
         lines += ["## Extreme scale: balanced label clustering", ""]
     for path in clusters:
@@ -462,6 +461,8 @@ def scale_step_section(paths: list[Path]) -> list[str]:
         load = record.get("load_average_at_start")
         details = ((f"; load average at start {load[0]:.1f}" if load else "")
                    + ("; **bf16 autocast on the CPU** (train.bf16_cpu)" if record.get("bf16_cpu") else "")
+                   + ("; freed memory kept for reuse (train.reuse_freed_memory)" if record.get("reuse_freed_memory")
+                      else "")
                    + ("; **stopped before every case ran**" if record.get("finished") is False else ""))
         lines += ["", source_line(path, record, details), ""]
     return lines

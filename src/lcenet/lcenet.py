@@ -105,8 +105,10 @@ def _weight_from_linear(module, state_dict, prefix, *args) -> None:
 # Shortlist mode computes a block one of four ways, the same sums in each:
 # - on the CPU, when the candidates come as whole label clusters (a shortlist model's, which pass their cluster
 #   ids), one small GEMM per cluster in the batch over the documents that chose it (lcenet.cluster_products:
-#   O(B·K·R), each cluster's rows read once). LCENet's part of a 2-block step at B = 64, K = 1,500 in clusters of
-#   100 (benchmarks/results/shortlist_lcenet_clusters_cpu.json): see that record against the paths below;
+#   O(B·K·R), each cluster's rows gathered once). LCENet's 2-block step at B = 64, K = 1,500 in 15 clusters of
+#   100, one core (benchmarks/results/shortlist_lcenet_clusters_cpu.json), against the same candidates through
+#   the three ways below: 114 / 118 ms at L = 4,271, 307 / 439 ms at 13,330, 381 / 550 ms at 100,000 and
+#   685 / 770 ms at 501,070;
 # - while the batch's distinct labels U are at least FULL_TABLES_MIN_FRACTION of L (at 13K labels 94-100% are),
 #   as dense LCENet over all L labels with each document's non-candidates at h = 0: no gathers, and the tables'
 #   gradients are dense, so RowAdam updates them in AdamW's fused pass. On one CPU core (B = 64, K = 1,500
