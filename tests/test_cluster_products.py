@@ -126,7 +126,7 @@ def test_bad_cluster_ids_are_refused(clusters):
         make_net()(torch.randn(ids.shape), ids, clusters)
 
 
-def test_clusters_that_disagree_on_their_labels_are_refused():
+def test_blocks_that_break_the_cluster_layout_are_refused():
     ids, clusters = chosen(BATCH)
     net = make_net()
     swapped = ids.clone()
@@ -137,3 +137,6 @@ def test_clusters_that_disagree_on_their_labels_are_refused():
     overlapping = torch.cat([MEMBERS[0], MEMBERS[0]]).expand(2, -1)  # clusters 0 and 1 both naming cluster 0's labels
     with pytest.raises(UserError, match="must not share labels"):
         net(torch.randn(overlapping.shape), overlapping, shared)
+    padded_first = MEMBERS[2].roll(1).expand(1, -1)  # [-1, 2, 13, 6]
+    with pytest.raises(UserError, match="its labels first, then its -1 padding"):
+        net(torch.randn(padded_first.shape), padded_first, torch.tensor([[2]]))

@@ -64,6 +64,8 @@ class ClusterSegments:
             raise UserError("LCENet shortlist: documents that chose the same cluster must hold the same labels in "
                             "its block")
         real = blocks >= 0
+        if bool((real[:, 1:] & ~real[:, :-1]).any()):
+            raise UserError("LCENet shortlist: a cluster's block must hold its labels first, then its -1 padding")
         sizes = real.sum(1).tolist()
         touched_rows, position = blocks[real].sort()
         if bool((touched_rows[1:] == touched_rows[:-1]).any()):
