@@ -2,6 +2,7 @@
 
     make bench-env        # .venv-bench: lcenet + LibMultiLabel (not one of lcenet's dependencies)
     OMP_NUM_THREADS=2 .venv-bench/bin/python benchmarks/vs_libmultilabel.py
+    OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/vs_libmultilabel.py --libmultilabel-apart
 
 Both networks get the published XML-CNN shape (T = 500 tokens, batch 64, L = 4,271 labels, 300-d embeddings,
 widths 2/4/8 with 128 filters each, 8 pooled chunks, a 512-unit hidden layer) and the same random batches.
@@ -9,14 +10,22 @@ lcenet's step is the Trainer's own ``optimizer_step`` (host batches from a token
 clipping, fused Adam), in fp32 (the default) and with ``train.bf16_cpu`` (bf16 autocast on the CPU, opt-in);
 LibMultiLabel's is its network's forward, BCE and the Adam step its trainer uses, in fp32. Steps rotate
 between the three so machine noise hits all alike; docs/s is batch / median step time.
+
+The process's memory allocator is shared by all three: lcenet's Trainer keeps freed memory for reuse
+(``train.reuse_freed_memory``, lcenet.allocator), so in one process LibMultiLabel's steps get that too. With
+``--libmultilabel-apart`` LibMultiLabel's steps run first in a process of their own, with glibc's allocator as
+LibMultiLabel's users have it, on the same batches; then lcenet's two rotate. Run it on a quiet machine: the two
+halves no longer share the machine's noise.
 Writes benchmarks/results/vs_libmultilabel_<device>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from lcenet.config import TrainSettings
+from lcenet.inference import EpochBatches
 from lcenet.io import atomic_write_json
 from lcenet.models import build_model
 from lcenet.pipeline import device_name
@@ -48,25 +58,57 @@ def libmultilabel_step(network, optimizer, ids: torch.Tensor, targets: torch.Ten
     return time.perf_counter() - started
 
 
+def libmultilabel_network():
+    """LibMultiLabel's XMLCNN at the published shape, with the Adam its trainer uses."""
+    from libmultilabel.nn.networks.xml_cnn import XMLCNN as LibMultiLabelXMLCNN
+
+    network = LibMultiLabelXMLCNN(torch.randn(VOCAB, EMBEDDING), LABELS, filter_sizes=[2, 4, 8], hidden_dim=512,
+                                  num_filter_per_size=128, num_pool=8, embed_dropout=0.2, post_encoder_dropout=0.5)
+    return network, torch.optim.Adam(network.parameters(), lr=1e-3)
+
+
+def libmultilabel_alone(split, warmup: int, repeats: int) -> list[float]:
+    """LibMultiLabel's step times in this process (no lcenet Trainer in it), on the batches lcenet's get."""
+    theirs, their_optimizer = libmultilabel_network()
+    batches = EpochBatches(split, LABELS, BATCH, torch.device("cpu"), resident=False)
+    batches.start_epoch(np.arange(len(split)))
+    times = []
+    for repeat in range(warmup + repeats):
+        inputs, targets = batches.get(repeat * BATCH)
+        seconds = libmultilabel_step(theirs, their_optimizer, inputs[0], targets)
+        if repeat >= warmup:
+            times.append(seconds)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--libmultilabel-apart", action="store_true",
+                        help="LibMultiLabel's steps first, in a process of its own (glibc's allocator as it comes)")
+    parser.add_argument("--libmultilabel-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    from libmultilabel.nn.networks.xml_cnn import XMLCNN as LibMultiLabelXMLCNN
+    split = synthetic_split(BATCH * (args.warmup + args.repeats + 1), LENGTH, VOCAB, LABELS)
+    if args.libmultilabel_only:  # the child of --libmultilabel-apart: its times as JSON on stdout
+        print(json.dumps(libmultilabel_alone(split, args.warmup, args.repeats)))
+        return
 
     device = resolve_device("cpu")
     load_before = os.getloadavg()
-    split = synthetic_split(BATCH * (args.warmup + args.repeats + 1), LENGTH, VOCAB, LABELS)
+    apart = None
+    if args.libmultilabel_apart:
+        child = subprocess.run([sys.executable, __file__, "--libmultilabel-only", "--repeats", str(args.repeats),
+                                "--warmup", str(args.warmup)], check=True, capture_output=True, text=True)
+        apart = json.loads(child.stdout.strip().splitlines()[-1])
+
     def ours():
         torch.manual_seed(0)
         return build_model("xmlcnn", LABELS, VOCAB, embedding_dim=EMBEDDING, filter_sizes=[2, 4, 8], num_filters=128,
                            pool_chunks=8, hidden_dim=512)
 
-    theirs = LibMultiLabelXMLCNN(torch.randn(VOCAB, EMBEDDING), LABELS, filter_sizes=[2, 4, 8], hidden_dim=512,
-                                 num_filter_per_size=128, num_pool=8, embed_dropout=0.2, post_encoder_dropout=0.5)
-    their_optimizer = torch.optim.Adam(theirs.parameters(), lr=1e-3)
+    theirs, their_optimizer = libmultilabel_network() if apart is None else (None, None)
     with tempfile.TemporaryDirectory() as run_dir:
         trainers = {name: Trainer(ours(), TrainSettings(batch_size=BATCH, device="cpu", bf16_cpu=bf16), split, split,
                                   LABELS, Path(run_dir) / name, progress=False)
@@ -83,10 +125,13 @@ def main() -> None:
                 started = time.perf_counter()
                 trainer.optimizer_step(start, start + BATCH)
                 seconds[name] = time.perf_counter() - started
-            seconds["libmultilabel"] = libmultilabel_step(theirs, their_optimizer, inputs[0], targets)
+            if apart is None:
+                seconds["libmultilabel"] = libmultilabel_step(theirs, their_optimizer, inputs[0], targets)
             if repeat >= args.warmup:
                 for name, value in seconds.items():
                     times[name].append(value)
+    if apart is not None:
+        times["libmultilabel"] = apart
     docs_per_s = {name: BATCH / statistics.median(values) for name, values in times.items()}
     import libmultilabel
 
@@ -96,6 +141,7 @@ def main() -> None:
               "shape": {"labels": LABELS, "batch": BATCH, "max_length": LENGTH, "embedding_dim": EMBEDDING,
                         "filter_sizes": [2, 4, 8], "num_filters": 128, "pool_chunks": 8, "hidden_dim": 512},
               "repeats": args.repeats, "threads": torch.get_num_threads(),
+              "libmultilabel_process": "own, glibc malloc defaults" if apart is not None else "shared with lcenet's",
               # other processes' load skews both sides alike but not fully: rerun on a quiet machine to claim speed
               "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
               "median_step_s": {k: statistics.median(v) for k, v in times.items()},
