@@ -366,9 +366,10 @@ def reliability_section(kill_paths: list[Path], ddp_paths: list[Path], versus_pa
             r = json.loads(path.read_text())
             load = r.get("load_average_1min", {})
             docs = r["train_docs_per_s"]
+            process = r.get("libmultilabel_process", "shared with lcenet's")
             lines.append(f"| `{path.name}` | {r['device_name']} | "
                          f"{load.get('before', 0):.1f} → {load.get('after', 0):.1f} | "
-                         f"{r.get('libmultilabel_process', 'shared with lcenet’s')} | {docs['lcenet']:.1f} | "
+                         f"{process} | {docs['lcenet']:.1f} | "
                          f"{docs['lcenet_bf16_cpu']:.1f} | {docs['libmultilabel']:.1f} | "
                          f"×{r['speedup_vs_libmultilabel']:.2f} | ×{r['speedup_vs_libmultilabel_bf16_cpu']:.2f} |")
         lines.append("")
