@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/shortlist_step.py                 # CPU, the default cases
     python benchmarks/shortlist_step.py --labels 4271 501070 --modes shortlist dense --repeats 3
     OMP_NUM_THREADS=1 python benchmarks/shortlist_step.py --cluster-size 100 --modes shortlist shortlist-clusters
+    ... --reuse-freed-memory      # glibc keeps freed memory, as a Trainer has it (train.reuse_freed_memory)
 
 One step: forward of LCENet (2 blocks; R = 1000 up to 13K labels, 100 beyond, as CorNet) over random base
 logits, mean BCE (over the valid candidates in shortlist mode, over all L labels in dense mode), backward, and
@@ -45,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from lcenet import lcenet as lcenet_module
+from lcenet.allocator import reuse_freed_memory
 from lcenet.io import atomic_write_json
 from lcenet.lcenet import LCENet
 from lcenet.pipeline import device_name
@@ -97,7 +99,9 @@ def cluster_batches(count: int, batch: int, candidates: int, num_labels: int, si
 
 
 def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: int, warmup: int,
-             cluster_size: int | None) -> dict:
+             cluster_size: int | None, reuse_memory: bool) -> dict:
+    if reuse_memory:
+        reuse_freed_memory()
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     rank = rank_for(num_labels)
@@ -142,6 +146,7 @@ def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: i
             times.append(time.perf_counter() - started)
     return {"num_labels": num_labels, "mode": mode, "rank": rank, "blocks": 2, "batch": batch,
             "candidates": None if mode == "dense" else candidates, "cluster_size": cluster_size,
+            "reuse_freed_memory": reuse_memory,
             "repeats": repeats, "warmup": warmup,
             "median_step_s": statistics.median(times), "step_s": times,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -156,6 +161,8 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=1500, help="K, the longest candidate list")
     parser.add_argument("--cluster-size", type=int, default=None,
                         help="candidates as K / S whole clusters of S labels (needed by shortlist-clusters)")
+    parser.add_argument("--reuse-freed-memory", action="store_true",
+                        help="keep freed memory for reuse, as a Trainer does (lcenet.allocator)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--note", default="", help="recorded with the results (e.g. how busy the machine was)")
@@ -166,7 +173,7 @@ def main() -> None:
         parser.error("--modes shortlist-clusters needs --cluster-size")
     if args.case:  # one case, in this fresh process: print its result
         print(json.dumps(run_case(int(args.case[0]), args.case[1], args.batch, args.candidates, args.repeats,
-                                  args.warmup, args.cluster_size)))
+                                  args.warmup, args.cluster_size, args.reuse_freed_memory)))
         return
     device = torch.device("cpu")
     record = {"benchmark": "shortlist_step", "device": str(device), "device_name": device_name(device),
@@ -177,8 +184,9 @@ def main() -> None:
         for mode in args.modes:
             command = [sys.executable, __file__, "--case", str(num_labels), mode, "--batch", str(args.batch),
                        "--candidates", str(args.candidates), "--repeats", str(args.repeats),
-                       "--warmup", str(args.warmup)] + (["--cluster-size", str(args.cluster_size)]
-                                                        if args.cluster_size else [])
+                       "--warmup", str(args.warmup),
+                       *(["--cluster-size", str(args.cluster_size)] if args.cluster_size else []),
+                       *(["--reuse-freed-memory"] if args.reuse_freed_memory else [])]
             result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
             record["cases"].append(result)
             print(f"L={num_labels:>7d} R={result['rank']:>4d} {mode:21s} {result['median_step_s'] * 1000:9.1f} ms/step"
