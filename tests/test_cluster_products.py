@@ -137,6 +137,16 @@ def test_blocks_that_break_the_cluster_layout_are_refused():
     overlapping = torch.cat([MEMBERS[0], MEMBERS[0]]).expand(2, -1)  # clusters 0 and 1 both naming cluster 0's labels
     with pytest.raises(UserError, match="must not share labels"):
         net(torch.randn(overlapping.shape), overlapping, shared)
-    padded_first = MEMBERS[2].roll(1).expand(1, -1)  # [-1, 2, 13, 6]
+    padded_first = MEMBERS[2].roll(1).expand(2, -1)  # [-1, 2, 13, 6] in both documents
     with pytest.raises(UserError, match="its labels first, then its -1 padding"):
-        net(torch.randn(padded_first.shape), padded_first, torch.tensor([[2]]))
+        net(torch.randn(padded_first.shape), padded_first, torch.tensor([[2], [2]]))
+
+
+def test_clusters_no_two_documents_share_take_the_per_label_paths():
+    """A cluster's rows gathered once serve every document that chose it; with one document per cluster there
+    is nothing to share, and the per-label paths compute the same."""
+    ids, clusters = chosen([[0], [1], [2], [3]])
+    assert Shortlist.of(ids, L, clusters).path != CLUSTER_GEMM
+    net = make_net()
+    logits = torch.randn(ids.shape)
+    torch.testing.assert_close(net(logits, ids, clusters), net(logits, ids))

@@ -104,11 +104,14 @@ def _weight_from_linear(module, state_dict, prefix, *args) -> None:
 
 # Shortlist mode computes a block one of four ways, the same sums in each:
 # - on the CPU, when the candidates come as whole label clusters (a shortlist model's, which pass their cluster
-#   ids), one small GEMM per cluster in the batch over the documents that chose it (lcenet.cluster_products:
-#   O(B·K·R), each cluster's rows gathered once). LCENet's 2-block step at B = 64, K = 1,500 in 15 clusters of
-#   100, one core (benchmarks/results/shortlist_lcenet_clusters_cpu.json), against the same candidates through
-#   the three ways below: 114 / 118 ms at L = 4,271, 307 / 439 ms at 13,330, 381 / 550 ms at 100,000 and
-#   685 / 770 ms at 501,070;
+#   ids) and the batch's documents share them (on average at least CLUSTER_GEMM_MIN_SHARING documents per
+#   distinct cluster), one small GEMM per cluster over the documents that chose it (lcenet.cluster_products:
+#   O(B·K·R), each cluster's rows gathered once for all of them). LCENet's 2-block step at B = 64, K = 1,500 in
+#   15 random clusters of 100, one core, freed memory kept as a Trainer keeps it
+#   (benchmarks/results/shortlist_lcenet_clusters_reuse_cpu.json), against the same candidates through the three
+#   ways below: 97 / 108 ms at L = 4,271 (22 documents per cluster), 210 / 342 ms at 13,330 (7), 295 / 299 ms at
+#   100,000 (1.5) and 443 / 402 ms at 501,070 (1.1), where a cluster's rows serve about one document and the
+#   loop over ~900 clusters costs more than the per-document gathers it replaces;
 # - while the batch's distinct labels U are at least FULL_TABLES_MIN_FRACTION of L (at 13K labels 94-100% are),
 #   as dense LCENet over all L labels with each document's non-candidates at h = 0: no gathers, and the tables'
 #   gradients are dense, so RowAdam updates them in AdamW's fused pass. On one CPU core (B = 64, K = 1,500
@@ -122,6 +125,7 @@ def _weight_from_linear(module, state_dict, prefix, *args) -> None:
 #   U = 87K).
 FULL_TABLES_MIN_FRACTION = 0.75
 CLUSTER_GEMM_DEVICE_TYPES = ("cpu",)  # where a per-cluster GEMM is cheap (a kernel launch each elsewhere)
+CLUSTER_GEMM_MIN_SHARING = 2.0  # documents per distinct cluster in the batch, on average, for CLUSTER_GEMM
 UNION_GEMM_MAX_RATIO = 16
 FULL_TABLES, UNION_GEMM, CANDIDATE_ROWS, CLUSTER_GEMM = "full_tables", "union_gemm", "candidate_rows", "cluster_gemm"
 
@@ -144,7 +148,8 @@ class Shortlist:
         valid = label_ids >= 0
         unique, inverse = torch.unique(label_ids[valid], return_inverse=True)
         inverse = torch.zeros_like(label_ids).masked_scatter(valid, inverse)
-        if clusters is not None and label_ids.device.type in CLUSTER_GEMM_DEVICE_TYPES:
+        if (clusters is not None and label_ids.device.type in CLUSTER_GEMM_DEVICE_TYPES
+                and clusters.numel() >= CLUSTER_GEMM_MIN_SHARING * len(torch.unique(clusters))):
             return cls(valid, label_ids.clamp(min=0), unique, inverse, CLUSTER_GEMM,
                        ClusterSegments.of(label_ids, clusters, num_labels))
         if len(unique) >= FULL_TABLES_MIN_FRACTION * num_labels:
