@@ -39,6 +39,8 @@ from prepare_scale import extrapolate  # noqa: E402 -- a sibling script, also wh
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_POINTS = 1.0  # the issues' target: LCENet >= +1.0 P@1 and >= +1.0 nDCG@5 over its base
+# How shortlist_step stored LCENet's tables (records before its --row-orders kept label order).
+ROW_ORDERS = {"labels": "label order", "clusters": "cluster order (slices)"}
 
 
 def experiment_section(directory: Path, records: list[dict], failures: list[dict]) -> list[str]:
@@ -400,14 +402,15 @@ def scale_section(prepare: list[Path], shortlist: list[Path], clusters: list[Pat
         lines += ["## Extreme scale: LCENet training step, dense vs shortlist (random logits, B = 64)", ""]
         for path in shortlist:
             r = json.loads(path.read_text())
-            lines += ["| record | L | R | candidates K | mode | median step s | peak RSS GiB |",
-                      "|:--|--:|--:|--:|:--|--:|--:|"]
+            lines += ["| record | L | R | candidates K | mode | LCENet's rows | median step s | peak RSS GiB |",
+                      "|:--|--:|--:|--:|:--|:--|--:|--:|"]
             for case in r["cases"]:
                 candidates = f"{case['candidates']:,}" if case["candidates"] else "—"
                 if case.get("cluster_size") and case["candidates"]:
                     candidates += f" ({case['candidates'] // case['cluster_size']} clusters of {case['cluster_size']})"
                 lines.append(f"| `{path.name}` | {case['num_labels']:,} | {case['rank']} | {candidates} | "
-                             f"{case['mode']} | {case['median_step_s']:.3f} | {case['peak_rss_bytes'] / 2**30:.2f} |")
+                             f"{case['mode']} | {ROW_ORDERS[case.get('row_order', 'labels')]} | "
+                             f"{case['median_step_s']:.3f} | {case['peak_rss_bytes'] / 2**30:.2f} |")
             lines += ["", source_line(path, r), ""]  # the command holds any --note
     if clusters or recall:
         lines += ["## Extreme scale: balanced label clustering", ""]

@@ -50,7 +50,7 @@ from lcenet.candidates import LabelClusters  # noqa: E402
 from lcenet.config import ShortlistSettings, TrainSettings  # noqa: E402
 from lcenet.inference import TokenInputs, ensemble_top_k  # noqa: E402
 from lcenet.io import atomic_write_json  # noqa: E402
-from lcenet.pipeline import build, device_name, shortlist_of  # noqa: E402
+from lcenet.pipeline import build, device_name  # noqa: E402
 from lcenet.provenance import provenance  # noqa: E402
 from lcenet.shortlist import shortlist_args  # noqa: E402
 from lcenet.train import resolve_device  # noqa: E402
@@ -96,11 +96,8 @@ def model_for(num_labels: int, mode: str, variant: str, rank: int | None = None)
     if lcenet is not None and shortlist:
         lcenet["sparse_gradients"] = True
     torch.manual_seed(0)
-    model = build("xmlcnn", {}, lcenet, num_labels, VOCAB,
-                  shortlist_args(clusters, SHORTLIST, sparse_gradients=True) if shortlist else None)
-    if shortlist:
-        shortlist_of(model).use_clusters(clusters)
-    return model
+    return build("xmlcnn", {}, lcenet, num_labels, VOCAB,
+                 shortlist_args(clusters, SHORTLIST, sparse_gradients=True) if shortlist else None, clusters)
 
 
 def measure_pairs(num_labels: int, mode: str, device_arg: str, repeats: int, warmup: int, train: dict) -> dict:

@@ -4,6 +4,7 @@
     python benchmarks/shortlist_step.py --labels 4271 501070 --modes shortlist dense --repeats 3
     OMP_NUM_THREADS=1 python benchmarks/shortlist_step.py --cluster-size 100 --modes shortlist shortlist-clusters
     ... --reuse-freed-memory      # glibc keeps freed memory, as a Trainer has it (train.reuse_freed_memory)
+    ... --cluster-size 100 --row-orders clusters labels   # LCENet's tables in cluster order, and in label order
 
 One step: forward of LCENet (2 blocks; R = 1000 up to 13K labels, 100 beyond, as CorNet) over random base
 logits, mean BCE (over the valid candidates in shortlist mode, over all L labels in dense mode), backward, and
@@ -27,6 +28,10 @@ model's candidates come. Modes:
   ``--cluster-size``. Without the ids (the other modes) the same candidates take the per-label paths.
 - ``dense``: dense LCENet over all L logits, fused Adam.
 
+With ``--cluster-size``, LCENet's tables are stored in the clusters' order, as after a shortlist model
+(``LCENet.arrange_rows``: each cluster's rows a slice); ``--row-orders labels`` keeps them in label order (as
+before that), ``--row-orders clusters labels`` runs both.
+
 Every (L, mode) runs in its own process, so its peak RSS (ru_maxrss: the whole process, Python and torch
 included) is its own. Writes benchmarks/results/shortlist_lcenet_<device>.json and prints a table.
 """
@@ -34,6 +39,7 @@ included) is its own. Writes benchmarks/results/shortlist_lcenet_<device>.json a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -80,9 +86,10 @@ def batches(count: int, batch: int, candidates: int, num_labels: int, generator:
 
 def cluster_batches(count: int, batch: int, candidates: int, num_labels: int, size: int,
                     generator: torch.Generator):
-    """(label_ids [B, K], targets [B, K], clusters [B, K / size]): each document's candidates are K / size
-    distinct clusters of a random partition of the labels into clusters of ``size`` (the last one smaller, its
-    block padded with -1), its positives among its first cluster's labels."""
+    """The labels in cluster order, and ``count`` batches (label_ids [B, K], targets [B, K], clusters
+    [B, K / size]): each document's candidates are K / size distinct clusters of a random partition of the labels
+    into clusters of ``size`` (the last one smaller, its block padded with -1), its positives among its first
+    cluster's labels."""
     num_clusters = -(-num_labels // size)
     members = torch.full((num_clusters * size,), -1, dtype=torch.long)
     members[:num_labels] = torch.randperm(num_labels, generator=generator)
@@ -95,11 +102,11 @@ def cluster_batches(count: int, batch: int, candidates: int, num_labels: int, si
         targets = torch.zeros(ids.shape)
         targets[:, :POSITIVES] = 1
         out.append((ids, targets, clusters))
-    return out
+    return members[members >= 0], out
 
 
 def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: int, warmup: int,
-             cluster_size: int | None, reuse_memory: bool) -> dict:
+             cluster_size: int | None, reuse_memory: bool, row_order: str) -> dict:
     if reuse_memory:
         reuse_freed_memory()
     torch.manual_seed(0)
@@ -121,7 +128,9 @@ def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: i
     else:
         optimizers = [torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)]
     if cluster_size:
-        data = cluster_batches(warmup + repeats, batch, candidates, num_labels, cluster_size, generator)
+        order, data = cluster_batches(warmup + repeats, batch, candidates, num_labels, cluster_size, generator)
+        if row_order == "clusters":
+            net.arrange_rows(order)
     else:
         data = batches(warmup + repeats, batch, candidates, num_labels, generator)
     if mode == "dense":  # the same positives, as a [B, L] target matrix
@@ -146,7 +155,7 @@ def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: i
             times.append(time.perf_counter() - started)
     return {"num_labels": num_labels, "mode": mode, "rank": rank, "blocks": 2, "batch": batch,
             "candidates": None if mode == "dense" else candidates, "cluster_size": cluster_size,
-            "reuse_freed_memory": reuse_memory,
+            "reuse_freed_memory": reuse_memory, "row_order": row_order,
             "repeats": repeats, "warmup": warmup,
             "median_step_s": statistics.median(times), "step_s": times,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -163,34 +172,39 @@ def main() -> None:
                         help="candidates as K / S whole clusters of S labels (needed by shortlist-clusters)")
     parser.add_argument("--reuse-freed-memory", action="store_true",
                         help="keep freed memory for reuse, as a Trainer does (lcenet.allocator)")
+    parser.add_argument("--row-orders", nargs="+", choices=("clusters", "labels"), default=None,
+                        help="LCENet's table rows in cluster order (the default with --cluster-size) and/or in "
+                             "label order")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--note", default="", help="recorded with the results (e.g. how busy the machine was)")
     parser.add_argument("--output", type=Path, default=None)
-    parser.add_argument("--case", nargs=2, metavar=("LABELS", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--case", nargs=3, metavar=("LABELS", "MODE", "ROW_ORDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if "shortlist-clusters" in args.modes and not args.cluster_size:
         parser.error("--modes shortlist-clusters needs --cluster-size")
+    row_orders = args.row_orders or ["clusters" if args.cluster_size else "labels"]
+    if "clusters" in row_orders and not args.cluster_size:
+        parser.error("--row-orders clusters needs --cluster-size")
     if args.case:  # one case, in this fresh process: print its result
         print(json.dumps(run_case(int(args.case[0]), args.case[1], args.batch, args.candidates, args.repeats,
-                                  args.warmup, args.cluster_size, args.reuse_freed_memory)))
+                                  args.warmup, args.cluster_size, args.reuse_freed_memory, args.case[2])))
         return
     device = torch.device("cpu")
     record = {"benchmark": "shortlist_step", "device": str(device), "device_name": device_name(device),
               "torch_num_threads": torch.get_num_threads(), "command": " ".join(["python", *sys.argv]),
               "note": args.note, **provenance(), "cases": []}
     started = time.perf_counter()
-    for num_labels in args.labels:
-        for mode in args.modes:
-            command = [sys.executable, __file__, "--case", str(num_labels), mode, "--batch", str(args.batch),
-                       "--candidates", str(args.candidates), "--repeats", str(args.repeats),
-                       "--warmup", str(args.warmup),
-                       *(["--cluster-size", str(args.cluster_size)] if args.cluster_size else []),
-                       *(["--reuse-freed-memory"] if args.reuse_freed_memory else [])]
-            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-            record["cases"].append(result)
-            print(f"L={num_labels:>7d} R={result['rank']:>4d} {mode:21s} {result['median_step_s'] * 1000:9.1f} ms/step"
-                  f"  peak RSS {result['peak_rss_bytes'] / 2**30:6.2f} GiB", flush=True)
+    for num_labels, mode, row_order in itertools.product(args.labels, args.modes, row_orders):
+        command = [sys.executable, __file__, "--case", str(num_labels), mode, row_order, "--batch", str(args.batch),
+                   "--candidates", str(args.candidates), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+                   *(["--cluster-size", str(args.cluster_size)] if args.cluster_size else []),
+                   *(["--reuse-freed-memory"] if args.reuse_freed_memory else [])]
+        result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+        record["cases"].append(result)
+        print(f"L={num_labels:>7d} R={result['rank']:>4d} {mode:21s} rows in {row_order:8s} "
+              f"{result['median_step_s'] * 1000:9.1f} ms/step  peak RSS {result['peak_rss_bytes'] / 2**30:6.2f} GiB",
+              flush=True)
     record["wall_seconds"] = time.perf_counter() - started
     output = args.output or Path(__file__).parent / "results" / f"shortlist_lcenet_{device.type}.json"
     atomic_write_json(output, record)

@@ -77,6 +77,29 @@ def test_a_cluster_at_a_time_is_the_per_label_computation(kwargs):
         torch.testing.assert_close(grad.to_dense(), expected_grads[name].to_dense(), atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("kwargs", [kwargs for kwargs in SWITCHES if kwargs.get("bottleneck", True)],
+                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
+def test_tables_in_cluster_order_multiply_slices_and_compute_the_same(kwargs):
+    """With the tables' rows in cluster order (as after a shortlist) every cluster's rows are a slice, and
+    outputs and gradients (read back in label order) are those of the label-ordered tables."""
+    net, arranged = make_net(**kwargs), make_net(**kwargs)
+    arranged.arrange_rows(MEMBERS[MEMBERS >= 0])
+    ids, clusters = chosen(BATCH)
+    assert all(start is not None for start in Shortlist.of(ids, L, clusters, arranged.label_rows).segments.starts)
+    assert not any(start is not None for start in Shortlist.of(ids, L, clusters).segments.starts)
+    logits, upstream = 2 * torch.randn(ids.shape), torch.randn(ids.shape)
+    out, logit_grad, grads = run(arranged, logits, upstream, ids, clusters)
+    expected_out, expected_logit_grad, expected_grads = run(net, logits, upstream, ids, clusters)
+    torch.testing.assert_close(out, expected_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logit_grad, expected_logit_grad, atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        assert grad.is_sparse == expected_grads[name].is_sparse, name
+        grad = grad.to_dense()
+        if name.endswith(("down.weight", "up.weight", "up.bias")):
+            grad = grad.index_select(0, arranged.label_rows)
+        torch.testing.assert_close(grad, expected_grads[name].to_dense(), atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_every_cluster_chosen_in_any_order_is_the_dense_network():
     net = make_net(blocks=2)
     orders = [torch.randperm(ALL_LABELS, generator=torch.Generator().manual_seed(seed)).tolist() for seed in range(3)]

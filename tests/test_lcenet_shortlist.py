@@ -162,6 +162,60 @@ def test_gradients_reach_only_the_candidates_rows(sparse, compute_path):
         assert torch.all(block.up.bias.grad[untouched] == 0)
 
 
+PERMUTATION = torch.tensor([7, 2, 11, 0, 5, 9, 1, 4, 10, 3, 8, 6])
+TABLES = ("down.weight", "up.weight", "up.bias")
+
+
+def in_label_order(net: LCENet, grads: dict) -> dict:
+    """Parameter gradients with the label tables' rows (stored in ``arrange_rows`` order) back in label order."""
+    return {name: grad.index_select(0, net.label_rows) if name.endswith(TABLES) else grad
+            for name, grad in grads.items()}
+
+
+@pytest.mark.parametrize("kwargs", [kwargs for kwargs in ABLATIONS if kwargs.get("bottleneck", True)],
+                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
+def test_tables_stored_in_another_row_order_compute_the_same(kwargs):
+    """arrange_rows moves where each label's rows are stored and nothing else: dense and shortlist outputs and
+    gradients, the state_dict (label order), and a state_dict loaded into either layout."""
+    net, arranged = make_net(**kwargs), make_net(**kwargs)
+    arranged.arrange_rows(PERMUTATION)
+    arranged.arrange_rows(PERMUTATION.flip(0))  # from one arrangement to another
+    state = net.state_dict()
+    assert all(torch.equal(arranged.state_dict()[name], value) for name, value in state.items())
+    ids = torch.tensor([[5, 2, -1, 9], [2, 7, 5, -1], [11, 0, 3, 4]])
+    for label_ids in (None, ids):
+        logits = 2 * torch.randn(3, L if label_ids is None else ids.shape[1])
+        upstream = torch.randn(logits.shape)
+        out, logit_grad, grads = output_and_grads(arranged, logits, upstream, label_ids)
+        expected_out, expected_logit_grad, expected_grads = output_and_grads(net, logits, upstream, label_ids)
+        torch.testing.assert_close(out, expected_out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logit_grad, expected_logit_grad, atol=1e-5, rtol=1e-5)
+        assert_close_grads(in_label_order(arranged, grads), expected_grads)
+    other = make_net(seed=1, **kwargs)
+    other.arrange_rows(PERMUTATION)
+    other.load_state_dict(state)
+    logits = torch.randn(3, L)
+    torch.testing.assert_close(other(logits), net(logits))
+
+
+def test_cooccurrence_init_fills_arranged_tables_by_label():
+    labels = sp.random(40, L, density=0.3, format="csr", random_state=0)
+    net, arranged = make_net(), make_net()
+    arranged.arrange_rows(PERMUTATION)
+    for one in (net, arranged):
+        cooccurrence_init_(one, labels)
+    assert all(torch.equal(arranged.state_dict()[name], value) for name, value in net.state_dict().items())
+
+
+@pytest.mark.parametrize("order, match", [(torch.arange(L - 1), "permutation"), (torch.zeros(L, dtype=torch.long),
+                                                                                   "permutation")])
+def test_a_row_order_that_is_not_a_permutation_is_refused(order, match):
+    with pytest.raises(UserError, match=match):
+        make_net().arrange_rows(order)
+    with pytest.raises(UserError, match="bottleneck"):
+        make_net(bottleneck=False).arrange_rows(PERMUTATION)
+
+
 def test_model_files_keep_the_nn_linear_layout():
     """blocks.N.down.weight is [R, L] in the state_dict (W1ᵀ is stored as [L, R]); a state_dict in that layout,
     as files from before the change hold, loads and computes W1 h as nn.Linear did; a seed gives the same

@@ -36,8 +36,7 @@ def shortlisted(num_labels: int, size: int, top_clusters: int, lcenet: dict | No
     clusters = clusters_of(num_labels, size)
     torch.manual_seed(0)
     model = build("xmlcnn", XMLCNN, lcenet, num_labels, 30,
-                  shortlist_args(clusters, ShortlistSettings(cluster_size=size, top_clusters=top_clusters)))
-    shortlist_of(model).use_clusters(clusters)
+                  shortlist_args(clusters, ShortlistSettings(cluster_size=size, top_clusters=top_clusters)), clusters)
     return model.eval()
 
 
@@ -79,8 +78,7 @@ def test_row_sparse_gradients_train_exactly_as_dense_ones(tmp_path):
         clusters = clusters_of(40, 4)
         torch.manual_seed(0)
         model = build("xmlcnn", XMLCNN, {"rank": 4, "sparse_gradients": sparse}, 40, 30,
-                      shortlist_args(clusters, ShortlistSettings(cluster_size=4, top_clusters=2), sparse))
-        shortlist_of(model).use_clusters(clusters)
+                      shortlist_args(clusters, ShortlistSettings(cluster_size=4, top_clusters=2), sparse), clusters)
         trainer = Trainer(model, tiny_config(grad_clip=0.5).train, split, split, 40, tmp_path / str(sparse),
                           progress=False)
         trainer.start_epoch(np.arange(16))
@@ -156,7 +154,10 @@ def test_shortlist_training_learns_and_the_model_directory_remembers_it(tmp_path
     assert record["shortlist"]["test_recall"] == shortlist["test_recall"]  # what RESULTS.md reports
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["shortlist"]["top_clusters"] == 3
-    assert load_model(tmp_path / "run" / "model", "cpu").model.scores_candidates
+    loaded = load_model(tmp_path / "run" / "model", "cpu").model
+    assert loaded.scores_candidates
+    members = shortlist_of(loaded).members  # LCENet's tables are stored in cluster order again once loaded
+    assert torch.equal(loaded.lcenet.row_labels, members[members >= 0])
     # No flag needed after training: evaluation from the directory reproduces the run's test metrics.
     again = evaluate_directory(tmp_path / "run" / "model", data, "test", device="cpu")
     assert again["P@1"] == pytest.approx(summary["test"]["P@1"])

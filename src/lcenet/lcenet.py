@@ -125,7 +125,7 @@ def _weight_from_linear(module, state_dict, prefix, *args) -> None:
 #   U = 87K).
 FULL_TABLES_MIN_FRACTION = 0.75
 CLUSTER_GEMM_DEVICE_TYPES = ("cpu",)  # where a per-cluster GEMM is cheap (a kernel launch each elsewhere)
-CLUSTER_GEMM_MIN_SHARING = 2.0  # documents per distinct cluster in the batch, on average, for CLUSTER_GEMM
+CLUSTER_GEMM_MIN_SHARING = 1.3  # documents per distinct cluster in the batch, on average, for CLUSTER_GEMM
 UNION_GEMM_MAX_RATIO = 16
 FULL_TABLES, UNION_GEMM, CANDIDATE_ROWS, CLUSTER_GEMM = "full_tables", "union_gemm", "candidate_rows", "cluster_gemm"
 
@@ -135,30 +135,35 @@ class Shortlist:
     """A batch's candidates [B, K], set up once per forward for every block."""
 
     valid: torch.Tensor  # [B, K] bool: not padding
-    label_ids: torch.Tensor  # [B, K] label ids, padding replaced by 0 (masked wherever it matters)
-    unique: torch.Tensor  # [U] the batch's distinct candidate labels, sorted: the table rows gathered and updated
-    inverse: torch.Tensor  # [B, K] position of each candidate's label in ``unique`` (padding: 0)
+    rows: torch.Tensor  # [B, K] the candidates' table rows, padding replaced by 0 (masked wherever it matters)
+    unique: torch.Tensor  # [U] the batch's distinct candidate rows, sorted: the table rows gathered and updated
+    inverse: torch.Tensor  # [B, K] position of each candidate's row in ``unique`` (padding: 0)
     path: str  # CLUSTER_GEMM, FULL_TABLES, UNION_GEMM or CANDIDATE_ROWS (see FULL_TABLES_MIN_FRACTION)
     segments: ClusterSegments | None = None  # the pairs of documents and clusters, on the CLUSTER_GEMM path
 
     @classmethod
-    def of(cls, label_ids: torch.Tensor, num_labels: int, clusters: torch.Tensor | None = None) -> Shortlist:
+    def of(cls, label_ids: torch.Tensor, num_labels: int, clusters: torch.Tensor | None = None,
+           label_rows: torch.Tensor | None = None) -> Shortlist:
         """``clusters`` ``[B, c]``: the candidates are whole clusters, block j of ``label_ids`` holding the labels
-        of cluster ``clusters[:, j]`` (:class:`lcenet.output.ModelOutput`)."""
+        of cluster ``clusters[:, j]`` (:class:`lcenet.output.ModelOutput`). ``label_rows`` ``[L]``: the table row
+        of each label (:meth:`LCENet.arrange_rows`; the label itself if None)."""
         valid = label_ids >= 0
-        unique, inverse = torch.unique(label_ids[valid], return_inverse=True)
-        inverse = torch.zeros_like(label_ids).masked_scatter(valid, inverse)
+        rows = label_ids.clamp(min=0)
+        if label_rows is not None:
+            rows = label_rows[rows]
+        unique, inverse = torch.unique(rows[valid], return_inverse=True)
+        inverse = torch.zeros_like(rows).masked_scatter(valid, inverse)
         if (clusters is not None and label_ids.device.type in CLUSTER_GEMM_DEVICE_TYPES
                 and clusters.numel() >= CLUSTER_GEMM_MIN_SHARING * len(torch.unique(clusters))):
-            return cls(valid, label_ids.clamp(min=0), unique, inverse, CLUSTER_GEMM,
-                       ClusterSegments.of(label_ids, clusters, num_labels))
+            return cls(valid, rows, unique, inverse, CLUSTER_GEMM,
+                       ClusterSegments.of(torch.where(valid, rows, -1), clusters, num_labels))
         if len(unique) >= FULL_TABLES_MIN_FRACTION * num_labels:
             path = FULL_TABLES
         elif len(unique) <= UNION_GEMM_MAX_RATIO * label_ids.shape[1]:
             path = UNION_GEMM
         else:
             path = CANDIDATE_ROWS
-        return cls(valid, label_ids.clamp(min=0), unique, inverse, path)
+        return cls(valid, rows, unique, inverse, path)
 
 
 class LCENetBlock(nn.Module):
@@ -204,9 +209,9 @@ class LCENetBlock(nn.Module):
                     hidden_of_clusters(h, self.down.weight, shortlist.segments, sparse) + self.down.bias)
                 correction = correction_of_clusters(hidden, self.up.weight, shortlist.segments, sparse)
             elif shortlist.path == FULL_TABLES:
-                h_all = h.new_zeros(batch, self.up.weight.shape[0]).scatter_add_(1, shortlist.label_ids, h)
+                h_all = h.new_zeros(batch, self.up.weight.shape[0]).scatter_add_(1, shortlist.rows, h)
                 hidden = self.hidden_activation(self.down(h_all))
-                correction = (hidden @ self.up.weight.t()).gather(1, shortlist.label_ids)
+                correction = (hidden @ self.up.weight.t()).gather(1, shortlist.rows)
             elif shortlist.path == UNION_GEMM:
                 w1 = gather_rows(self.down.weight, shortlist.unique, sparse)  # [U, R]
                 w2 = gather_rows(self.up.weight, shortlist.unique, sparse)
@@ -220,12 +225,12 @@ class LCENetBlock(nn.Module):
                 hidden = self.hidden_activation(torch.bmm(h.unsqueeze(1), w1).squeeze(1) + self.down.bias)
                 w2 = gather_rows(self.up.weight, shortlist.unique, sparse, slots).view(batch, candidates, -1)
                 correction = torch.bmm(w2, hidden.unsqueeze(2)).squeeze(2)
-            correction = correction + self.up.bias.index_select(0, shortlist.label_ids.flatten()).view(h.shape)
+            correction = correction + self.up.bias.index_select(0, shortlist.rows.flatten()).view(h.shape)
         return logits + correction if self.residual else correction
 
     def _full_rank_shortlist(self, h: torch.Tensor, shortlist: Shortlist) -> torch.Tensor:
         """Each document's K x K submatrix W[ids][:, ids] times its h: O(B·K²) memory, so for small L and K."""
-        ids = shortlist.label_ids
+        ids = shortlist.rows  # the labels themselves: a full-rank block's rows are never arranged
         weight = self.up.weight[ids.unsqueeze(2), ids.unsqueeze(1)]
         correction = torch.bmm(weight, h.unsqueeze(2)).squeeze(2)
         return correction + self.up.bias.index_select(0, ids.flatten()).view(h.shape)
@@ -277,6 +282,38 @@ class LCENet(nn.Module):
         self.blocks = nn.ModuleList(
             LCENetBlock(num_labels, rank, input_activation, hidden_activation, residual, bottleneck, init)
             for _ in range(blocks))
+        # The label tables' rows are in label order unless arrange_rows chose another order. Not saved: model files
+        # hold the tables in label order (the state-dict hooks translate).
+        self.register_buffer("row_labels", None, persistent=False)  # [L] the label of each table row
+        self.register_buffer("label_rows", None, persistent=False)  # [L] the table row of each label
+        self.register_state_dict_post_hook(_tables_in_label_order)
+        self.register_load_state_dict_pre_hook(_tables_in_row_order)
+
+    def arrange_rows(self, row_labels: torch.Tensor) -> None:
+        """Store the label tables (W1ᵀ, W2 and b2 of every block) with row j holding label ``row_labels[j]`` (a
+        permutation of the labels). After a shortlist, its labels in cluster order make each cluster's rows a
+        slice, which the CPU path multiplies without copying (:mod:`lcenet.cluster_products`). Outputs, gradients
+        and ``state_dict`` (label order) are unchanged; call it before an optimizer holds state for the tables."""
+        row_labels = torch.as_tensor(row_labels, dtype=torch.long)
+        if row_labels.shape != (self.num_labels,) or not torch.equal(row_labels.sort().values,
+                                                                     torch.arange(self.num_labels)):
+            raise UserError(f"LCENet arrange_rows: needs a permutation of the {self.num_labels} labels "
+                            f"(got shape {tuple(row_labels.shape)})")
+        if any(block.down is None for block in self.blocks):
+            raise UserError("LCENet arrange_rows needs the bottleneck (bottleneck=True)")
+        row_labels = row_labels.to(self.blocks[0].up.weight.device)
+        # Where each new row is now.
+        source = row_labels if self.label_rows is None else self.label_rows[row_labels]
+        with torch.no_grad():
+            for block in self.blocks:
+                for tensor in (block.down.weight, block.up.weight, block.up.bias):
+                    tensor.copy_(tensor.index_select(0, source))
+        self.row_labels = row_labels
+        self.label_rows = torch.argsort(row_labels)
+
+    def in_row_order(self, per_label: torch.Tensor) -> torch.Tensor:
+        """``per_label`` [L, ...] in label order -> in the tables' row order."""
+        return per_label if self.row_labels is None else per_label.index_select(0, self.row_labels.to(per_label.device))
 
     def forward(self, logits: torch.Tensor, label_ids: torch.Tensor | None = None,
                 clusters: torch.Tensor | None = None) -> torch.Tensor:
@@ -288,9 +325,11 @@ class LCENet(nn.Module):
         ``clusters[:, j]``, the same labels for every document that chose it; the result is the same, computed
         per cluster on the CPU."""
         if label_ids is None:
+            if self.row_labels is not None:
+                logits = logits.index_select(1, self.row_labels)  # into the tables' row order, and back after
             for block in self.blocks:
                 logits = block(logits)
-            return logits
+            return logits if self.label_rows is None else logits.index_select(1, self.label_rows)
         if label_ids.shape != logits.shape or label_ids.dtype not in (torch.int32, torch.int64):
             raise UserError(f"LCENet shortlist: label_ids must be integer ids shaped like the logits "
                             f"{tuple(logits.shape)} (got {label_ids.dtype} {tuple(label_ids.shape)})")
@@ -301,7 +340,8 @@ class LCENet(nn.Module):
                                      or clusters.dtype not in (torch.int32, torch.int64)):
             raise UserError(f"LCENet shortlist: clusters must be integer ids [{len(label_ids)}, c] with c dividing "
                             f"the {label_ids.shape[1]} candidates (got {clusters.dtype} {tuple(clusters.shape)})")
-        shortlist = Shortlist.of(label_ids.long(), self.num_labels, None if clusters is None else clusters.long())
+        shortlist = Shortlist.of(label_ids.long(), self.num_labels, None if clusters is None else clusters.long(),
+                                 self.label_rows)
         if len(shortlist.unique) == 0:
             return torch.full_like(logits, PADDING_LOGIT)
         for block in self.blocks:
@@ -349,6 +389,27 @@ class LCENetWrapped(nn.Module):
                                base_logits=output.logits if weight > 0 else None, aux_loss_weight=weight)
 
 
+def _tables_in_label_order(module: LCENet, state_dict, prefix, local_metadata) -> None:
+    if module.label_rows is not None:
+        _reorder_tables(module, state_dict, prefix, module.label_rows)
+
+
+def _tables_in_row_order(module: LCENet, state_dict, prefix, *args) -> None:
+    if module.row_labels is not None:
+        _reorder_tables(module, state_dict, prefix, module.row_labels)
+
+
+def _reorder_tables(module: LCENet, state_dict: dict, prefix: str, index: torch.Tensor) -> None:
+    """Permute the label axis of every block's tables in ``state_dict`` (W1 as nn.Linear's [R, L], W2 [L, R],
+    b2 [L]) by ``index``; a tensor of another size is left for load_state_dict to report."""
+    for i in range(len(module.blocks)):
+        for name, axis in (("down.weight", 1), ("up.weight", 0), ("up.bias", 0)):
+            key = f"{prefix}blocks.{i}.{name}"
+            tensor = state_dict.get(key)
+            if tensor is not None and tensor.ndim > axis and tensor.shape[axis] == len(index):
+                state_dict[key] = tensor.index_select(axis, index.to(tensor.device))
+
+
 def with_lcenet(model: nn.Module, num_labels: int, **lcenet_kwargs) -> LCENetWrapped:
     """Wrap ``model`` (anything returning ``[B, num_labels]`` logits) with an LCENet head."""
     return LCENetWrapped(model, LCENet(num_labels, **lcenet_kwargs))
@@ -381,8 +442,8 @@ def cooccurrence_init_(lcenet: LCENet, labels: sp.spmatrix, scale: float = 0.1, 
         up = torch.zeros(num_labels, rank)
         if k:
             up[:, :k] = torch.from_numpy(scale * vectors.T * (eigenvalues / eigenvalues[0]))
-        block.down.weight.copy_(down.t())
-        block.up.weight.copy_(up)
+        block.down.weight.copy_(lcenet.in_row_order(down.t()))
+        block.up.weight.copy_(lcenet.in_row_order(up))
         block.down.bias.zero_()
         block.up.bias.zero_()
     return k

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from lcenet import data, distributed, metrics, text
+from lcenet.candidates import LabelClusters
 from lcenet.config import RunConfig, TrainSettings
 from lcenet.encoders import Encoder, PairedEncoder, TfidfEncoder, TokenEncoder, load_encoder
 from lcenet.ensemble import check_same_labels
@@ -36,14 +37,20 @@ log = logging.getLogger("lcenet")
 
 
 def build(model: str, model_args: dict, lcenet: dict | None, num_labels: int, vocab_size: int,
-          shortlist: dict | None = None) -> torch.nn.Module:
+          shortlist: dict | None = None, clusters: LabelClusters | None = None) -> torch.nn.Module:
     """The base model from the registry, in shortlist mode when ``shortlist`` (ShortlistModel's arguments, as
-    its ``describe`` gives them; the cluster tables arrive with the weights or through ``use_clusters``) is set,
-    then wrapped with LCENet when ``lcenet`` (its keyword arguments) is set."""
+    its ``describe`` gives them) is set, then wrapped with LCENet when ``lcenet`` (its keyword arguments) is set.
+    ``clusters``: the shortlist's label clusters, for a new model (a saved model's arrive with its weights:
+    load them, then call :func:`arrange_lcenet_rows`)."""
     network = build_model(model, num_labels, vocab_size, **model_args)
     if shortlist is not None:
         network = ShortlistModel(network, num_labels, **shortlist)
-    return network if lcenet is None else with_lcenet(network, num_labels, **lcenet)
+    if lcenet is not None:
+        network = with_lcenet(network, num_labels, **lcenet)
+    if clusters is not None:
+        shortlist_of(network).use_clusters(clusters)
+        arrange_lcenet_rows(network)
+    return network
 
 
 def effective_model_args(config: RunConfig, num_labels: int, vocab_size: int) -> dict:
@@ -66,6 +73,14 @@ def base_of(model: torch.nn.Module) -> XMTCModel:
 
 def shortlist_of(model: torch.nn.Module) -> ShortlistModel | None:
     return next((module for module in model.modules() if isinstance(module, ShortlistModel)), None)
+
+
+def arrange_lcenet_rows(model: torch.nn.Module) -> None:
+    """LCENet after a shortlist stores its tables in the shortlist's cluster order (once the clusters are loaded),
+    so that on the CPU each cluster's rows are a slice (lcenet.cluster_products); model files keep label order."""
+    shortlist = shortlist_of(model)
+    if shortlist is not None and isinstance(model, LCENetWrapped) and model.lcenet.config["bottleneck"]:
+        model.lcenet.arrange_rows(shortlist.members[shortlist.members >= 0].cpu())
 
 
 def train_tfidf(config: RunConfig, train_texts: Sequence[str], cache_dir: Path, source_hash: str) -> TfidfEncoder:
@@ -181,9 +196,7 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
         lcenet_args["sparse_gradients"] = True
     torch.manual_seed(config.train.seed)  # initial weights depend on the seed alone
     model = build(config.model, model_args, lcenet_args, num_labels, encoder.vocab_size,
-                  shortlist_args(clusters, config.shortlist, sparse) if clusters is not None else None)
-    if clusters is not None:
-        shortlist_of(model).use_clusters(clusters)
+                  shortlist_args(clusters, config.shortlist, sparse) if clusters is not None else None, clusters)
     if config.lcenet is not None and model.lcenet.config["init"] == "cooccurrence":
         cooccurrence_init_(model.lcenet, splits["train"].labels[:, :num_labels], seed=config.train.seed)
     embedding_stats = (load_embeddings_into(base_of(model), config.train.embeddings, encoder)
@@ -395,6 +408,7 @@ def load_model(model_dir: str | Path, device: str = "auto") -> LoadedModel:
     except RuntimeError as error:
         weights = Path(model_dir) / "model.safetensors"
         raise UserError(f"{weights}: weights do not match config.json ({error})") from None
+    arrange_lcenet_rows(model)
     resolved = resolve_device(device)
     model.to(resolved).eval()
     encoder = load_encoder(model_class(config["model"]).input_kind, Path(model_dir), config)
