@@ -26,6 +26,8 @@ model's candidates come. Modes:
 - ``shortlist-clusters``: as ``shortlist``, but LCENet is given the candidates' cluster ids (as a shortlist
   model gives them), so on the CPU it computes a cluster at a time (lcenet.cluster_products); needs
   ``--cluster-size``. Without the ids (the other modes) the same candidates take the per-label paths.
+- ``shortlist-clusters-always``: as ``shortlist-clusters``, but a cluster at a time however few documents share
+  each cluster (lcenet.lcenet.CLUSTER_GEMM_MIN_SHARING: the other side of that threshold).
 - ``dense``: dense LCENet over all L logits, fused Adam.
 
 With ``--cluster-size``, LCENet's tables are stored in the clusters' order, as after a shortlist model
@@ -60,9 +62,11 @@ from lcenet.provenance import provenance
 from lcenet.row_adam import RowAdam
 
 MODES = ("shortlist", "shortlist-gathered", "shortlist-full-tables", "shortlist-dense-grad", "shortlist-sparseadam",
-         "shortlist-clusters", "dense")
+         "shortlist-clusters", "shortlist-clusters-always", "dense")
 # sparse gradients, RowAdam tables
-ROW_ADAM_MODES = ("shortlist", "shortlist-gathered", "shortlist-full-tables", "shortlist-clusters")
+ROW_ADAM_MODES = ("shortlist", "shortlist-gathered", "shortlist-full-tables", "shortlist-clusters",
+                  "shortlist-clusters-always")
+CLUSTER_MODES = ("shortlist-clusters", "shortlist-clusters-always")  # LCENet is given the cluster ids
 POSITIVES = 5
 
 
@@ -117,6 +121,8 @@ def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: i
         lcenet_module.FULL_TABLES_MIN_FRACTION = float("inf")
     elif mode == "shortlist-full-tables":
         lcenet_module.FULL_TABLES_MIN_FRACTION = 0.0
+    elif mode == "shortlist-clusters-always":
+        lcenet_module.CLUSTER_GEMM_MIN_SHARING = 0.0
     sparse = mode in ROW_ADAM_MODES or mode == "shortlist-sparseadam"
     net = LCENet(num_labels, rank=rank, blocks=2, sparse_gradients=sparse)
     tables = {id(table) for table in net.label_tables()}
@@ -142,7 +148,7 @@ def run_case(num_labels: int, mode: str, batch: int, candidates: int, repeats: i
         started = time.perf_counter()
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        out = net(logits, ids, clusters if mode == "shortlist-clusters" else None)
+        out = net(logits, ids, clusters if mode in CLUSTER_MODES else None)
         if ids is None:
             loss = F.binary_cross_entropy_with_logits(out, targets)
         else:
@@ -181,8 +187,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--case", nargs=3, metavar=("LABELS", "MODE", "ROW_ORDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if "shortlist-clusters" in args.modes and not args.cluster_size:
-        parser.error("--modes shortlist-clusters needs --cluster-size")
+    if set(CLUSTER_MODES) & set(args.modes) and not args.cluster_size:
+        parser.error("--modes shortlist-clusters and shortlist-clusters-always need --cluster-size")
     row_orders = args.row_orders or ["clusters" if args.cluster_size else "labels"]
     if "clusters" in row_orders and not args.cluster_size:
         parser.error("--row-orders clusters needs --cluster-size")
