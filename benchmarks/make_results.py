@@ -40,7 +40,7 @@ from prepare_scale import extrapolate  # noqa: E402 -- a sibling script, also wh
 RESULTS = Path(__file__).parent / "results"
 TARGET_POINTS = 1.0  # the issues' target: LCENet >= +1.0 P@1 and >= +1.0 nDCG@5 over its base
 # How shortlist_step stored LCENet's tables (records before its --row-orders kept label order).
-ROW_ORDERS = {"labels": "label order", "clusters": "cluster order (slices)"}
+ROW_ORDERS = {"labels": "label order", "clusters": "cluster order"}
 
 
 def experiment_section(directory: Path, records: list[dict], failures: list[dict]) -> list[str]:

@@ -82,6 +82,40 @@ def test_kill_and_resume_gives_identical_weights(tiny_data, tmp_path, shortlist)
     assert resumed == [10] and json.loads((straight / "metrics.json").read_text())["resumed_at_steps"] == []
 
 
+@pytest.mark.parametrize("change", ["another order", "no order (an older checkpoint)"])
+def test_a_checkpoint_with_lcenets_tables_in_another_row_order_is_not_resumed(tiny_data, tmp_path, monkeypatch,
+                                                                              change):
+    """Adam's moments for LCENet's tables are stored in the tables' row order (cluster order after a shortlist):
+    a checkpoint that holds them in another order is refused with one line, not resumed with other labels'
+    moments."""
+    import lcenet.train as train_module
+    from lcenet.config import ShortlistSettings
+    from lcenet.errors import UserError
+
+    config = tiny_config(epochs=2, lcenet=True, checkpoint_every_steps=1)
+    config.shortlist = ShortlistSettings(cluster_size=2, top_clusters=4)
+    original = train_module.Trainer.fit
+
+    def fit_then_die(self, resume=False, on_step=None):
+        def die(step):
+            if step == 3:
+                raise KeyboardInterrupt
+        return original(self, resume=resume, on_step=die)
+
+    monkeypatch.setattr(train_module.Trainer, "fit", fit_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, tiny_data, tmp_path / "run", cache_dir=tmp_path / "c", progress=False)
+    monkeypatch.setattr(train_module.Trainer, "fit", original)
+    checkpoint = tmp_path / "run" / CHECKPOINT_FILE
+    tensors, metadata = load_tensors(checkpoint)
+    rows = tensors.pop("layout.lcenet_row_labels")
+    if change == "another order":
+        tensors["layout.lcenet_row_labels"] = rows.flip(0)
+    save_tensors(checkpoint, tensors, metadata)
+    with pytest.raises(UserError, match="another row order"):
+        run_training(config, tiny_data, tmp_path / "run", resume=True, cache_dir=tmp_path / "c", progress=False)
+
+
 @pytest.mark.parametrize("epoch_end", [1, 2])
 def test_a_kill_just_before_an_epoch_end_checkpoint_resumes_identically(tiny_data, tmp_path, epoch_end):
     """Killed after the epoch's last step and dev evaluation but before its checkpoint: the resumed run must not

@@ -40,7 +40,9 @@ W1 is stored transposed (``down.weight`` is W1ᵀ, [L, R]; ``state_dict`` still 
 once per step, and with ``sparse_gradients=True`` the tables get row-sparse gradients that
 :class:`lcenet.row_adam.RowAdam` applies touching only those rows (dense Adam would read and write all L·R).
 A shortlist model's candidates are whole label clusters; given their ids (``clusters``), the blocks compute a
-cluster at a time on the CPU (:mod:`lcenet.cluster_products`), the same sums.
+cluster at a time on the CPU (:mod:`lcenet.cluster_products`), the same sums. After a shortlist the tables are
+stored in the clusters' order (:meth:`LCENet.arrange_rows`), so that a cluster's rows are a slice; the
+``state_dict`` (model files, checkpoints) keeps label order either way.
 
 Dense memory (no chunking: it fits at the sizes the peers run): training n blocks at batch B holds the
 parameters, gradients and two Adam moments, 16·n·(2·L·R + L + R) bytes, plus about 5·n + 2 [B, L] fp32
@@ -106,12 +108,14 @@ def _weight_from_linear(module, state_dict, prefix, *args) -> None:
 # - on the CPU, when the candidates come as whole label clusters (a shortlist model's, which pass their cluster
 #   ids) and the batch's documents share them (on average at least CLUSTER_GEMM_MIN_SHARING documents per
 #   distinct cluster), one small GEMM per cluster over the documents that chose it (lcenet.cluster_products:
-#   O(B·K·R), each cluster's rows gathered once for all of them). LCENet's 2-block step at B = 64, K = 1,500 in
-#   15 random clusters of 100, one core, freed memory kept as a Trainer keeps it
-#   (benchmarks/results/shortlist_lcenet_clusters_reuse_cpu.json), against the same candidates through the three
-#   ways below: 97 / 108 ms at L = 4,271 (22 documents per cluster), 210 / 342 ms at 13,330 (7), 295 / 299 ms at
-#   100,000 (1.5) and 443 / 402 ms at 501,070 (1.1), where a cluster's rows serve about one document and the
-#   loop over ~900 clusters costs more than the per-document gathers it replaces;
+#   O(B·K·R), each cluster's rows read once for all of them, a slice of the tables once they are stored in
+#   cluster order, as after a shortlist: LCENet.arrange_rows). LCENet's 2-block step at B = 64, K = 1,500 in 15
+#   random clusters of 100, one core, freed memory kept as a Trainer keeps it, tables in cluster order
+#   (benchmarks/results/shortlist_lcenet_rows_always_cpu.json), against the same candidates through the three
+#   ways below: 76 / 116 ms at L = 4,271 (22 documents per cluster), 152 / 352 ms at 13,330 (7), 213 / 245 ms
+#   at 100,000 (about 1.5) and 299 / 318 ms at 501,070 (1.1; 303 / 288 in shortlist_lcenet_rows_cpu.json: level).
+#   With the tables in label order each cluster's rows are gathered instead, and at 501,070 that loses (475 /
+#   431 ms): hence the threshold, between 1.1 and 1.5;
 # - while the batch's distinct labels U are at least FULL_TABLES_MIN_FRACTION of L (at 13K labels 94-100% are),
 #   as dense LCENet over all L labels with each document's non-candidates at h = 0: no gathers, and the tables'
 #   gradients are dense, so RowAdam updates them in AdamW's fused pass. On one CPU core (B = 64, K = 1,500

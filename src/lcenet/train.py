@@ -23,6 +23,7 @@ from lcenet.config import TrainSettings
 from lcenet.errors import UserError
 from lcenet.inference import Batch, EpochBatches, SplitTensors, autocast, evaluate_model
 from lcenet.io import atomic_write_text, load_tensors, save_tensors
+from lcenet.lcenet import LCENetWrapped
 from lcenet.output import candidate_targets
 from lcenet.row_adam import RowAdam, clip_grad_norm_
 from lcenet.stopping import converged, stop_reason
@@ -31,6 +32,8 @@ log = logging.getLogger("lcenet")
 
 SELECTION_METRIC = "nDCG@5"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+# LCENet's table row order (LCENet.arrange_rows) in a checkpoint: Adam's moments for the tables are in that order.
+LCENET_ROWS_KEY = "layout.lcenet_row_labels"
 BEST_FILE = "best.safetensors"
 
 
@@ -357,6 +360,9 @@ class Trainer:
                     tensors[f"optimizer.{index}.{key}"] = value
                 else:
                     plain_state.setdefault(str(index), {})[key] = value
+        rows = _lcenet_row_order(self.model)
+        if rows is not None:
+            tensors[LCENET_ROWS_KEY] = rows
         tensors["rng.torch"] = torch.get_rng_state()
         if self.world_size > 1:
             for rank, states in enumerate(rng_states):
@@ -374,6 +380,11 @@ class Trainer:
 
     def _load_checkpoint(self) -> None:
         tensors, metadata = load_tensors(self.run_dir / CHECKPOINT_FILE)
+        rows, saved_rows = _lcenet_row_order(self.model), tensors.get(LCENET_ROWS_KEY)
+        if (rows is None) != (saved_rows is None) or (rows is not None and not torch.equal(rows.cpu(), saved_rows)):
+            raise UserError(f"{self.run_dir / CHECKPOINT_FILE}: its optimizer state holds LCENet's label tables in "
+                            "another row order than this model's (written before lcenet stored them in the "
+                            "shortlist's cluster order?); train afresh instead of resuming")
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         optimizer_state: dict[int, dict] = {}
         for name, value in tensors.items():
@@ -439,3 +450,7 @@ class Trainer:
             return
         with self.log_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def _lcenet_row_order(model: torch.nn.Module) -> torch.Tensor | None:
+    return model.lcenet.row_labels if isinstance(model, LCENetWrapped) else None
