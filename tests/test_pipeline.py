@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_config
 from lcenet.config import LCENetSettings, RunConfig, ShortlistSettings
 from lcenet.errors import UserError
-from lcenet.pipeline import LoadedModel, build, load_model, run_training, warm_start
+from lcenet.pipeline import LoadedModel, build, load_model, run_training, shortlist_of, warm_start
 from lcenet.predict import Predictor
 
 TEXTS = ["milk cheese cow", "fishing quota sea tax", "wine grape import duty", "nothing known here"]
@@ -42,6 +42,9 @@ def test_lcenet_started_from_a_trained_base_predicts_what_the_base_does(tiny_dat
                   base.config["num_labels"], base.config["vocab_size"], base.config["shortlist"])
     parts = ["family model", "shortlist"] if shortlist else ["family model"]
     assert warm_start(model, base.model, str(trained_base)) == {"loaded": parts, "fresh": ["LCENet"]}
+    if shortlist:  # LCENet's tables follow the clusters the shortlist brought
+        members = shortlist_of(model).members
+        assert torch.equal(model.lcenet.row_labels, members[members >= 0])
     warm = LoadedModel(model.eval(), base.encoder, base.label_names, base.label_frequency, base.config, base.device)
     # identity init: the new head's correction starts at exactly zero
     assert Predictor([warm]).predict(TEXTS, k=3) == Predictor([base]).predict(TEXTS, k=3)

@@ -367,6 +367,8 @@ def warm_start(model: torch.nn.Module, source: torch.nn.Module, source_name: str
                             f"({mismatch or 'different tensors'}); use the settings it was trained with")
         module.load_state_dict(given, strict=part != "shortlist")  # the shortlist's own tensors, not its base's
         loaded.append(part)
+    if "shortlist" in loaded:  # the source's clusters, which LCENet's rows follow
+        arrange_lcenet_rows(model)
     log.info("train.init_from %s: loaded %s%s", source_name, ", ".join(loaded) or "nothing",
              f"; initialised afresh: {', '.join(fresh)}" if fresh else "")
     return {"loaded": loaded, "fresh": fresh}
