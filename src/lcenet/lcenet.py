@@ -299,8 +299,8 @@ class LCENet(nn.Module):
         slice, which the CPU path multiplies without copying (:mod:`lcenet.cluster_products`). Outputs, gradients
         and ``state_dict`` (label order) are unchanged; call it before an optimizer holds state for the tables."""
         row_labels = torch.as_tensor(row_labels, dtype=torch.long)
-        if row_labels.shape != (self.num_labels,) or not torch.equal(row_labels.sort().values,
-                                                                     torch.arange(self.num_labels)):
+        if row_labels.shape != (self.num_labels,) or not torch.equal(
+                row_labels.sort().values, torch.arange(self.num_labels, device=row_labels.device)):
             raise UserError(f"LCENet arrange_rows: needs a permutation of the {self.num_labels} labels "
                             f"(got shape {tuple(row_labels.shape)})")
         if any(block.down is None for block in self.blocks):
