@@ -32,9 +32,9 @@ log = logging.getLogger("lcenet")
 
 SELECTION_METRIC = "nDCG@5"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+BEST_FILE = "best.safetensors"
 # LCENet's table row order (LCENet.arrange_rows) in a checkpoint: Adam's moments for the tables are in that order.
 LCENET_ROWS_KEY = "layout.lcenet_row_labels"
-BEST_FILE = "best.safetensors"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
