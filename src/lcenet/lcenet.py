@@ -141,7 +141,8 @@ class Shortlist:
     valid: torch.Tensor  # [B, K] bool: not padding
     rows: torch.Tensor  # [B, K] the candidates' table rows, padding replaced by 0 (masked wherever it matters)
     unique: torch.Tensor  # [U] the batch's distinct candidate rows, sorted: the table rows gathered and updated
-    inverse: torch.Tensor  # [B, K] position of each candidate's row in ``unique`` (padding: 0)
+    inverse: torch.Tensor | None  # [B, K] position of each candidate's row in ``unique`` (padding: 0); None on
+    # the CLUSTER_GEMM path, which finds the rows by cluster
     path: str  # CLUSTER_GEMM, FULL_TABLES, UNION_GEMM or CANDIDATE_ROWS (see FULL_TABLES_MIN_FRACTION)
     segments: ClusterSegments | None = None  # the pairs of documents and clusters, on the CLUSTER_GEMM path
 
@@ -155,12 +156,12 @@ class Shortlist:
         rows = label_ids.clamp(min=0)
         if label_rows is not None:
             rows = label_rows[rows]
-        unique, inverse = torch.unique(rows[valid], return_inverse=True)
-        inverse = torch.zeros_like(rows).masked_scatter(valid, inverse)
         if (clusters is not None and label_ids.device.type in CLUSTER_GEMM_DEVICE_TYPES
                 and clusters.numel() >= CLUSTER_GEMM_MIN_SHARING * len(torch.unique(clusters))):
-            return cls(valid, rows, unique, inverse, CLUSTER_GEMM,
-                       ClusterSegments.of(torch.where(valid, rows, -1), clusters, num_labels))
+            segments = ClusterSegments.of(torch.where(valid, rows, -1), clusters, num_labels)
+            return cls(valid, rows, segments.touched_rows, None, CLUSTER_GEMM, segments)
+        unique, inverse = torch.unique(rows[valid], return_inverse=True)
+        inverse = torch.zeros_like(rows).masked_scatter(valid, inverse)
         if len(unique) >= FULL_TABLES_MIN_FRACTION * num_labels:
             path = FULL_TABLES
         elif len(unique) <= UNION_GEMM_MAX_RATIO * label_ids.shape[1]:
