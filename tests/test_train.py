@@ -216,6 +216,34 @@ def test_aux_loss_supervises_the_base_logits(tiny_data, tmp_path):
     assert torch.allclose(with_aux, without + 0.5 * base_loss, atol=1e-6)
 
 
+def test_softmax_loss_is_the_mean_over_true_labels_of_their_negative_log_probability():
+    from lcenet.output import PADDING_LOGIT
+    from lcenet.train import label_loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0], [0.5, 0.5, 0.5, 0.5], [1.0, 2.0, 3.0, 4.0]])
+    targets = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]])  # the third document has no true label
+    log_p = [row - torch.logsumexp(row, 0) for row in logits]
+    expected = (-(log_p[0][0] + log_p[0][3]) / 2 - log_p[1][1] + 0) / 3
+    assert torch.allclose(label_loss(logits, targets, "softmax"), expected)
+    # Padded candidates take no probability and change nothing.
+    padded = torch.cat([logits, torch.full((3, 2), PADDING_LOGIT)], 1)
+    assert torch.allclose(label_loss(padded, torch.cat([targets, torch.zeros(3, 2)], 1), "softmax"), expected)
+    assert torch.allclose(label_loss(logits, targets),
+                          torch.nn.functional.binary_cross_entropy_with_logits(logits, targets))
+
+
+def test_softmax_loss_trains_and_an_unknown_loss_is_refused(tiny_data, tmp_path):
+    from lcenet.errors import UserError
+
+    config = tiny_config(epochs=8, lr=2e-2)
+    config.train.loss = "softmax"
+    run_training(config, tiny_data, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["P@1"] > 0.5
+    config.train.loss = "hinge"
+    with pytest.raises(UserError, match="train.loss must be one of bce, softmax"):
+        run_training(config, tiny_data, tmp_path / "bad", cache_dir=tmp_path / "cache", progress=False)
+
+
 @pytest.mark.parametrize("scores, reason, expected", [
     ([0.1, 0.2, 0.3], "patience", True),  # early stopping fired
     ([0.1, 0.3, 0.3005, 0.3008], "epochs", True),  # the last two evaluations gained < 0.1 points

@@ -46,6 +46,9 @@ class TrainSettings:
     eval_batch_size: int = 256
     grad_accum_steps: int = 1
     optimizer: str = "adam"  # adam | adamw
+    # bce: one-vs-all binary cross-entropy (XML-CNN, AttentionXML, CorNet); softmax: pick-all-labels, the mean over
+    # a document's true labels of -log softmax (lcenet.train.label_loss)
+    loss: str = "bce"
     lr: float = 1e-3
     encoder_lr: float | None = None  # pretrained encoder parameters (BERT); None = lr
     lcenet_lr: float | None = None  # LCENet parameters; None = lr
@@ -284,6 +287,7 @@ _RANGES: dict[str, tuple[float, bool, float, bool] | tuple[str, ...]] = {
     "train.eval_batch_size": (1, True, math.inf, False),
     "train.grad_accum_steps": (1, True, math.inf, False),
     "train.optimizer": ("adam", "adamw"),
+    "train.loss": ("bce", "softmax"),
     "train.lr": (0, False, math.inf, False),
     "train.encoder_lr": (0, False, math.inf, False),
     "train.lcenet_lr": (0, False, math.inf, False),

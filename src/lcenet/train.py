@@ -68,9 +68,29 @@ def parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[di
     return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
 
 
-def training_loss(model: torch.nn.Module, inputs: Batch, targets: torch.Tensor) -> torch.Tensor:
-    """Mean BCE of the model's logits against ``targets`` (plus the weighted BCE of the base logits with LCENet's
-    aux loss, and any loss the model adds, such as a shortlist's cluster scorer).
+LOSSES = ("bce", "softmax")
+
+
+def label_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """The batch's mean loss of ``logits`` against 0/1 ``targets`` (both ``[B, n]``: all labels, or candidates).
+
+    - ``bce``: binary cross-entropy averaged over every (document, label) entry.
+    - ``softmax``: the pick-all-labels reduction (Menon et al., NeurIPS 2019, "Multilabel reductions"): for each
+      document, the mean over its true labels y of −log softmax(logits)_y; a document without true labels adds 0.
+      Padded candidates (``PADDING_LOGIT``) get no probability, so they add nothing either.
+    """
+    logits = logits.float()
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    if kind == "softmax":
+        per_document = -(targets * F.log_softmax(logits, dim=1)).sum(1) / targets.sum(1).clamp(min=1)
+        return per_document.mean()
+    raise UserError(f"train.loss must be one of {', '.join(LOSSES)} (got {kind!r})")
+
+
+def training_loss(model: torch.nn.Module, inputs: Batch, targets: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """:func:`label_loss` of the model's logits against ``targets`` (plus the weighted same loss of the base logits
+    with LCENet's aux loss, and any loss the model adds, such as a shortlist's cluster scorer).
 
     ``targets``: dense ``[B, L]`` 0/1 for a model that scores every label; for one that scores candidates
     (``model.scores_candidates``), the true label ids ``[B, T]`` (-1 padded), from which the candidates' targets
@@ -81,9 +101,9 @@ def training_loss(model: torch.nn.Module, inputs: Batch, targets: torch.Tensor) 
         targets = candidate_targets(output.label_ids, targets)
     else:
         output = model.score(*inputs)
-    loss = F.binary_cross_entropy_with_logits(output.logits.float(), targets)
+    loss = label_loss(output.logits, targets, kind)
     if output.aux_loss_weight > 0:
-        loss = loss + output.aux_loss_weight * F.binary_cross_entropy_with_logits(output.base_logits.float(), targets)
+        loss = loss + output.aux_loss_weight * label_loss(output.base_logits, targets, kind)
     if output.extra_loss is not None:
         loss = loss + output.extra_loss
     return loss
@@ -93,12 +113,13 @@ class TrainingLoss(torch.nn.Module):
     """The loss as a module's forward, for DistributedDataParallel: DDP prepares its gradient all-reduce in
     forward, so the whole loss (with aux loss, both calls of the model) must run inside one DDP forward."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, kind: str = "bce"):
         super().__init__()
         self.model = model
+        self.kind = kind
 
     def forward(self, inputs: Batch, targets: torch.Tensor) -> torch.Tensor:
-        return training_loss(self.model, inputs, targets)
+        return training_loss(self.model, inputs, targets, self.kind)
 
 
 class Trainer:
@@ -130,8 +151,10 @@ class Trainer:
                                     label_ids=model.scores_candidates)
         self.rows_per_batch = np.zeros(0, dtype=np.int64)  # this rank's real rows in each global batch
         # The DDP module computes the loss (gradients averaged over ranks); one process calls the loss directly.
-        self.loss = (TrainingLoss(self.model) if self.world_size == 1
-                     else distributed.wrap(TrainingLoss(self.model), self.device))
+        if settings.loss not in LOSSES:
+            raise UserError(f"train.loss must be one of {', '.join(LOSSES)} (got {settings.loss!r})")
+        self.loss = (TrainingLoss(self.model, settings.loss) if self.world_size == 1
+                     else distributed.wrap(TrainingLoss(self.model, settings.loss), self.device))
         if settings.compile:
             self.loss = torch.compile(self.loss, mode=settings.compile)
         self.run_dir = Path(run_dir)
