@@ -13,8 +13,8 @@ Labels are grouped by :func:`lcenet.candidates.cluster_labels` (balanced 2-means
 centroid of its train documents). The cluster tables are buffers, so the model directory and checkpoints hold
 them with the weights, and ``config.json``'s ``shortlist`` section says how to rebuild the module around them.
 The loss (:func:`lcenet.train.training_loss`) is the label loss (BCE unless ``train.loss`` says otherwise) over
-the candidates plus ``cluster_loss_weight`` × BCE of the cluster scorer against the true labels' clusters. LCENet after a shortlist runs in its shortlist mode,
-O(K·R) per document.
+the candidates plus ``cluster_loss_weight`` × BCE of the cluster scorer against the true labels' clusters. LCENet
+after a shortlist runs in its shortlist mode, O(K·R) per document.
 
 Cost: the candidate logits are one GEMM against the rows of the batch's distinct candidate labels U (at most
 min(L, B·K)), so a step never costs more than the dense output layer. With ``sparse_gradients`` (on in
