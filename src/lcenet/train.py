@@ -71,6 +71,11 @@ def parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[di
 LOSSES = ("bce", "softmax")
 
 
+def check_loss(kind: str) -> None:
+    if kind not in LOSSES:
+        raise UserError(f"train.loss must be one of {', '.join(LOSSES)} (got {kind!r})")
+
+
 def label_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = "bce") -> torch.Tensor:
     """The batch's mean loss of ``logits`` against 0/1 ``targets`` (both ``[B, n]``: all labels, or candidates).
 
@@ -79,13 +84,12 @@ def label_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = "bce") -
       document, the mean over its true labels y of −log softmax(logits)_y; a document without true labels adds 0.
       Padded candidates (``PADDING_LOGIT``) get no probability, so they add nothing either.
     """
+    check_loss(kind)
     logits = logits.float()
-    if kind == "bce":
-        return F.binary_cross_entropy_with_logits(logits, targets)
     if kind == "softmax":
         per_document = -(targets * F.log_softmax(logits, dim=1)).sum(1) / targets.sum(1).clamp(min=1)
         return per_document.mean()
-    raise UserError(f"train.loss must be one of {', '.join(LOSSES)} (got {kind!r})")
+    return F.binary_cross_entropy_with_logits(logits, targets)
 
 
 def training_loss(model: torch.nn.Module, inputs: Batch, targets: torch.Tensor, kind: str = "bce") -> torch.Tensor:
@@ -151,8 +155,7 @@ class Trainer:
                                     label_ids=model.scores_candidates)
         self.rows_per_batch = np.zeros(0, dtype=np.int64)  # this rank's real rows in each global batch
         # The DDP module computes the loss (gradients averaged over ranks); one process calls the loss directly.
-        if settings.loss not in LOSSES:
-            raise UserError(f"train.loss must be one of {', '.join(LOSSES)} (got {settings.loss!r})")
+        check_loss(settings.loss)
         self.loss = (TrainingLoss(self.model, settings.loss) if self.world_size == 1
                      else distributed.wrap(TrainingLoss(self.model, settings.loss), self.device))
         if settings.compile:
