@@ -496,11 +496,14 @@ def step_flops_section(paths: list[Path]) -> list[str]:
 
 
 def ratio_text(case: dict) -> str:
-    """The paired ratio (separate processes' ratio in brackets), or for older records the separate one alone."""
+    """The paired ratio with the range of its pairs (how noisy the machine was) and the separate processes' ratio
+    in brackets, or for older records the separate one alone."""
     if "lcenet_step_ratio_separate" not in case:
         return f"×{case['lcenet_step_ratio']:.3f}"
     paired = f"×{case['lcenet_step_ratio']:.3f}" if "lcenet_step_ratio" in case else "—"
-    return f"{paired} (×{case['lcenet_step_ratio_separate']:.3f})"
+    pairs = [head / base for base, head in case.get("pairs", {}).get("pairs_s", [])]
+    spread = f" [×{min(pairs):.2f}–×{max(pairs):.2f}]" if pairs else ""
+    return f"{paired}{spread} (×{case['lcenet_step_ratio_separate']:.3f})"
 
 
 def latency_text(measurement: dict) -> str:

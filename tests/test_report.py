@@ -650,6 +650,15 @@ def test_step_time_section_old_and_new_formats(tmp_path):
     assert "(20 s, torch 2.13.0, git `6a1142158f` (uncommitted changes), 2026-11-26)" in text
 
 
+def test_scale_step_ratio_shows_the_spread_of_its_pairs():
+    make_results = load_benchmark("make_results")
+    paired = {"lcenet_step_ratio": 1.1, "lcenet_step_ratio_separate": 1.25,
+              "pairs": {"pairs_s": [[2.0, 2.2], [1.0, 1.5], [2.0, 1.6]]}}
+    assert make_results.ratio_text(paired) == "×1.100 [×0.80–×1.50] (×1.250)"
+    assert make_results.ratio_text({"lcenet_step_ratio_separate": 1.25}) == "— (×1.250)"
+    assert make_results.ratio_text({"lcenet_step_ratio": 1.3}) == "×1.300"
+
+
 def test_grid_lcenet_settings_size_the_capacity_control_and_leave_the_base_alone():
     from lcenet.experiment import Cell
 
