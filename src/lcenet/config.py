@@ -37,6 +37,11 @@ class DataSettings:
     tfidf_fit_max_docs: int = 100_000
 
 
+# train.loss: bce, one-vs-all binary cross-entropy (XML-CNN, AttentionXML, CorNet); softmax, pick-all-labels: the
+# mean over a document's true labels of -log softmax (lcenet.train.label_loss)
+LOSSES = ("bce", "softmax")
+
+
 @dataclass
 class TrainSettings:
     epochs: int = 20
@@ -46,9 +51,7 @@ class TrainSettings:
     eval_batch_size: int = 256
     grad_accum_steps: int = 1
     optimizer: str = "adam"  # adam | adamw
-    # bce: one-vs-all binary cross-entropy (XML-CNN, AttentionXML, CorNet); softmax: pick-all-labels, the mean over
-    # a document's true labels of -log softmax (lcenet.train.label_loss)
-    loss: str = "bce"
+    loss: str = "bce"  # one of LOSSES
     lr: float = 1e-3
     encoder_lr: float | None = None  # pretrained encoder parameters (BERT); None = lr
     lcenet_lr: float | None = None  # LCENet parameters; None = lr
@@ -287,7 +290,7 @@ _RANGES: dict[str, tuple[float, bool, float, bool] | tuple[str, ...]] = {
     "train.eval_batch_size": (1, True, math.inf, False),
     "train.grad_accum_steps": (1, True, math.inf, False),
     "train.optimizer": ("adam", "adamw"),
-    "train.loss": ("bce", "softmax"),
+    "train.loss": LOSSES,
     "train.lr": (0, False, math.inf, False),
     "train.encoder_lr": (0, False, math.inf, False),
     "train.lcenet_lr": (0, False, math.inf, False),

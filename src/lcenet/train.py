@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from lcenet import distributed
 from lcenet.allocator import reuse_freed_memory
-from lcenet.config import TrainSettings
+from lcenet.config import LOSSES, TrainSettings
 from lcenet.errors import UserError
 from lcenet.inference import Batch, EpochBatches, SplitTensors, autocast, evaluate_model
 from lcenet.io import atomic_write_text, load_tensors, save_tensors
@@ -68,23 +68,15 @@ def parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[di
     return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in groups.items()]
 
 
-LOSSES = ("bce", "softmax")
-
-
-def check_loss(kind: str) -> None:
-    if kind not in LOSSES:
-        raise UserError(f"train.loss must be one of {', '.join(LOSSES)} (got {kind!r})")
-
-
 def label_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = "bce") -> torch.Tensor:
-    """The batch's mean loss of ``logits`` against 0/1 ``targets`` (both ``[B, n]``: all labels, or candidates).
+    """The batch's mean loss of ``logits`` against 0/1 ``targets`` (both ``[B, n]``: all labels, or candidates);
+    ``kind`` is one of ``config.LOSSES``, checked once by the Trainer rather than every batch.
 
     - ``bce``: binary cross-entropy averaged over every (document, label) entry.
     - ``softmax``: the pick-all-labels reduction (Menon et al., NeurIPS 2019, "Multilabel reductions"): for each
       document, the mean over its true labels y of −log softmax(logits)_y; a document without true labels adds 0.
       Padded candidates (``PADDING_LOGIT``) get no probability, so they add nothing either.
     """
-    check_loss(kind)
     logits = logits.float()
     if kind == "softmax":
         per_document = -(targets * F.log_softmax(logits, dim=1)).sum(1) / targets.sum(1).clamp(min=1)
@@ -155,7 +147,8 @@ class Trainer:
                                     label_ids=model.scores_candidates)
         self.rows_per_batch = np.zeros(0, dtype=np.int64)  # this rank's real rows in each global batch
         # The DDP module computes the loss (gradients averaged over ranks); one process calls the loss directly.
-        check_loss(settings.loss)
+        if settings.loss not in LOSSES:
+            raise UserError(f"train.loss must be one of {', '.join(LOSSES)} (got {settings.loss!r})")
         self.loss = (TrainingLoss(self.model, settings.loss) if self.world_size == 1
                      else distributed.wrap(TrainingLoss(self.model, settings.loss), self.device))
         if settings.compile:
