@@ -10,12 +10,12 @@ from lcenet.config import LCENetSettings
 from lcenet.io import load_tensors, save_tensors
 from lcenet.pipeline import load_model, run_training
 from lcenet.predict import Predictor
-from lcenet.train import BEST_FILE, CHECKPOINT_FILE
+from lcenet.train import AVERAGE_PREFIX, BEST_FILE, CHECKPOINT_FILE
 
 
 def weights(run_dir):
     tensors, _ = load_tensors(run_dir / CHECKPOINT_FILE)
-    return {k: v for k, v in tensors.items() if k.startswith(("model.", "optimizer."))}
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "optimizer.", AVERAGE_PREFIX))}
 
 
 def test_training_learns_and_writes_everything(tiny_data, tmp_path):
@@ -36,13 +36,14 @@ def test_training_learns_and_writes_everything(tiny_data, tmp_path):
     assert summary["best_step"] == max(evals, key=lambda r: r["metrics"]["nDCG@5"])["step"]
 
 
-@pytest.mark.parametrize("shortlist", [False, True])
-def test_kill_and_resume_gives_identical_weights(tiny_data, tmp_path, shortlist):
-    """Also in shortlist mode, whose label tables train with row-sparse gradients and RowAdam."""
+@pytest.mark.parametrize("shortlist, ema_decay", [(False, None), (True, None), (True, 0.9)])
+def test_kill_and_resume_gives_identical_weights(tiny_data, tmp_path, shortlist, ema_decay):
+    """Also in shortlist mode, whose label tables train with row-sparse gradients and RowAdam (and are stored in
+    the clusters' row order), and with a weight average, which the checkpoint carries."""
     from lcenet.config import ShortlistSettings
 
     def config_with(**train):
-        config = tiny_config(epochs=2, lcenet=True, keep_checkpoints=True, **train)
+        config = tiny_config(epochs=2, lcenet=True, keep_checkpoints=True, ema_decay=ema_decay, **train)
         config.shortlist = ShortlistSettings(cluster_size=2, top_clusters=4) if shortlist else None
         return config
 
@@ -73,6 +74,7 @@ def test_kill_and_resume_gives_identical_weights(tiny_data, tmp_path, shortlist)
 
     a, b = weights(straight), weights(killed)
     assert a.keys() == b.keys()
+    assert any(name.startswith(AVERAGE_PREFIX) for name in a) == (ema_decay is not None)
     for name in a:
         assert torch.equal(a[name], b[name]), name
     steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()
@@ -230,6 +232,35 @@ def test_softmax_loss_is_the_mean_over_true_labels_of_their_negative_log_probabi
     assert torch.allclose(label_loss(padded, torch.cat([targets, torch.zeros(3, 2)], 1), "softmax"), expected)
     assert torch.allclose(label_loss(logits, targets),
                           torch.nn.functional.binary_cross_entropy_with_logits(logits, targets))
+
+
+def test_a_weight_average_is_what_dev_scores_and_the_model_keeps(tiny_data, tmp_path):
+    """Under train.ema_decay dev selects among averaged weights: the one evaluation (the end of the only epoch)
+    scores and saves the average, not the weights the optimizer left, and the model directory holds it."""
+    config = tiny_config(epochs=1, lr=2e-2, keep_checkpoints=True, ema_decay=0.8)
+    run_training(config, tiny_data, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    checkpoint, _ = load_tensors(tmp_path / "run" / CHECKPOINT_FILE)
+    best, _ = load_tensors(tmp_path / "run" / BEST_FILE)
+    saved, _ = load_tensors(tmp_path / "run" / "model" / "model.safetensors")
+    averaged = {k[len(AVERAGE_PREFIX):]: v for k, v in checkpoint.items() if k.startswith(AVERAGE_PREFIX)}
+    assert averaged and averaged.keys() <= best.keys()
+    for name, average in averaged.items():
+        assert torch.equal(best[name], average), name
+        assert torch.equal(saved[name], average), name
+    trained = {k[len("model."):]: v for k, v in checkpoint.items() if k.startswith("model.")}
+    assert any(not torch.equal(trained[name], average) for name, average in averaged.items())
+
+
+def test_resuming_with_a_weight_average_needs_a_checkpoint_that_has_one(tiny_data, tmp_path):
+    from lcenet.errors import UserError
+
+    run = tmp_path / "run"
+    run_training(tiny_config(epochs=1, keep_checkpoints=True), tiny_data, run, cache_dir=tmp_path / "c",
+                 progress=False)
+    (run / "metrics.json").unlink()  # an unfinished run: its checkpoint is resumed
+    with pytest.raises(UserError, match="train.ema_decay is set but the checkpoint has no average"):
+        run_training(tiny_config(epochs=2, keep_checkpoints=True, ema_decay=0.9), tiny_data, run, resume=True,
+                     cache_dir=tmp_path / "c", progress=False)
 
 
 def test_softmax_loss_trains_and_an_unknown_loss_is_refused(tiny_data, tmp_path):

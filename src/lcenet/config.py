@@ -60,6 +60,9 @@ class TrainSettings:
     schedule: str = "constant"  # constant | linear (warm-up then linear decay to 0)
     warmup_steps: int = 0
     patience: int | None = 5  # evaluations without dev nDCG@5 improvement before stopping; None = never
+    # Score dev and save the model with an exponential moving average of the weights (lcenet.weight_average),
+    # e.g. 0.99: about the last 100 steps; None = the weights as trained. One more copy of the parameters in memory.
+    ema_decay: float | None = None
     eval_every_steps: int | None = None  # None = at the end of every epoch
     checkpoint_every_steps: int | None = None  # a checkpoint is also written at the end of every epoch
     # A finished run deletes checkpoint.safetensors and best.safetensors once metrics.json is written: model/
@@ -300,6 +303,7 @@ _RANGES: dict[str, tuple[float, bool, float, bool] | tuple[str, ...]] = {
     "train.compile": ("default", "reduce-overhead", "max-autotune"),
     "train.warmup_steps": (0, True, math.inf, False),
     "train.patience": (1, True, math.inf, False),
+    "train.ema_decay": (0, False, 1, False),
     "train.eval_every_steps": (1, True, math.inf, False),
     "train.checkpoint_every_steps": (1, True, math.inf, False),
     "train.log_every_steps": (1, True, math.inf, False),

@@ -4,6 +4,7 @@ knows why it stopped and whether it converged (:mod:`lcenet.stopping`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from lcenet.lcenet import LCENetWrapped
 from lcenet.output import candidate_targets
 from lcenet.row_adam import RowAdam, clip_grad_norm_
 from lcenet.stopping import converged, stop_reason
+from lcenet.weight_average import WeightAverage
 
 log = logging.getLogger("lcenet")
 
@@ -35,6 +37,7 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 BEST_FILE = "best.safetensors"
 # LCENet's table row order (LCENet.arrange_rows) in a checkpoint: Adam's moments for the tables are in that order.
 LCENET_ROWS_KEY = "layout.lcenet_row_labels"
+AVERAGE_PREFIX = "average."  # checkpoint keys of the weight average (train.ema_decay)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -176,6 +179,7 @@ class Trainer:
             self.optimizer = optimizer_class(groups, lr=settings.lr, fused=True)
             self.clip_grad_norm = torch.nn.utils.clip_grad_norm_
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.average = WeightAverage(self.model, settings.ema_decay) if settings.ema_decay else None
         self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_score": -1.0, "best_step": 0,
                       "patience_best": -1.0, "evals_without_improvement": 0, "train_seconds": 0.0,
                       "stopped_early": False, "stopped_by_time": False, "dev_scores": [], "resumed_at_steps": []}
@@ -316,6 +320,8 @@ class Trainer:
             self.clip_grad_norm(self.model.parameters(), settings.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update()
         return total
 
     def _evaluate_dev(self, start: bool = False) -> None:
@@ -328,15 +334,16 @@ class Trainer:
 
     def _score_dev(self, start: bool) -> None:
         started = time.perf_counter()
-        scores = evaluate_model(self.model, self.dev, self.device, self.inv_propensity,
-                                self.settings.eval_batch_size, self.settings.bf16)
         state = self.state
-        score, previous_best = scores[SELECTION_METRIC], state["best_score"]
-        state["dev_scores"].append(score)
-        improved = score > previous_best
-        if improved:
-            state.update(best_score=score, best_step=state["step"])
-            save_tensors(self.run_dir / BEST_FILE, self.model.state_dict())
+        with self._selected_weights():
+            scores = evaluate_model(self.model, self.dev, self.device, self.inv_propensity,
+                                    self.settings.eval_batch_size, self.settings.bf16)
+            score, previous_best = scores[SELECTION_METRIC], state["best_score"]
+            state["dev_scores"].append(score)
+            improved = score > previous_best
+            if improved:
+                state.update(best_score=score, best_step=state["step"])
+                save_tensors(self.run_dir / BEST_FILE, self.model.state_dict())
         if not start:
             self._count_patience(score, previous_best)
         self._log({"event": "eval", "split": "dev", "step": state["step"], "epoch": self._epochs_done(),
@@ -356,11 +363,18 @@ class Trainer:
         if self.settings.patience is not None and state["evals_without_improvement"] >= self.settings.patience:
             state["stopped_early"] = True
 
+    def _selected_weights(self) -> contextlib.AbstractContextManager:
+        """The weights dev scores and selects: the weight average's under ``train.ema_decay``, else the model's."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
+
     def load_best(self) -> None:
-        """Load the weights that scored best on dev (the last weights if dev was never evaluated)."""
+        """Load the weights that scored best on dev (the last weights, or their average under
+        ``train.ema_decay``, if dev was never evaluated)."""
         if (self.run_dir / BEST_FILE).exists():
             state, _ = load_tensors(self.run_dir / BEST_FILE)
             self.model.load_state_dict(state)
+        elif self.average is not None:
+            self.average.copy_to_model()
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
@@ -371,6 +385,8 @@ class Trainer:
         if not distributed.is_main():
             return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.average is not None:
+            tensors.update({f"{AVERAGE_PREFIX}{k}": v for k, v in self.average.state_dict().items()})
         optimizer_state = self.optimizer.state_dict()
         plain_state: dict[str, dict] = {}
         for index, values in optimizer_state["state"].items():
@@ -405,6 +421,14 @@ class Trainer:
                             "another row order than this model's (written before lcenet stored them in the "
                             "shortlist's cluster order?); train afresh instead of resuming")
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if self.average is not None:
+            averages = {k[len(AVERAGE_PREFIX):]: v for k, v in tensors.items() if k.startswith(AVERAGE_PREFIX)}
+            try:
+                self.average.load_state_dict(averages)
+            except KeyError as error:
+                raise UserError(f"{self.run_dir / CHECKPOINT_FILE}: train.ema_decay is set but the checkpoint has "
+                                f"{error.args[0]} (it was written without it); resume with the run's own "
+                                "settings or train afresh") from None
         optimizer_state: dict[int, dict] = {}
         for name, value in tensors.items():
             if name.startswith("optimizer."):

@@ -154,6 +154,8 @@ CASES: list[Case] = [
          Rejected("config.yaml", 1, "data.dev_fraction must be in (0, 1)")),
     Case("zero patience", "config", {"config.yaml": b"train:\n  patience: 0\n"},
          Rejected("config.yaml", 2, "train.patience must be >= 1")),
+    Case("weight average decay of 1", "config", {"config.yaml": b"train:\n  ema_decay: 1.0\n"},
+         Rejected("config.yaml", 2, "train.ema_decay must be in (0, 1)")),
     Case("unknown config key", "config", {"config.yaml": b"train:\n  epochs: 1\n  learning_rate: 3\n"},
          Rejected("config.yaml", 3, "unknown key(s) learning_rate")),
     Case("unknown top-level key", "config", {"config.yaml": b"model: xmlcnn\noptimiser: sgd\n"},
