@@ -33,12 +33,11 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         """Move the average towards the current weights (call after each optimizer step)."""
-        torch._foreach_lerp_(self.average, [parameter.detach() for parameter in self.parameters], 1 - self.decay)
+        torch._foreach_lerp_(self.average, self.parameters, 1 - self.decay)
 
-    @torch.no_grad()
     def copy_to_model(self) -> None:
         """Give the model the averaged weights."""
-        torch._foreach_copy_([parameter.detach() for parameter in self.parameters], self.average)
+        self._set_parameters(self.average)
 
     @contextmanager
     def applied(self) -> Iterator[None]:
@@ -48,8 +47,11 @@ class WeightAverage:
         try:
             yield
         finally:
-            with torch.no_grad():
-                torch._foreach_copy_([parameter.detach() for parameter in self.parameters], kept)
+            self._set_parameters(kept)
+
+    @torch.no_grad()
+    def _set_parameters(self, values: list[torch.Tensor]) -> None:
+        torch._foreach_copy_(self.parameters, values)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The averages by parameter name, as the parameters hold them (``named_parameters``, not the model's
