@@ -102,3 +102,23 @@ def test_cooccurrence_initialised_lcenet_trains_and_reloads(data, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((run / "metrics.json").read_text())["lcenet_settings"]["init"] == "cooccurrence"
     assert len(Predictor.load(run / "model", device="cpu").predict(TEXTS, k=2)) == len(TEXTS)
+
+
+def test_a_frozen_encoder_keeps_its_pretrained_weights_through_training_and_predicts(data, tmp_path, tiny_bert):
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(data), "--model", "bert", "--lcenet", "--output", str(run),
+                                 "--pretrained", str(tiny_bert), "--epochs", "2", "--max-length", "24",
+                                 "--device", "cpu", "--no-progress", "--set", "train.batch_size=8",
+                                 "--set", "model_args.freeze_encoder=true", "--set", "model_args.pooling=mean",
+                                 "--set", "model_args.frozen_dtype=bfloat16", "--set", "train.ema_decay=0.9"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["model_args"]["freeze_encoder"] and config["model_args"]["pooling"] == "mean"
+    pretrained = {f"base.encoder.{name}": tensor for name, tensor in load_file(tiny_bert / "model.safetensors").items()}
+    saved, _ = load_tensors(run / "model" / "model.safetensors")
+    encoder = {name: saved[name] for name in saved if name.startswith("base.encoder.")}
+    assert encoder and all(torch.equal(tensor, pretrained[name]) for name, tensor in encoder.items())
+    predictions = Predictor.load(run / "model", device="cpu").predict(TEXTS, k=3)
+    assert len(predictions) == len(TEXTS) and all(len(p["labels"]) == 3 for p in predictions)

@@ -80,7 +80,8 @@ def test_parameter_names_and_no_pooler(pretrained):
 def test_saved_args_rebuild_without_the_checkpoint(pretrained, tmp_path):
     model = with_lcenet(make(pretrained, num_cls_layers=2, dropout=0.3), L, rank=3).eval()
     args = model.base.saved_args()
-    assert set(args) == {"encoder_config", "num_cls_layers", "dropout", "head_hidden"} and args["num_cls_layers"] == 2
+    assert set(args) == {"encoder_config", "num_cls_layers", "dropout", "head_hidden", "pooling", "freeze_encoder",
+                         "frozen_dtype"} and args["num_cls_layers"] == 2
     assert "_name_or_path" not in args["encoder_config"]
     args = json.loads(json.dumps(args))  # as written to config.json
     save_file(model.state_dict(), tmp_path / "model.safetensors")
@@ -121,11 +122,60 @@ def test_with_lcenet_gradients_reach_the_encoder(pretrained):
         assert grads[name].grad is not None and grads[name].grad.abs().sum() > 0, name
 
 
+def test_mean_pooling_averages_each_layers_unpadded_tokens(pretrained):
+    model = make(pretrained, pooling="mean", num_cls_layers=2).eval()
+    ids, mask = batch([6, 3], 8)
+    with torch.no_grad():
+        layers = model.encoder(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states
+        expected = torch.cat([torch.stack([h[0, :6].mean(0), h[1, :3].mean(0)]) for h in layers[-2:]], dim=-1)
+        torch.testing.assert_close(model.readout(ids, mask), expected)
+        torch.testing.assert_close(model(ids, mask), model.output(expected))
+
+
+def test_a_frozen_encoder_trains_the_head_only_and_encodes_each_document_once(pretrained, monkeypatch):
+    model = with_lcenet(make(pretrained, freeze_encoder=True), L, rank=3).train()
+    assert not any(p.requires_grad for p in model.base.encoder.parameters())
+    assert not model.base.encoder.training  # no dropout in training mode: a document's features never change
+    encoded = []
+    original = model.base.encoder.forward
+    monkeypatch.setattr(model.base.encoder, "forward",
+                        lambda **kw: encoded.append(len(kw["input_ids"])) or original(**kw))
+    ids, mask = batch([5, 4], 5)
+    model(ids, mask).sum().backward()
+    assert model.base.output.weight.grad is not None and encoded == [2]
+    first = model.eval()(ids, mask)
+    more_ids, more_mask = batch([7, 4, 5], 9)  # a new document, then the two above (padded wider)
+    more_ids[1:, :5], more_mask[1:] = ids, torch.nn.functional.pad(mask, (0, 4))
+    scores = model(more_ids, more_mask)
+    assert encoded == [2, 1]  # only the new one was encoded
+    torch.testing.assert_close(scores[1:], first)
+    unfrozen = with_lcenet(make(pretrained), L, rank=3).eval()
+    unfrozen.load_state_dict(model.state_dict())
+    torch.testing.assert_close(unfrozen(more_ids, more_mask), scores)  # the remembered features are the encoder's
+
+
+def test_loading_weights_forgets_the_remembered_features(pretrained):
+    model = make(pretrained, freeze_encoder=True).eval()
+    ids, mask = batch([5, 4], 5)
+    before = model(ids, mask)
+    other = make(pretrained, freeze_encoder=True)
+    with torch.no_grad():
+        for parameter in other.encoder.parameters():
+            parameter.add_(0.1)
+    model.load_state_dict(other.state_dict())
+    assert not torch.allclose(model(ids, mask), before)
+    torch.testing.assert_close(model(ids, mask), other.eval()(ids, mask))
+
+
 def test_errors(pretrained, tmp_path):
     with pytest.raises(UserError, match="num_cls_layers.*3 layers.*got 5"):
         make(pretrained, num_cls_layers=5)  # set explicitly: too many for a 3-layer encoder
     with pytest.raises(UserError, match="exactly one"):
         build_model("bert", L, 0)
+    with pytest.raises(UserError, match="pooling must be one of cls, mean"):
+        make(pretrained, pooling="max")
+    with pytest.raises(UserError, match="frozen_dtype must be one of float32, bfloat16"):
+        make(pretrained, freeze_encoder=True, frozen_dtype="float16")
     with pytest.raises(UserError, match="exactly one"):
         build_model("bert", L, 0, pretrained=pretrained, encoder_config=tiny_config().to_dict())
     with pytest.raises(UserError, match=f"{tmp_path / 'nowhere'}: pretrained model directory not found"):

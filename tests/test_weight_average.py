@@ -24,6 +24,12 @@ def test_the_average_follows_the_weights_with_the_stated_decay():
     assert set(average.state_dict()) == {"weight"}
 
 
+def test_frozen_parameters_are_not_averaged():
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1))
+    model[0].requires_grad_(False)
+    assert set(WeightAverage(model, decay=0.9).state_dict()) == {"1.weight", "1.bias"}
+
+
 def test_applied_lends_the_model_the_average_and_gives_its_weights_back_even_on_error():
     model = model_with(1.0)
     average = WeightAverage(model, decay=0.9)

@@ -3,9 +3,9 @@ systems train with (AttentionXML averages weights from its later epochs, CorNet 
 is scored, and the model is saved, with the averaged weights, while the optimizer keeps stepping the raw ones.
 
 After step t the average is ``a_t = decay · a_{t-1} + (1 - decay) · w_t``, starting from the weights training
-starts with (``a_0 = w_0``), so it covers about the last ``1 / (1 - decay)`` steps. Only floating-point
-parameters are averaged; buffers (label orders, cluster assignments) are the model's own. The update is one
-fused ``lerp`` over all parameters a step and reads nothing back to the host.
+starts with (``a_0 = w_0``), so it covers about the last ``1 / (1 - decay)`` steps. Only the parameters that
+train are averaged (not a frozen encoder's or word vectors'); buffers (label orders, cluster assignments) are the
+model's own. The update is one fused ``lerp`` over them a step and reads nothing back to the host.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class WeightAverage:
         self.decay = decay
         self.names, self.parameters = [], []
         for name, parameter in model.named_parameters():
-            if parameter.is_floating_point():
+            if parameter.requires_grad:
                 self.names.append(name)
                 self.parameters.append(parameter)
         self.average = [parameter.detach().clone() for parameter in self.parameters]

@@ -7,6 +7,11 @@ tokenizer.json; nothing is downloaded). The pipeline tokenizes with that directo
 (``tokenizer_file``). A saved lcenet model does not need the directory again: ``saved_args`` records the
 encoder's config instead, and the model is rebuilt from it (random weights) before our own weights are loaded.
 The encoder's pooler, unused here, is dropped.
+
+``pooling: mean`` reads each of those layers' masked token mean instead of its [CLS] vector (what sentence
+encoders such as all-MiniLM-L6-v2 are trained to give). ``freeze_encoder`` trains the head only, over features the
+encoder computes once per document (:class:`EncoderReadout`): the way to put a Transformer on a CPU, where
+fine-tuning MiniLM-L6 at 128 tokens takes ~1.3 s a step of 16 documents on one core.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,24 +30,17 @@ from lcenet.models import XMTCModel, register
 _UNSAVED_CONFIG_KEYS = ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash")
 
 
-@register("bert")
-class BertClassifier(XMTCModel):
-    uses_pretrained_tokenizer = True
+POOLINGS = ("cls", "mean")
+FROZEN_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 
-    def __init__(self, num_labels: int, vocab_size: int | None = None, pretrained: str | None = None,
-                 encoder_config: dict | None = None, num_cls_layers: int | None = None, dropout: float = 0.5,
-                 head_hidden: int | None = None):
-        super().__init__()
-        del vocab_size  # the encoder's own vocabulary is used
-        self.encoder = pretrained_encoder(pretrained, encoder_config, self.registry_name)
-        self.num_cls_layers = cls_layer_count(self.encoder, num_cls_layers, self.registry_name)
-        self.dropout_rate = dropout
-        self.dropout = nn.Dropout(dropout)
-        features = self.num_cls_layers * self.encoder.config.hidden_size
-        # head_hidden: a hidden layer in the head (features -> H -> L), the capacity control's extra capacity.
-        self.head_hidden = head_hidden
-        self.hidden = nn.Linear(features, head_hidden) if head_hidden else None
-        self.output = nn.Linear(head_hidden or features, num_labels)
+
+class PretrainedEncoderModel(XMTCModel):
+    """A family built on a pretrained Transformer: ``self.encoder`` (its parameters' names contain 'encoder.', so
+    they train at ``train.encoder_lr``) read by ``self.readout``."""
+
+    uses_pretrained_tokenizer = True
+    encoder: nn.Module
+    readout: EncoderReadout
 
     @staticmethod
     def tokenizer_file(pretrained: str | Path) -> Path:
@@ -56,14 +55,48 @@ class BertClassifier(XMTCModel):
         """The longest input the encoder's position embeddings allow (None if unbounded or unknown)."""
         return getattr(self.encoder.config, "max_position_embeddings", None)
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.readout.frozen:
+            self.encoder.eval()  # no dropout: a frozen encoder's features never change, so they can be remembered
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.readout.memo.clear()  # the features it remembers are the old weights'
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+@register("bert")
+class BertClassifier(PretrainedEncoderModel):
+    def __init__(self, num_labels: int, vocab_size: int | None = None, pretrained: str | None = None,
+                 encoder_config: dict | None = None, num_cls_layers: int | None = None, dropout: float = 0.5,
+                 head_hidden: int | None = None, pooling: str = "cls", freeze_encoder: bool = False,
+                 frozen_dtype: str = "float32"):
+        super().__init__()
+        del vocab_size  # the encoder's own vocabulary is used
+        self.encoder = pretrained_encoder(pretrained, encoder_config, self.registry_name)
+        self.readout = EncoderReadout(self.encoder, cls_layer_count(self.encoder, num_cls_layers, self.registry_name),
+                                      pooling, freeze_encoder, frozen_dtype, self.registry_name)
+        self.dropout_rate = dropout
+        self.dropout = nn.Dropout(dropout)
+        features = self.readout.size
+        # head_hidden: a hidden layer in the head (features -> H -> L), the capacity control's extra capacity.
+        self.head_hidden = head_hidden
+        self.hidden = nn.Linear(features, head_hidden) if head_hidden else None
+        self.output = nn.Linear(head_hidden or features, num_labels)
+
+    @property
+    def num_cls_layers(self) -> int:
+        return self.readout.num_layers
+
     def saved_args(self) -> dict:
-        return {"encoder_config": saved_encoder_config(self.encoder), "num_cls_layers": self.num_cls_layers,
-                "dropout": self.dropout_rate, "head_hidden": self.head_hidden}
+        return {"encoder_config": saved_encoder_config(self.encoder), "dropout": self.dropout_rate,
+                "head_hidden": self.head_hidden, **self.readout.saved_args()}
 
     def widened_args(self, extra_parameters: int) -> dict:
         """Model arguments whose head holds ``extra_parameters`` more (to within one hidden unit) through a hidden
         layer features -> H -> L: H (features + 1 + L) + L = (today's head) + extra."""
-        features = self.num_cls_layers * self.encoder.config.hidden_size
+        features = self.readout.size
         labels = self.output.out_features
         head = sum(p.numel() for p in self.output.parameters())
         head += sum(p.numel() for p in self.hidden.parameters()) if self.hidden is not None else 0
@@ -73,10 +106,76 @@ class BertClassifier(XMTCModel):
         return self.output(self.features(input_ids, attention_mask))
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        cls = cls_vectors(self.encoder, input_ids, attention_mask, self.num_cls_layers)
+        vectors = self.readout(input_ids, attention_mask)
         if self.hidden is not None:
-            cls = torch.relu(self.hidden(self.dropout(cls)))
-        return self.dropout(cls)
+            vectors = torch.relu(self.hidden(self.dropout(vectors)))
+        return self.dropout(vectors)
+
+
+class EncoderReadout:
+    """One vector per document from a pretrained encoder: for each of its last ``num_layers`` layers the [CLS]
+    (position 0) vector (``pooling: cls``) or the mean over the document's tokens (``mean``), concatenated:
+    ``[B, num_layers * hidden]``.
+
+    A frozen encoder (``frozen``) has no trainable parameters and always runs in eval mode, so a document's vector
+    never changes: it is computed once per process, without gradients, and remembered by the document's token ids
+    (up to ``MEMO_DOCUMENTS`` documents; later ones are recomputed), so every epoch after the first, and every dev
+    evaluation after the first, costs the head only. ``frozen_dtype: bfloat16`` runs the frozen encoder under bf16
+    autocast on every device, in training and prediction alike (about 2.5x faster on a CPU with AMX: 14 against
+    36 ms a document for MiniLM-L6 at 128 tokens on one core here).
+    """
+
+    MEMO_DOCUMENTS = 200_000  # 1.5 GiB of fp32 vectors at MiniLM-L6's 5 x 384
+
+    def __init__(self, encoder: nn.Module, num_layers: int, pooling: str, frozen: bool, frozen_dtype: str,
+                 family: str):
+        if pooling not in POOLINGS:
+            raise UserError(f"model {family!r}: pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
+        if frozen_dtype not in FROZEN_DTYPES:
+            raise UserError(f"model {family!r}: frozen_dtype must be one of {', '.join(FROZEN_DTYPES)} "
+                            f"(got {frozen_dtype!r})")
+        self.encoder, self.num_layers, self.pooling = encoder, num_layers, pooling
+        self.frozen, self.frozen_dtype = bool(frozen), frozen_dtype
+        self.size = num_layers * encoder.config.hidden_size
+        self.memo: dict[bytes, torch.Tensor] = {}
+        if self.frozen:
+            encoder.requires_grad_(False)
+
+    def saved_args(self) -> dict:
+        return {"num_cls_layers": self.num_layers, "pooling": self.pooling, "freeze_encoder": self.frozen,
+                "frozen_dtype": self.frozen_dtype}
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self.frozen:
+            return layer_vectors(self.encoder, input_ids, attention_mask, self.num_layers, self.pooling)
+        keys = document_keys(input_ids, attention_mask)
+        missing = [row for row, key in enumerate(keys) if key not in self.memo]
+        computed = dict(zip(missing, self._frozen_vectors(input_ids, attention_mask, missing))) if missing else {}
+        for row, vector in computed.items():
+            if len(self.memo) < self.MEMO_DOCUMENTS:
+                self.memo[keys[row]] = vector
+        vectors = [computed[row] if row in computed else self.memo[key] for row, key in enumerate(keys)]
+        return torch.stack(vectors).to(input_ids.device)
+
+    @torch.no_grad()
+    def _frozen_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: list[int]
+                        ) -> torch.Tensor:
+        index = torch.tensor(rows, device=input_ids.device)
+        ids, mask = input_ids.index_select(0, index), attention_mask.index_select(0, index)
+        width = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1  # drop the columns all padding
+        dtype = FROZEN_DTYPES[self.frozen_dtype]
+        precision = (torch.autocast(ids.device.type, dtype=dtype) if dtype is not None
+                     else torch.autocast(ids.device.type, enabled=False))
+        with precision:
+            return layer_vectors(self.encoder, ids[:, :width], mask[:, :width], self.num_layers, self.pooling).float()
+
+
+def document_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[bytes]:
+    """A key per row that two rows share exactly when their tokens and mask agree up to the last unmasked one."""
+    ids = input_ids.cpu().numpy().astype(np.int64)
+    mask = attention_mask.cpu().numpy().astype(bool)
+    ends = np.where(mask.any(1), mask.shape[1] - np.argmax(mask[:, ::-1], axis=1), 0)
+    return [ids[row, :end].tobytes() + mask[row, :end].tobytes() for row, end in enumerate(ends)]
 
 
 def pretrained_encoder(pretrained: str | None, encoder_config: dict | None, family: str) -> nn.Module:
@@ -103,11 +202,17 @@ def cls_layer_count(encoder: nn.Module, num_cls_layers: int | None, family: str)
     return num_cls_layers
 
 
-def cls_vectors(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_layers: int
-                ) -> torch.Tensor:
-    """The [CLS] (position 0) vectors of the last ``num_layers`` layers, concatenated: [B, num_layers * hidden]."""
+def layer_vectors(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_layers: int,
+                  pooling: str = "cls") -> torch.Tensor:
+    """Each of the last ``num_layers`` layers' [CLS] (position 0) vector, or its mean over the unmasked tokens,
+    concatenated: [B, num_layers * hidden]."""
     out = encoder(input_ids=input_ids, attention_mask=attention_mask.long(), output_hidden_states=True)
-    return torch.cat([h[:, 0] for h in out.hidden_states[-num_layers:]], dim=-1)
+    layers = out.hidden_states[-num_layers:]
+    if pooling == "cls":
+        return torch.cat([h[:, 0] for h in layers], dim=-1)
+    weights = attention_mask.to(layers[0].dtype).unsqueeze(-1)
+    counts = weights.sum(1).clamp(min=1)
+    return torch.cat([(h * weights).sum(1) / counts for h in layers], dim=-1)
 
 
 def saved_encoder_config(encoder: nn.Module) -> dict:
