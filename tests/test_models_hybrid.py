@@ -78,3 +78,15 @@ def test_the_capacity_control_widens_the_tfidf_layer(pretrained):
 def test_bad_settings_are_refused(pretrained, setting, match):
     with pytest.raises(UserError, match=match):
         make(pretrained, **setting)
+
+
+def test_a_frozen_encoder_trains_only_the_tfidf_layer_and_the_output(pretrained):
+    model = make(pretrained, freeze_encoder=True, pooling="mean").train()
+    model(*inputs(IDS, ROWS)).sum().backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert model.sparse_input.weight.grad is not None and model.output.weight.grad is not None
+    assert model.saved_args()["freeze_encoder"] and model.saved_args()["pooling"] == "mean"
+    rebuilt = build_model("bert_sparse", L, FEATURES, **model.saved_args()).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(*inputs(IDS, ROWS)), model.eval()(*inputs(IDS, ROWS)))
