@@ -31,7 +31,7 @@ _UNSAVED_CONFIG_KEYS = ("_name_or_path", "transformers_version", "dtype", "torch
 
 
 POOLINGS = ("cls", "mean")
-FROZEN_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+FROZEN_DTYPES = ("float32", "bfloat16")
 
 
 class PretrainedEncoderModel(XMTCModel):
@@ -163,10 +163,8 @@ class EncoderReadout:
         index = torch.tensor(rows, device=input_ids.device)
         ids, mask = input_ids.index_select(0, index), attention_mask.index_select(0, index)
         width = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1  # drop the columns all padding
-        dtype = FROZEN_DTYPES[self.frozen_dtype]
-        precision = (torch.autocast(ids.device.type, dtype=dtype) if dtype is not None
-                     else torch.autocast(ids.device.type, enabled=False))
-        with precision:
+        # Its own precision whatever the caller's autocast, so training and prediction remember the same vectors.
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.frozen_dtype == "bfloat16"):
             return layer_vectors(self.encoder, ids[:, :width], mask[:, :width], self.num_layers, self.pooling).float()
 
 
