@@ -33,8 +33,9 @@ from lcenet.ensemble import average_over_union
 from lcenet.inference import autocast
 from lcenet.io import atomic_write_json
 from lcenet.output import ModelOutput
-from lcenet.pipeline import evaluate_directory, labelled_split, load_models
+from lcenet.pipeline import evaluate_directory, feature_caches, labelled_split, load_models
 from lcenet.provenance import provenance
+from lcenet.text import default_cache_dir
 
 
 def run_record(model_dir: Path) -> dict:
@@ -57,12 +58,13 @@ def split_outputs(model_dirs: list[Path], data_dir: Path, split: str, device: st
     texts, truth, inv_propensity = labelled_split(first, data_dir, split)
     inputs = [m.encoder.encode(texts) for m in models]
     batch_size, outputs = first.trained["eval_batch_size"], []
-    for start in range(0, len(texts), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(texts)))
-        with autocast(first.device, first.trained["bf16"]):
-            scored = [m.model.score(*store.batch(rows, first.device)) for m, store in zip(models, inputs)]
-        outputs.append([ModelOutput(o.logits.float().cpu(), None if o.label_ids is None else o.label_ids.cpu())
-                        for o in scored])
+    with feature_caches(models, default_cache_dir()):
+        for start in range(0, len(texts), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(texts)))
+            with autocast(first.device, first.trained["bf16"]):
+                scored = [m.model.score(*store.batch(rows, first.device)) for m, store in zip(models, inputs)]
+            outputs.append([ModelOutput(o.logits.float().cpu(), None if o.label_ids is None else o.label_ids.cpu())
+                            for o in scored])
     return outputs, truth, inv_propensity
 
 

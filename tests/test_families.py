@@ -1,6 +1,7 @@
 """Every model family through the whole CLI: train -> saved directory -> predict, and save/load identity."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -104,14 +105,33 @@ def test_cooccurrence_initialised_lcenet_trains_and_reloads(data, tmp_path):
     assert len(Predictor.load(run / "model", device="cpu").predict(TEXTS, k=2)) == len(TEXTS)
 
 
+def kept_documents(store):
+    return sum(len(load_tensors(shard)[0]["keys"]) for shard in store.glob("*.safetensors"))
+
+
 def test_a_frozen_encoder_keeps_its_pretrained_weights_through_training_and_predicts(data, tmp_path, tiny_bert):
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--data", str(data), "--model", "bert", "--lcenet", "--output", str(run),
-                                 "--pretrained", str(tiny_bert), "--epochs", "2", "--max-length", "24",
-                                 "--device", "cpu", "--no-progress", "--set", "train.batch_size=8",
-                                 "--set", "model_args.freeze_encoder=true", "--set", "model_args.pooling=mean",
-                                 "--set", "model_args.frozen_dtype=bfloat16", "--set", "train.ema_decay=0.9"])
+    frozen = ["--model", "bert", "--lcenet", "--pretrained", str(tiny_bert), "--epochs", "2", "--max-length", "24",
+              "--device", "cpu", "--no-progress", "--set", "train.batch_size=8",
+              "--set", "model_args.freeze_encoder=true", "--set", "model_args.pooling=mean",
+              "--set", "model_args.frozen_dtype=bfloat16", "--set", "train.ema_decay=0.9"]
+    result = runner.invoke(app, ["train", "--data", str(data), "--output", str(run), *frozen])
     assert result.exit_code == 0, result.output
+    # Every document's vector was kept on disk, so another run over the same data (another seed) encodes nothing
+    # and keeps nothing new; an evaluation keeps its split's.
+    (store,) = (tmp_path / "cache" / "frozen_features").iterdir()
+    shards = set(store.glob("*.safetensors"))
+    documents = {split: len((data / f"{split}_texts.txt").read_text().splitlines())
+                 for split in ("train", "dev", "test")}
+    assert 0 < kept_documents(store) <= sum(documents.values())
+    result = runner.invoke(app, ["train", "--data", str(data), "--output", str(tmp_path / "run2"), *frozen,
+                                 "--set", "train.seed=1"])
+    assert result.exit_code == 0, result.output
+    assert set(store.glob("*.safetensors")) == shards
+    shutil.rmtree(store)
+    result = runner.invoke(app, ["evaluate", str(run / "model"), "--data", str(data), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert 0 < kept_documents(store) <= documents["test"]
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["model_args"]["freeze_encoder"] and config["model_args"]["pooling"] == "mean"
     loaded, _ = load_tensors(tiny_bert / "model.safetensors")

@@ -167,6 +167,34 @@ def test_loading_weights_forgets_the_remembered_features(pretrained):
     torch.testing.assert_close(model(ids, mask), other.eval()(ids, mask))
 
 
+def test_a_feature_cache_on_disk_encodes_each_document_once_across_models(pretrained, tmp_path, monkeypatch):
+    ids, mask = batch([5, 4, 6], 6)
+    first = make(pretrained, freeze_encoder=True).eval()
+    with first.feature_cache(tmp_path):
+        scores = first(ids, mask)
+    (store,) = tmp_path.iterdir()
+    assert len(list(store.glob("*.safetensors"))) == 1  # written when the context ended
+
+    second = make(pretrained, freeze_encoder=True).eval()  # another process, say: same weights, nothing remembered
+    monkeypatch.setattr(second.encoder, "forward", lambda **kw: pytest.fail("a kept document was encoded again"))
+    with second.feature_cache(tmp_path):
+        torch.testing.assert_close(second(ids[1:], mask[1:]), scores[1:])
+    assert len(second.readout.memo) == 2  # what it read, not all the store holds
+    assert len(list(store.glob("*.safetensors"))) == 1  # nothing new to keep
+
+    changed = make(pretrained, freeze_encoder=True).eval()
+    with torch.no_grad():
+        changed.encoder.embeddings.word_embeddings.weight.add_(torch.randn(VOCAB, 32))
+    with changed.feature_cache(tmp_path):
+        assert not torch.allclose(changed(ids, mask), scores)  # other weights read another store
+    assert len(list(tmp_path.iterdir())) == 2
+
+    unfrozen = make(pretrained).eval()
+    with unfrozen.feature_cache(tmp_path / "unfrozen"):
+        unfrozen(ids, mask)
+    assert not (tmp_path / "unfrozen").exists()  # a trained encoder's features change: nothing is kept
+
+
 def test_errors(pretrained, tmp_path):
     with pytest.raises(UserError, match="num_cls_layers.*3 layers.*got 5"):
         make(pretrained, num_cls_layers=5)  # set explicitly: too many for a 3-layer encoder

@@ -170,6 +170,8 @@ def evaluate(
                                                        "train.propensity_a).")] = None,
     propensity_b: Annotated[float | None, typer.Option(help="PSP@k propensity constant B (default: the model's "
                                                        "train.propensity_b).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where a frozen encoder's document vectors are kept "
+                                                   "(default $LCENET_CACHE or ~/.cache/lcenet).")] = None,
 ):
     """Print P@k, nDCG@k and PSP@k of a saved model (or an ensemble) on one split, as JSON (settings as in
     training)."""
@@ -180,7 +182,7 @@ def evaluate(
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
     typer.echo(json.dumps(evaluate_directory(model_dirs, data, split, device, batch_size, propensity_a,
-                                             propensity_b), indent=2))
+                                             propensity_b, cache_dir), indent=2))
 
 
 @app.command()

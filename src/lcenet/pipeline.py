@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +34,8 @@ from lcenet.shortlist import ShortlistModel, build_clusters, shortlist_args, sho
 from lcenet.train import BEST_FILE, CHECKPOINT_FILE, Trainer, resolve_device
 
 log = logging.getLogger("lcenet")
+
+FEATURE_CACHE = "frozen_features"  # under the cache directory: lcenet.models.feature_store's stores
 
 
 def build(model: str, model_args: dict, lcenet: dict | None, num_labels: int, vocab_size: int,
@@ -151,7 +153,7 @@ def run_training(config: RunConfig, data_dir: str | Path, output: str | Path, re
     and writes (holding the directory's lock: :func:`lcenet.io.exclusive_run_directory`), and every rank
     returns rank 0's summary."""
     with distributed.process_group(config.train.device):
-        with exclusive_run_directory(output) if distributed.is_main() else nullcontext():
+        with exclusive_run_directory(output) if distributed.is_main() else contextlib.nullcontext():
             return _run_training(config, data_dir, output, resume, cache_dir, progress)
 
 
@@ -207,15 +209,16 @@ def _run_training(config: RunConfig, data_dir: str | Path, output: str | Path, r
                                             len(dataset.train), config.train.propensity_a, config.train.propensity_b)
     trainer = Trainer(model, config.train, splits["train"], splits["dev"], num_labels, output,
                       inv_propensity=inv_propensity, progress=progress)
-    state = trainer.fit(resume=resume)
-    if not distributed.is_main():
-        return distributed.broadcast_object(None)
-    trainer.load_best()
+    with base_of(model).feature_cache(cache_dir / FEATURE_CACHE):
+        state = trainer.fit(resume=resume)
+        if not distributed.is_main():
+            return distributed.broadcast_object(None)
+        trainer.load_best()
 
-    results = {"dev": evaluate_model(trainer.model, splits["dev"], trainer.device, inv_propensity,
-                                     config.train.eval_batch_size, config.train.bf16)}
-    top, _ = predict_top_k(trainer.model, splits["test"].inputs, max(metrics.DEFAULT_KS), trainer.device,
-                           config.train.eval_batch_size, config.train.bf16)
+        results = {"dev": evaluate_model(trainer.model, splits["dev"], trainer.device, inv_propensity,
+                                         config.train.eval_batch_size, config.train.bf16)}
+        top, _ = predict_top_k(trainer.model, splits["test"].inputs, max(metrics.DEFAULT_KS), trainer.device,
+                               config.train.eval_batch_size, config.train.bf16)
     results["test"] = metrics.evaluate(top, splits["test"].labels, inv_propensity=inv_propensity)
     atomic_write_json(output / "test_documents.json", document_hits(top, splits["test"].labels))
     base = base_of(model)
@@ -428,7 +431,7 @@ def load_models(model_dirs: list[str | Path], device: str = "auto") -> list[Load
 
 def evaluate_directory(model_dirs: str | Path | list[str | Path], data_dir: str | Path, split: str = "test",
                        device: str = "auto", batch_size: int | None = None, propensity_a: float | None = None,
-                       propensity_b: float | None = None) -> dict:
+                       propensity_b: float | None = None, cache_dir: str | Path | None = None) -> dict:
     """Score a saved model (or the ensemble of several) on one split of a data set, in its own label space.
 
     Propensity constants, eval batch size and bf16 default to those the (first) model was trained with (its
@@ -436,10 +439,20 @@ def evaluate_directory(model_dirs: str | Path | list[str | Path], data_dir: str 
     members = load_models([model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs), device)
     first = members[0]
     texts, truth, inv_propensity = labelled_split(first, data_dir, split, propensity_a, propensity_b)
-    top, _ = ensemble_top_k([m.model for m in members], [m.encoder.encode(texts) for m in members],
-                            max(metrics.DEFAULT_KS), first.device, batch_size or first.trained["eval_batch_size"],
-                            first.trained["bf16"])
+    with feature_caches(members, cache_dir or text.default_cache_dir()):
+        top, _ = ensemble_top_k([m.model for m in members], [m.encoder.encode(texts) for m in members],
+                                max(metrics.DEFAULT_KS), first.device,
+                                batch_size or first.trained["eval_batch_size"], first.trained["bf16"])
     return metrics.evaluate(top, truth, inv_propensity=inv_propensity)
+
+
+@contextlib.contextmanager
+def feature_caches(members: list[LoadedModel], cache_dir: Path) -> Iterator[None]:
+    """Every member's ``feature_cache`` under ``cache_dir`` (what frozen encoders compute, kept across runs)."""
+    with contextlib.ExitStack() as stack:
+        for member in members:
+            stack.enter_context(base_of(member.model).feature_cache(Path(cache_dir) / FEATURE_CACHE))
+        yield
 
 
 def labelled_split(model: LoadedModel, data_dir: str | Path, split: str, propensity_a: float | None = None,

@@ -7,6 +7,8 @@ model directory's config.json through ``saved_args``).
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -58,6 +60,12 @@ class XMTCModel(nn.Module):
         rows = gather_rows(self.output.weight, unique, sparse)
         scores = encoded @ rows.to(encoded.dtype).T + self.output.bias.index_select(0, unique)  # [B, U]: one GEMM
         return scores.gather(1, inverse)
+
+    def feature_cache(self, directory: Path) -> contextlib.AbstractContextManager[None]:
+        """While the context lasts, keep on disk under ``directory`` what the family computes once per document
+        (a frozen encoder's vectors), and start from what is kept there. A family that computes nothing once per
+        document keeps nothing."""
+        return contextlib.nullcontext()
 
     def saved_args(self) -> dict:
         """Keyword arguments that rebuild this model without any outside file (config.json's model_args)."""

@@ -17,14 +17,16 @@ fine-tuning MiniLM-L6 at 128 tokens takes ~1.3 s a step of 16 documents on one c
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from lcenet.errors import UserError
 from lcenet.models import XMTCModel, register
+from lcenet.models.feature_store import FeatureStore, document_keys, store_name
 
 # Config entries that describe where or when a config was made, not the architecture.
 _UNSAVED_CONFIG_KEYS = ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash")
@@ -62,8 +64,19 @@ class PretrainedEncoderModel(XMTCModel):
         return self
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self.readout.memo.clear()  # the features it remembers are the old weights'
+        self.readout.forget()  # the features it remembers are the old weights'
         super()._load_from_state_dict(*args, **kwargs)
+
+    @contextmanager
+    def feature_cache(self, directory: Path) -> Iterator[None]:
+        if not self.readout.frozen:
+            yield
+            return
+        self.readout.keep_on_disk(directory)
+        try:
+            yield
+        finally:
+            self.readout.flush()
 
 
 @register("bert")
@@ -118,11 +131,14 @@ class EncoderReadout:
     ``[B, num_layers * hidden]``.
 
     A frozen encoder (``frozen``) has no trainable parameters and always runs in eval mode, so a document's vector
-    never changes: it is computed once per process, without gradients, and remembered by the document's token ids
-    (up to ``MEMO_DOCUMENTS`` documents; later ones are recomputed), so every epoch after the first, and every dev
-    evaluation after the first, costs the head only. ``frozen_dtype: bfloat16`` runs the frozen encoder under bf16
-    autocast on every device, in training and prediction alike (about 2.5x faster on a CPU with AMX: 14 against
-    36 ms a document for MiniLM-L6 at 128 tokens on one core here).
+    never changes: it is computed once, without gradients, and remembered by the document's token ids (up to
+    ``MEMO_DOCUMENTS`` documents; later ones are recomputed), so every epoch after the first, and every dev
+    evaluation after the first, costs the head only. Training and ``lcenet evaluate`` also keep the vectors on disk
+    (:meth:`PretrainedEncoderModel.feature_cache`, :mod:`lcenet.models.feature_store`), so the next run over the
+    same documents with the same encoder (another seed or variant of a grid, a resumed run) encodes none of them.
+    ``frozen_dtype: bfloat16`` runs the frozen encoder under bf16 autocast on every device, in training and
+    prediction alike (about 2.5x faster on a CPU with AMX: 14 against 36 ms a document for MiniLM-L6 at 128 tokens
+    on one core here).
     """
 
     MEMO_DOCUMENTS = 200_000  # 1.5 GiB of fp32 vectors at MiniLM-L6's 5 x 384
@@ -138,6 +154,8 @@ class EncoderReadout:
         self.frozen, self.frozen_dtype = bool(frozen), frozen_dtype
         self.size = num_layers * encoder.config.hidden_size
         self.memo: dict[bytes, torch.Tensor] = {}
+        self.store_root: Path | None = None
+        self.store: FeatureStore | None = None
         if self.frozen:
             encoder.requires_grad_(False)
 
@@ -148,14 +166,43 @@ class EncoderReadout:
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if not self.frozen:
             return layer_vectors(self.encoder, input_ids, attention_mask, self.num_layers, self.pooling)
+        if self.store_root is not None and self.store is None:
+            self.store = FeatureStore(self.store_root / store_name(self.encoder, self.saved_args(),
+                                                                   input_ids.device.type))
         keys = document_keys(input_ids, attention_mask)
-        missing = [row for row, key in enumerate(keys) if key not in self.memo]
-        computed = dict(zip(missing, self._frozen_vectors(input_ids, attention_mask, missing))) if missing else {}
-        for row, vector in computed.items():
-            if len(self.memo) < self.MEMO_DOCUMENTS:
-                self.memo[keys[row]] = vector
-        vectors = [computed[row] if row in computed else self.memo[key] for row, key in enumerate(keys)]
-        return torch.stack(vectors).to(input_ids.device)
+        vectors = [self.memo.get(key) for key in keys]
+        for row, key in enumerate(keys):
+            if vectors[row] is None and self.store is not None and (kept := self.store.get(key)) is not None:
+                vectors[row] = self._remember(key, kept.to(input_ids.device))
+        missing = [row for row, vector in enumerate(vectors) if vector is None]
+        if missing:
+            computed = self._frozen_vectors(input_ids, attention_mask, missing)
+            for row, vector in zip(missing, computed):
+                vectors[row] = self._remember(keys[row], vector)
+            if self.store is not None:
+                self.store.add([keys[row] for row in missing], computed)
+        return torch.stack(vectors)
+
+    def _remember(self, key: bytes, vector: torch.Tensor) -> torch.Tensor:
+        if len(self.memo) < self.MEMO_DOCUMENTS:
+            self.memo[key] = vector
+        return vector
+
+    def keep_on_disk(self, root: Path) -> None:
+        """Also keep the frozen vectors in a :class:`FeatureStore` under ``root``, opened at the next call (named
+        by the encoder's weights then), and read the vectors it holds rather than encode their documents."""
+        self.store_root, self.store = root, None
+
+    def flush(self) -> None:
+        if self.store is not None:
+            self.store.flush()
+
+    def forget(self) -> None:
+        """Drop the remembered vectors (the encoder's weights are about to change); the store reopens by the new
+        weights' name at the next call."""
+        self.flush()
+        self.memo.clear()
+        self.store = None
 
     @torch.no_grad()
     def _frozen_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: list[int]
@@ -166,14 +213,6 @@ class EncoderReadout:
         # Its own precision whatever the caller's autocast, so training and prediction remember the same vectors.
         with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.frozen_dtype == "bfloat16"):
             return layer_vectors(self.encoder, ids[:, :width], mask[:, :width], self.num_layers, self.pooling).float()
-
-
-def document_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[bytes]:
-    """A key per row that two rows share exactly when their tokens and mask agree up to the last unmasked one."""
-    ids = input_ids.cpu().numpy().astype(np.int64)
-    mask = attention_mask.cpu().numpy().astype(bool)
-    ends = np.where(mask.any(1), mask.shape[1] - np.argmax(mask[:, ::-1], axis=1), 0)
-    return [ids[row, :end].tobytes() + mask[row, :end].tobytes() for row, end in enumerate(ends)]
 
 
 def pretrained_encoder(pretrained: str | None, encoder_config: dict | None, family: str) -> nn.Module:

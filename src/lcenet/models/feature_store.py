@@ -1,0 +1,98 @@
+"""Document vectors of a frozen encoder kept on disk, so that every run reading the same documents with the same
+frozen encoder in the same way (a grid's cells, a resumed run, ``lcenet evaluate``) encodes each document once.
+
+A store is a directory named by everything a vector depends on besides the document (:func:`store_name`): the
+encoder's weights, the layers read, the pooling, the precision, the device type and the torch version. It holds
+shards, each written atomically: ``keys`` ``[n, 16]`` uint8 (:func:`document_keys`: a 128-bit BLAKE2b digest of
+a document's token ids and mask) and ``vectors`` ``[n, D]`` float32. Several processes may write to one store at
+once: every shard has a name of its own, and a document that two processes both encoded is read once. A process
+killed mid-run loses only the vectors it had not yet written (fewer than ``SHARD_DOCUMENTS``); a shard that
+cannot be read is skipped with a warning (its documents are encoded again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from pathlib import Path
+
+import numpy as np
+import safetensors
+import torch
+from torch import nn
+
+from lcenet.io import save_tensors
+
+log = logging.getLogger("lcenet")
+
+
+class FeatureStore:
+    """One store: the vectors its shards hold, read a document at a time from memory-mapped shards (a store that
+    other data sets filled too costs only its keys' index here), and vectors added since, written as shards."""
+
+    SHARD_DOCUMENTS = 4096
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.pending_keys: list[bytes] = []
+        self.pending_vectors: list[torch.Tensor] = []
+        self.shards = []
+        self.index: dict[bytes, tuple[int, int]] = {}  # key -> (shard, row)
+        for path in sorted(directory.glob("*.safetensors")):
+            try:
+                shard = safetensors.safe_open(str(path), framework="pt")
+                keys = shard.get_tensor("keys").numpy()
+            except Exception as error:  # safetensors raises its own error types; a cache must not stop a run
+                log.warning("%s: skipped, not a readable feature shard (%s)", path, error)
+                continue
+            for row, key in enumerate(keys):
+                self.index.setdefault(bytes(key), (len(self.shards), row))
+            self.shards.append(shard)
+
+    def get(self, key: bytes) -> torch.Tensor | None:
+        """The kept vector of the document ``key`` (on the CPU), or None."""
+        where = self.index.get(key)
+        if where is None:
+            return None
+        shard, row = where
+        return self.shards[shard].get_slice("vectors")[row:row + 1][0]
+
+    def add(self, keys: list[bytes], vectors: torch.Tensor) -> None:
+        self.pending_keys.extend(keys)
+        self.pending_vectors.append(vectors.detach().float().cpu())
+        if len(self.pending_keys) >= self.SHARD_DOCUMENTS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending_keys:
+            return
+        keys = torch.from_numpy(np.frombuffer(b"".join(self.pending_keys), dtype=np.uint8).reshape(-1, KEY_BYTES))
+        save_tensors(self.directory / f"{uuid.uuid4().hex}.safetensors",
+                     {"keys": keys, "vectors": torch.cat(self.pending_vectors)})
+        self.pending_keys, self.pending_vectors = [], []
+
+
+KEY_BYTES = 16
+
+
+def document_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[bytes]:
+    """A key per row that two rows share exactly when their tokens and mask agree up to the last unmasked one
+    (a BLAKE2b digest of those: padding and batch width do not change it)."""
+    ids = input_ids.cpu().numpy().astype(np.int64)
+    mask = attention_mask.cpu().numpy().astype(bool)
+    ends = np.where(mask.any(1), mask.shape[1] - np.argmax(mask[:, ::-1], axis=1), 0)
+    return [hashlib.blake2b(ids[row, :end].tobytes() + mask[row, :end].tobytes(), digest_size=KEY_BYTES).digest()
+            for row, end in enumerate(ends)]
+
+
+def store_name(encoder: nn.Module, settings: dict, device_type: str) -> str:
+    """A digest of the encoder's weights and buffers, the readout ``settings``, the device type and torch's
+    version: two readouts share a store exactly when they compute the same vectors."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([settings, device_type, torch.__version__], sort_keys=True).encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
