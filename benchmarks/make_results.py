@@ -286,6 +286,27 @@ def sparse_epoch_section(paths: list[Path]) -> list[str]:
     return lines + [""]
 
 
+def frozen_features_section(paths: list[Path]) -> list[str]:
+    """``lcenet evaluate`` of a frozen-encoder model with an empty and a filled feature cache
+    (benchmarks/frozen_features.py)."""
+    if not paths:
+        return []
+    lines = ["## Frozen encoders: the document vectors kept on disk", "",
+             "`lcenet evaluate` of a frozen-encoder model on one split in its own process, first with an empty cache "
+             "directory (every document encoded), then with the vectors that run kept.", "",
+             "| record | model | split | threads | load | empty cache s | filled cache s | speed-up | same metrics |",
+             "|:--|:--|:--|--:|--:|--:|--:|--:|:--|"]
+    records = [json.loads(path.read_text()) for path in paths]
+    for path, record in zip(paths, records):
+        seconds = record["evaluate_seconds"]
+        lines.append(f"| `{path.name}` | `{record['model']}` | {record['split']} | {record['threads']} | "
+                     f"{record['load_average_1min']:.1f} | {seconds['empty_cache']:.1f} | "
+                     f"{seconds['filled_cache']:.1f} | ×{record['speedup']:.2f} | {record['same_metrics']} |")
+    lines.append("")
+    lines += [source_line(path, record) for path, record in zip(paths, records)]
+    return lines + [""]
+
+
 def serve_load_section(paths: list[Path]) -> list[str]:
     if not paths:
         return []
@@ -569,6 +590,7 @@ def main() -> None:
     lines += ["# Benchmarks", ""]
     lines += step_time_section(sorted(RESULTS.glob("step_time_*.json")))
     lines += sparse_epoch_section(sorted(RESULTS.glob("sparse_epoch_*.json")))
+    lines += frozen_features_section(sorted(RESULTS.glob("frozen_features_*.json")))
     lines += serve_load_section(sorted(RESULTS.glob("serve_load_*.json")))
     lines += reliability_section(sorted(RESULTS.glob("kill_fuzz_*.json")),
                                  sorted(RESULTS.glob("ddp_throughput_*.json")),
