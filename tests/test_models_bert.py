@@ -195,6 +195,15 @@ def test_a_feature_cache_on_disk_encodes_each_document_once_across_models(pretra
     assert not (tmp_path / "unfrozen").exists()  # a trained encoder's features change: nothing is kept
 
 
+def test_models_that_read_one_encoder_alike_share_its_vectors_in_a_process(pretrained, tmp_path, monkeypatch):
+    ids, mask = batch([5, 4], 5)
+    first, second = make(pretrained, freeze_encoder=True).eval(), make(pretrained, freeze_encoder=True).eval()
+    monkeypatch.setattr(second.encoder, "forward", lambda **kw: pytest.fail("encoded by both members"))
+    with first.feature_cache(tmp_path), second.feature_cache(tmp_path):  # an ensemble of two seeds, say
+        expected = first.readout(ids, mask)
+        torch.testing.assert_close(second.readout(ids, mask), expected)
+
+
 def test_errors(pretrained, tmp_path):
     with pytest.raises(UserError, match="num_cls_layers.*3 layers.*got 5"):
         make(pretrained, num_cls_layers=5)  # set explicitly: too many for a 3-layer encoder

@@ -1,3 +1,5 @@
+import shutil
+
 import torch
 
 from lcenet.models.feature_store import FeatureStore, document_keys, store_name
@@ -39,6 +41,17 @@ def test_an_unreadable_shard_is_skipped_with_a_warning(tmp_path, caplog):
         reopened = FeatureStore(tmp_path)
     assert "broken.safetensors: skipped" in caplog.text
     torch.testing.assert_close(reopened.get(bytes([1]) * 16), torch.ones(4))
+
+
+def test_a_process_opens_one_store_per_directory_until_it_is_removed(tmp_path):
+    directory = tmp_path / "store"
+    store = FeatureStore.open(directory)
+    assert FeatureStore.open(directory) is store
+    store.add([bytes([1]) * 16], torch.ones(1, 4))
+    assert FeatureStore.open(directory).get(bytes([1]) * 16) is not None  # added, not yet written
+    store.flush()
+    shutil.rmtree(directory)  # the cache was cleared: what the process knew of it is gone too
+    assert FeatureStore.open(directory).get(bytes([1]) * 16) is None
 
 
 def test_store_names_follow_the_weights_and_the_settings():

@@ -167,8 +167,8 @@ class EncoderReadout:
         if not self.frozen:
             return layer_vectors(self.encoder, input_ids, attention_mask, self.num_layers, self.pooling)
         if self.store_root is not None and self.store is None:
-            self.store = FeatureStore(self.store_root / store_name(self.encoder, self.saved_args(),
-                                                                   input_ids.device.type))
+            self.store = FeatureStore.open(self.store_root / store_name(self.encoder, self.saved_args(),
+                                                                        input_ids.device.type))
         keys = document_keys(input_ids, attention_mask)
         vectors = [self.memo.get(key) for key in keys]
         for row, key in enumerate(keys):

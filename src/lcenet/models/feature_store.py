@@ -17,6 +17,7 @@ import json
 import logging
 import uuid
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import safetensors
@@ -30,29 +31,33 @@ log = logging.getLogger("lcenet")
 
 class FeatureStore:
     """One store: the vectors its shards hold, read a document at a time from memory-mapped shards (a store that
-    other data sets filled too costs only its keys' index here), and vectors added since, written as shards."""
+    other data sets filled too costs only its keys' index here), and vectors added since, written as shards.
+    Readouts open it through :meth:`open`, which gives every readout of a process the same store, so the members
+    of an ensemble that read one encoder alike encode each document once between them."""
 
     SHARD_DOCUMENTS = 4096
+    _opened: ClassVar[dict[Path, FeatureStore]] = {}
+
+    @classmethod
+    def open(cls, directory: Path) -> FeatureStore:
+        """This process's store in ``directory`` (a new one if that directory was removed since)."""
+        store = cls._opened.get(directory)
+        if store is None or (store.shards and not directory.is_dir()):
+            store = cls._opened[directory] = cls(directory)
+        return store
 
     def __init__(self, directory: Path):
         self.directory = directory
-        self.pending_keys: list[bytes] = []
-        self.pending_vectors: list[torch.Tensor] = []
+        self.pending: dict[bytes, torch.Tensor] = {}
         self.shards = []
         self.index: dict[bytes, tuple[int, int]] = {}  # key -> (shard, row)
         for path in sorted(directory.glob("*.safetensors")):
-            try:
-                shard = safetensors.safe_open(str(path), framework="pt")
-                keys = shard.get_tensor("keys").numpy()
-            except Exception as error:  # safetensors raises its own error types; a cache must not stop a run
-                log.warning("%s: skipped, not a readable feature shard (%s)", path, error)
-                continue
-            for row, key in enumerate(keys):
-                self.index.setdefault(bytes(key), (len(self.shards), row))
-            self.shards.append(shard)
+            self._read_shard(path)
 
     def get(self, key: bytes) -> torch.Tensor | None:
         """The kept vector of the document ``key`` (on the CPU), or None."""
+        if (vector := self.pending.get(key)) is not None:
+            return vector
         where = self.index.get(key)
         if where is None:
             return None
@@ -60,18 +65,30 @@ class FeatureStore:
         return self.shards[shard].get_slice("vectors")[row:row + 1][0]
 
     def add(self, keys: list[bytes], vectors: torch.Tensor) -> None:
-        self.pending_keys.extend(keys)
-        self.pending_vectors.append(vectors.detach().float().cpu())
-        if len(self.pending_keys) >= self.SHARD_DOCUMENTS:
+        for key, vector in zip(keys, vectors.detach().float().cpu()):
+            self.pending.setdefault(key, vector)
+        if len(self.pending) >= self.SHARD_DOCUMENTS:
             self.flush()
 
     def flush(self) -> None:
-        if not self.pending_keys:
+        if not self.pending:
             return
-        keys = torch.from_numpy(np.frombuffer(b"".join(self.pending_keys), dtype=np.uint8).reshape(-1, KEY_BYTES))
-        save_tensors(self.directory / f"{uuid.uuid4().hex}.safetensors",
-                     {"keys": keys, "vectors": torch.cat(self.pending_vectors)})
-        self.pending_keys, self.pending_vectors = [], []
+        path = self.directory / f"{uuid.uuid4().hex}.safetensors"
+        keys = np.frombuffer(b"".join(self.pending), dtype=np.uint8).reshape(-1, KEY_BYTES)
+        save_tensors(path, {"keys": torch.from_numpy(keys), "vectors": torch.stack(list(self.pending.values()))})
+        self.pending = {}
+        self._read_shard(path)
+
+    def _read_shard(self, path: Path) -> None:
+        try:
+            shard = safetensors.safe_open(str(path), framework="pt")
+            keys = shard.get_tensor("keys").numpy()
+        except Exception as error:  # safetensors raises its own error types; a cache must not stop a run
+            log.warning("%s: skipped, not a readable feature shard (%s)", path, error)
+            return
+        for row, key in enumerate(keys):
+            self.index.setdefault(bytes(key), (len(self.shards), row))
+        self.shards.append(shard)
 
 
 KEY_BYTES = 16
