@@ -74,8 +74,8 @@ class FeatureStore:
         if not self.pending:
             return
         path = self.directory / f"{uuid.uuid4().hex}.safetensors"
-        keys = np.frombuffer(b"".join(self.pending), dtype=np.uint8).reshape(-1, KEY_BYTES)
-        save_tensors(path, {"keys": torch.from_numpy(keys), "vectors": torch.stack(list(self.pending.values()))})
+        keys = torch.frombuffer(bytearray(b"".join(self.pending)), dtype=torch.uint8).reshape(-1, KEY_BYTES)
+        save_tensors(path, {"keys": keys, "vectors": torch.stack(list(self.pending.values()))})
         self.pending = {}
         self._read_shard(path)
 
