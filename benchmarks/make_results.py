@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -262,18 +263,22 @@ def step_time_section(paths: list[Path]) -> list[str]:
     return lines + [""]
 
 
-def sparse_epoch_section(paths: list[Path]) -> list[str]:
-    """One real EURLEX57K training epoch of the sparse family per variant (benchmarks/sparse_epoch.py)."""
+def record_table(paths: list[Path], header: list[str], rows: Callable[[Path, dict], list[str]]) -> list[str]:
+    """A benchmark section: ``header`` (title, prose, table head), the table ``rows`` of each record, then each
+    record's source line; nothing when there are no records."""
     if not paths:
         return []
-    lines = ["## Sparse family: one training epoch on EURLEX57K", "",
-             "All 45,000 train documents, batch 512, `lcenet train` for one epoch per variant in its own process; "
-             "seconds are the run's training steps (dev evaluation excluded). The dev scores after one epoch only "
-             "check that bf16 trains as fp32 does.", "",
-             "| record | threads | variant | LCENet | s/epoch | train docs/s | dev P@1 / nDCG@5 after 1 epoch |",
-             "|:--|--:|:--|:--|--:|--:|--:|"]
     records = [json.loads(path.read_text()) for path in paths]
+    lines = list(header)
     for path, record in zip(paths, records):
+        lines += rows(path, record)
+    return lines + [""] + [source_line(path, record) for path, record in zip(paths, records)] + [""]
+
+
+def sparse_epoch_section(paths: list[Path]) -> list[str]:
+    """One real EURLEX57K training epoch of the sparse family per variant (benchmarks/sparse_epoch.py)."""
+    def rows(path: Path, record: dict) -> list[str]:
+        lines = []
         for name, run in record["variants"].items():
             settings = run["lcenet_settings"]
             lcenet = f"R={settings['rank']}, {settings['blocks']} blocks" if settings else "—"
@@ -281,30 +286,32 @@ def sparse_epoch_section(paths: list[Path]) -> list[str]:
             lines.append(f"| `{path.name}` | {record['threads']} | {name} | {lcenet} | "
                          f"{run['epoch_train_seconds']:.1f} | {run['train_docs_per_s']:,.0f} | "
                          f"{100 * dev['P@1']:.2f} / {100 * dev['nDCG@5']:.2f} |")
-    lines.append("")
-    lines += [source_line(path, record) for path, record in zip(paths, records)]
-    return lines + [""]
+        return lines
+
+    return record_table(paths, [
+        "## Sparse family: one training epoch on EURLEX57K", "",
+        "All 45,000 train documents, batch 512, `lcenet train` for one epoch per variant in its own process; "
+        "seconds are the run's training steps (dev evaluation excluded). The dev scores after one epoch only "
+        "check that bf16 trains as fp32 does.", "",
+        "| record | threads | variant | LCENet | s/epoch | train docs/s | dev P@1 / nDCG@5 after 1 epoch |",
+        "|:--|--:|:--|:--|--:|--:|--:|"], rows)
 
 
 def frozen_features_section(paths: list[Path]) -> list[str]:
     """``lcenet evaluate`` of a frozen-encoder model with an empty and a filled feature cache
     (benchmarks/frozen_features.py)."""
-    if not paths:
-        return []
-    lines = ["## Frozen encoders: the document vectors kept on disk", "",
-             "`lcenet evaluate` of a frozen-encoder model on one split in its own process, first with an empty cache "
-             "directory (every document encoded), then with the vectors that run kept.", "",
-             "| record | model | split | threads | load | empty cache s | filled cache s | speed-up | same metrics |",
-             "|:--|:--|:--|--:|--:|--:|--:|--:|:--|"]
-    records = [json.loads(path.read_text()) for path in paths]
-    for path, record in zip(paths, records):
+    def rows(path: Path, record: dict) -> list[str]:
         seconds = record["evaluate_seconds"]
-        lines.append(f"| `{path.name}` | `{record['model']}` | {record['split']} | {record['threads']} | "
-                     f"{record['load_average_1min']:.1f} | {seconds['empty_cache']:.1f} | "
-                     f"{seconds['filled_cache']:.1f} | ×{record['speedup']:.2f} | {record['same_metrics']} |")
-    lines.append("")
-    lines += [source_line(path, record) for path, record in zip(paths, records)]
-    return lines + [""]
+        return [f"| `{path.name}` | `{record['model']}` | {record['split']} | {record['threads']} | "
+                f"{record['load_average_1min']:.1f} | {seconds['empty_cache']:.1f} | "
+                f"{seconds['filled_cache']:.1f} | ×{record['speedup']:.2f} | {record['same_metrics']} |"]
+
+    return record_table(paths, [
+        "## Frozen encoders: the document vectors kept on disk", "",
+        "`lcenet evaluate` of a frozen-encoder model on one split in its own process, first with an empty cache "
+        "directory (every document encoded), then with the vectors that run kept.", "",
+        "| record | model | split | threads | load | empty cache s | filled cache s | speed-up | same metrics |",
+        "|:--|:--|:--|--:|--:|--:|--:|--:|:--|"], rows)
 
 
 def serve_load_section(paths: list[Path]) -> list[str]:
