@@ -76,7 +76,7 @@ class PretrainedEncoderModel(XMTCModel):
         try:
             yield
         finally:
-            self.readout.flush()
+            self.readout.stop_keeping()
 
 
 @register("bert")
@@ -196,6 +196,11 @@ class EncoderReadout:
     def flush(self) -> None:
         if self.store is not None:
             self.store.flush()
+
+    def stop_keeping(self) -> None:
+        """Write what is pending and keep nothing more on disk (vectors stay remembered in memory)."""
+        self.flush()
+        self.store_root, self.store = None, None
 
     def forget(self) -> None:
         """Drop the remembered vectors (the encoder's weights are about to change); the store reopens by the new
