@@ -540,6 +540,9 @@ def latency_text(measurement: dict) -> str:
 
 
 BEST_ENSEMBLES_SHOWN = 10
+# Records written before ensembles could average logits averaged sigmoid scores; their reproduce command now
+# needs the rule spelt out, since the default became the logit mean.
+RULE_BEFORE_COMBINE = "sigmoid"
 SEARCHES = {"exhaustive": "every subset of the models up to the size limit",
             "forward": "greedy forward selection: each round adds the model that makes the best ensemble"}
 
@@ -550,8 +553,13 @@ def best_ensemble_section(paths: list[Path]) -> list[str]:
     for path in paths:
         record = json.loads(path.read_text())
         best = record["best"]
+        reproduce = best["reproduce"] + ("" if "combine" in best else f" --combine {RULE_BEFORE_COMBINE}")
         candidates = record["candidates"]
-        singles = [c for c in candidates if len(c["members"]) == 1]
+        singles = {}  # one model scores alike under every rule: shown once
+        for c in candidates:
+            if len(c["members"]) == 1:
+                singles.setdefault(c["members"][0], c)
+        singles = list(singles.values())
         ensembles = sorted((c for c in candidates if len(c["members"]) > 1), key=lambda c: -c["dev"]["nDCG@5"])
         shown = singles + ensembles[:BEST_ENSEMBLES_SHOWN]
         lines += [f"## Best model chosen on dev: `{path.name}`", "",
@@ -560,13 +568,15 @@ def best_ensemble_section(paths: list[Path]) -> list[str]:
                   f"{record['selected_on']} scored on test once. Below: every single model and the "
                   f"{min(BEST_ENSEMBLES_SHOWN, len(ensembles))} best of the {len(ensembles)} ensembles (all of them "
                   "in the record).", "",
-                  "| members | dev P@1 | dev nDCG@5 |", "|:--|--:|--:|"]
-        lines += [f"| {' + '.join(Path(m).parent.name for m in c['members'])} | {100 * c['dev']['P@1']:.2f} | "
-                  f"{100 * c['dev']['nDCG@5']:.2f} |" for c in shown]
-        lines += ["", f"Chosen: {' + '.join(Path(m).parent.name for m in best['members'])}: **test P@1 "
+                  "| members | combined by | dev P@1 | dev nDCG@5 |", "|:--|:--|--:|--:|"]
+        lines += [f"| {' + '.join(Path(m).parent.name for m in c['members'])} | "
+                  f"{c.get('combine', RULE_BEFORE_COMBINE) if len(c['members']) > 1 else ''} | "
+                  f"{100 * c['dev']['P@1']:.2f} | {100 * c['dev']['nDCG@5']:.2f} |" for c in shown]
+        lines += ["", f"Chosen: {' + '.join(Path(m).parent.name for m in best['members'])} (combined by "
+                  f"{best.get('combine', RULE_BEFORE_COMBINE)}): **test P@1 "
                   f"{100 * best['test']['P@1']:.2f}, nDCG@5 {100 * best['test']['nDCG@5']:.2f}** "
                   f"(P@3 {100 * best['test']['P@3']:.2f}, P@5 {100 * best['test']['P@5']:.2f}). Reproduce: "
-                  f"`{best['reproduce']}`; the members' training commands:", ""]
+                  f"`{reproduce}`; the members' training commands:", ""]
         lines += [f"- `{run['command']}` (test P@1 {100 * run['test_P@1']:.2f}, nDCG@5 {100 * run['test_nDCG@5']:.2f})"
                   for run in record["member_runs"].values()]
         lines += ["", f"- `{record['command']}` ({record['wall_seconds']:.0f} s, {provenance_text(record)})", ""]

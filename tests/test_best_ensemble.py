@@ -1,6 +1,9 @@
-"""benchmarks/best_ensemble.py scores every subset in one pass exactly as ``lcenet evaluate`` scores it."""
+"""benchmarks/best_ensemble.py scores every subset in one pass exactly as ``lcenet evaluate`` scores it, under
+either combining rule."""
 
 import itertools
+import json
+import sys
 
 import pytest
 
@@ -19,11 +22,26 @@ def test_every_subset_scores_as_lcenet_evaluate_does(tmp_path, monkeypatch):
         run_training(config, data, tmp_path / f"run{index}", progress=False)
         dirs.append(tmp_path / f"run{index}" / "model")
     subsets = [s for size in (1, 2, 3) for s in itertools.combinations(range(3), size)]
-    scores = load_benchmark("best_ensemble").subset_scores(dirs, subsets, data, "dev", "cpu")
-    for members, found in zip(subsets, scores):
-        expected = evaluate_directory([dirs[i] for i in members], data, "dev", "cpu")
-        assert found == pytest.approx(expected, abs=1e-12), members
-    assert len({round(s["nDCG@5"], 9) for s in scores}) > 1  # the subsets differ, so the match is not vacuous
+    for combine in ("logit", "sigmoid"):
+        scores = load_benchmark("best_ensemble").subset_scores(dirs, subsets, data, "dev", "cpu", combine)
+        for members, found in zip(subsets, scores):
+            expected = evaluate_directory([dirs[i] for i in members], data, "dev", "cpu", combine=combine)
+            assert found == pytest.approx(expected, abs=1e-12), (members, combine)
+        assert len({round(s["nDCG@5"], 9) for s in scores}) > 1  # the subsets differ, so the match is not vacuous
+
+    # the script searches both rules and scores only the best on dev on test, by lcenet evaluate's path
+    output = tmp_path / "best.json"
+    monkeypatch.setattr(sys, "argv", ["best_ensemble.py", "--data", str(data), "--models", *map(str, dirs),
+                                      "--combine", "logit", "sigmoid", "--device", "cpu", "--output", str(output)])
+    load_benchmark("best_ensemble").main()
+    record = json.loads(output.read_text())
+    assert {c["combine"] for c in record["candidates"]} == {"logit", "sigmoid"}
+    assert len(record["candidates"]) == 2 * len(subsets)
+    best = record["best"]
+    assert best["dev"]["nDCG@5"] == max(c["dev"]["nDCG@5"] for c in record["candidates"])
+    assert best["reproduce"].endswith(f"--split test --combine {best['combine']}")
+    assert best["test"] == pytest.approx(evaluate_directory(best["members"], data, "test", "cpu",
+                                                            combine=best["combine"]), abs=1e-12)
 
 
 def test_forward_selection_adds_the_best_model_each_round_and_stops_when_nothing_helps():

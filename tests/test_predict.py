@@ -1,5 +1,6 @@
 import gzip
 import json
+import math
 
 import pytest
 
@@ -27,7 +28,15 @@ def test_malformed_label_name_files(tmp_path, name, content, where):
         read_label_names(path)
 
 
-def test_an_ensemble_of_two_families_averages_their_scores_and_refuses_other_labels(tmp_path, monkeypatch):
+def combined(p: float, q: float, combine: str) -> float:
+    """Two members' scores of a label, combined as lcenet.ensemble does."""
+    if combine == "sigmoid":
+        return (p + q) / 2
+    mean_logit = (math.log(p / (1 - p)) + math.log(q / (1 - q))) / 2
+    return 1 / (1 + math.exp(-mean_logit))
+
+
+def test_an_ensemble_of_two_families_combines_their_scores_and_refuses_other_labels(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from conftest import tiny_config, write_tiny_dataset
@@ -43,17 +52,24 @@ def test_an_ensemble_of_two_families_averages_their_scores_and_refuses_other_lab
     dirs = [tmp_path / "cnn" / "model", tmp_path / "tfidf" / "model"]
     texts = ["milk cheese cow", "fishing quota sea tax", ""]
     one, two = (Predictor.load(d, device="cpu").predict(texts, k=30) for d in dirs)  # every label, with scores
-    both = Predictor.load(dirs, device="cpu").predict(texts, k=3)
-    for a, b, ensemble in zip(one, two, both):
-        mean = {label: (a["scores"][a["labels"].index(label)] + b["scores"][b["labels"].index(label)]) / 2
-                for label in a["labels"]}
-        expected = sorted(mean.items(), key=lambda item: -item[1])[:3]
-        assert ensemble["labels"] == [label for label, _ in expected]
-        assert ensemble["scores"] == pytest.approx([score for _, score in expected], abs=2e-6)
+    for combine in ("logit", "sigmoid"):
+        both = Predictor.load(dirs, device="cpu", combine=combine).predict(texts, k=3)
+        for a, b, ensemble in zip(one, two, both):
+            scores = {label: combined(a["scores"][a["labels"].index(label)], b["scores"][b["labels"].index(label)],
+                                      combine) for label in a["labels"]}
+            expected = sorted(scores.items(), key=lambda item: -item[1])[:3]
+            assert ensemble["labels"] == [label for label, _ in expected], combine
+            assert ensemble["scores"] == pytest.approx([score for _, score in expected], abs=2e-6), combine
     runner = CliRunner()
-    result = runner.invoke(app, ["evaluate", *map(str, dirs), "--data", str(data), "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    assert 0 <= json.loads(result.stdout)["P@1"] <= 1
+    for combine in ("logit", "sigmoid"):
+        result = runner.invoke(app, ["evaluate", *map(str, dirs), "--data", str(data), "--device", "cpu",
+                                     "--combine", combine])
+        assert result.exit_code == 0, result.output
+        assert 0 <= json.loads(result.stdout)["P@1"] <= 1
+    result = runner.invoke(app, ["predict", *map(str, dirs), "--combine", "max"], input="milk\n")
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
+        "error: an ensemble combines by logit or sigmoid (got 'max')"]
+    assert result.stdout == ""
 
     other = write_tiny_dataset(tmp_path / "other", seed=3)
     (other / "train_labels.txt").write_text((other / "train_labels.txt").read_text().replace("milk", "dairy"))

@@ -12,7 +12,11 @@ from typing import Annotated
 import typer
 
 from lcenet.config import LCENetSettings, RunConfig, ShortlistSettings, apply_override, load_config, validate
+from lcenet.ensemble import COMBINE_RULES, DEFAULT_COMBINE
 from lcenet.errors import UserError
+
+COMBINE_HELP = (f"How an ensemble combines its models' scores of a label: {' or '.join(COMBINE_RULES)} (the sigmoid "
+                "of their mean logit, or their mean sigmoid score).")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Extreme multi-label text classification with LCENet (Label Correlation Enhancement Network).")
@@ -160,7 +164,7 @@ def synth(
 @user_errors
 def evaluate(
     model_dirs: Annotated[list[Path], typer.Argument(help="A saved model directory (RUN_DIR/model); several are "
-                                                     "scored as an ensemble (mean sigmoid score).")],
+                                                     "scored as an ensemble (see --combine).")],
     data: Annotated[Path, typer.Option(help="Data set directory.")],
     split: Annotated[str, typer.Option(help="Split to score: train, dev or test.")] = "test",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -172,6 +176,7 @@ def evaluate(
                                                        "train.propensity_b).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Where a frozen encoder's document vectors are kept "
                                                    "(default $LCENET_CACHE or ~/.cache/lcenet).")] = None,
+    combine: Annotated[str, typer.Option(help=COMBINE_HELP)] = DEFAULT_COMBINE,
 ):
     """Print P@k, nDCG@k and PSP@k of a saved model (or an ensemble) on one split, as JSON (settings as in
     training)."""
@@ -182,19 +187,20 @@ def evaluate(
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
     typer.echo(json.dumps(evaluate_directory(model_dirs, data, split, device, batch_size, propensity_a,
-                                             propensity_b, cache_dir), indent=2))
+                                             propensity_b, cache_dir, combine), indent=2))
 
 
 @app.command()
 @user_errors
 def predict(
     model_dirs: Annotated[list[Path], typer.Argument(help="A saved model directory (RUN_DIR/model); several "
-                                                     "predict as an ensemble (mean sigmoid score).")],
+                                                     "predict as an ensemble (see --combine).")],
     k: Annotated[int, typer.Option("-k", "--top-k", help="Labels per document.")] = 5,
     input: Annotated[Path | None, typer.Option(help="Text file, one document per line (default: stdin).")] = None,
     names: Annotated[Path | None, typer.Option(help="Label id -> name file (TSV or JSON) to add names.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 256,
+    combine: Annotated[str, typer.Option(help=COMBINE_HELP)] = DEFAULT_COMBINE,
 ):
     """Write one JSON line per input line: {"labels": [...], "scores": [...]} in input order."""
     from lcenet.data import decode_line
@@ -208,7 +214,7 @@ def predict(
     raw_lines = (input.read_bytes() if input else sys.stdin.buffer.read()).splitlines()
     # Decode everything first, so bad input stops before any output is written; the same rules as data files.
     texts = [decode_line(raw, source, number) for number, raw in enumerate(raw_lines, start=1)]
-    predictor = Predictor.load(model_dirs, device, names)
+    predictor = Predictor.load(model_dirs, device, names, combine)
     for start in range(0, len(texts), batch_size):
         _write_predictions(predictor.predict(texts[start:start + batch_size], k, batch_size))
 

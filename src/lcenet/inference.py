@@ -29,7 +29,7 @@ import torch
 
 from lcenet import metrics
 from lcenet.candidates import padded_label_ids
-from lcenet.ensemble import DEFAULT_CANDIDATES, average_over_union
+from lcenet.ensemble import DEFAULT_CANDIDATES, DEFAULT_COMBINE, average_over_union
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -285,10 +285,11 @@ def predict_top_k(model: torch.nn.Module, inputs: InputStore, k: int, device: to
 
 @torch.no_grad()
 def ensemble_top_k(models: Sequence[torch.nn.Module], inputs: Sequence[InputStore], k: int, device: torch.device,
-                   batch_size: int = 256, bf16: bool = True, candidates: int = DEFAULT_CANDIDATES
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k labels of the models' mean sigmoid score (each model reads its own inputs of the same documents),
-    over the union of their top-``candidates`` labels (:mod:`lcenet.ensemble`); one model: its own top k."""
+                   batch_size: int = 256, bf16: bool = True, candidates: int = DEFAULT_CANDIDATES,
+                   combine: str = DEFAULT_COMBINE) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k labels of the models' combined score (each model reads its own inputs of the same documents;
+    ``combine``: mean logit or mean sigmoid score) over the union of their top-``candidates`` labels
+    (:mod:`lcenet.ensemble`); one model: its own top k."""
     for model in models:
         model.eval()
     count = len(inputs[0])
@@ -297,7 +298,7 @@ def ensemble_top_k(models: Sequence[torch.nn.Module], inputs: Sequence[InputStor
         rows = np.arange(start, min(start + batch_size, count))
         with autocast(device, bf16):
             outputs = [model.score(*store.batch(rows, device)) for model, store in zip(models, inputs)]
-        top, top_scores = average_over_union(outputs, k, candidates)
+        top, top_scores = average_over_union(outputs, k, candidates, combine)
         indices.append(top.cpu().numpy())
         scores.append(top_scores.cpu().numpy())
     if not indices:

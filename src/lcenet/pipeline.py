@@ -22,7 +22,7 @@ from lcenet import data, distributed, metrics, text
 from lcenet.candidates import LabelClusters
 from lcenet.config import RunConfig, TrainSettings
 from lcenet.encoders import Encoder, PairedEncoder, TfidfEncoder, TokenEncoder, load_encoder
-from lcenet.ensemble import check_same_labels
+from lcenet.ensemble import DEFAULT_COMBINE, check_combine, check_same_labels
 from lcenet.errors import UserError
 from lcenet.features import fit_cached
 from lcenet.inference import SplitTensors, ensemble_top_k, evaluate_model, predict_top_k
@@ -431,18 +431,22 @@ def load_models(model_dirs: list[str | Path], device: str = "auto") -> list[Load
 
 def evaluate_directory(model_dirs: str | Path | list[str | Path], data_dir: str | Path, split: str = "test",
                        device: str = "auto", batch_size: int | None = None, propensity_a: float | None = None,
-                       propensity_b: float | None = None, cache_dir: str | Path | None = None) -> dict:
-    """Score a saved model (or the ensemble of several) on one split of a data set, in its own label space.
+                       propensity_b: float | None = None, cache_dir: str | Path | None = None,
+                       combine: str = DEFAULT_COMBINE) -> dict:
+    """Score a saved model (or the ensemble of several, combined by ``combine``: lcenet.ensemble) on one split of
+    a data set, in its own label space.
 
     Propensity constants, eval batch size and bf16 default to those the (first) model was trained with (its
     config.json's run_config), so PSP@k matches the run's metrics.json; the arguments override them."""
+    check_combine(combine)
     members = load_models([model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs), device)
     first = members[0]
     texts, truth, inv_propensity = labelled_split(first, data_dir, split, propensity_a, propensity_b)
     with feature_caches(members, cache_dir or text.default_cache_dir()):
         top, _ = ensemble_top_k([m.model for m in members], [m.encoder.encode(texts) for m in members],
                                 max(metrics.DEFAULT_KS), first.device,
-                                batch_size or first.trained["eval_batch_size"], first.trained["bf16"])
+                                batch_size or first.trained["eval_batch_size"], first.trained["bf16"],
+                                combine=combine)
     return metrics.evaluate(top, truth, inv_propensity=inv_propensity)
 
 

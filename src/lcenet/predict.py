@@ -1,5 +1,6 @@
 """Prediction from saved model directories: texts in, top-k labels and sigmoid scores out. Several directories
-(of any families, with the same labels) predict as an ensemble: their mean sigmoid score (:mod:`lcenet.ensemble`)."""
+(of any families, with the same labels) predict as an ensemble: the sigmoid of their mean logit, or their mean
+sigmoid score (:mod:`lcenet.ensemble`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import gzip
 import json
 from pathlib import Path
 
+from lcenet.ensemble import DEFAULT_COMBINE, check_combine
 from lcenet.errors import DataError
 from lcenet.inference import ensemble_top_k
 from lcenet.pipeline import LoadedModel, load_models
@@ -14,22 +16,25 @@ from lcenet.pipeline import LoadedModel, load_models
 
 class Predictor:
     """``Predictor.load(model_dir).predict(["some text", ...], k=5)`` -> ``[{"labels": [...], "scores": [...]}]``;
-    ``Predictor.load([dir_a, dir_b])`` predicts with the ensemble of both."""
+    ``Predictor.load([dir_a, dir_b])`` predicts with the ensemble of both (``combine``: lcenet.ensemble's rule)."""
 
-    def __init__(self, members: list[LoadedModel], label_names: dict[str, str] | None = None):
+    def __init__(self, members: list[LoadedModel], label_names: dict[str, str] | None = None,
+                 combine: str = DEFAULT_COMBINE):
         self.members = members
         self.label_names = label_names
+        self.combine = check_combine(combine)
 
     @classmethod
     def load(cls, model_dirs: str | Path | list[str | Path], device: str = "auto",
-             names_file: str | Path | None = None) -> Predictor:
+             names_file: str | Path | None = None, combine: str = DEFAULT_COMBINE) -> Predictor:
+        check_combine(combine)
         members = load_models([model_dirs] if isinstance(model_dirs, (str, Path)) else model_dirs, device)
-        return cls(members, read_label_names(names_file) if names_file else None)
+        return cls(members, read_label_names(names_file) if names_file else None, combine)
 
     def predict(self, texts: list[str], k: int = 5, batch_size: int = 256) -> list[dict]:
         first = self.members[0]
         top, scores = ensemble_top_k([m.model for m in self.members], [m.encoder.encode(texts) for m in self.members],
-                                     k, first.device, batch_size, first.bf16)
+                                     k, first.device, batch_size, first.bf16, combine=self.combine)
         results = []
         for row, row_scores in zip(top, scores):
             scored = row >= 0  # a shortlist model may score fewer than k labels for a document
