@@ -547,6 +547,24 @@ SEARCHES = {"exhaustive": "every subset of the models up to the size limit",
             "forward": "greedy forward selection: each round adds the model that makes the best ensemble"}
 
 
+def rule_comparison(candidates: list[dict]) -> list[str]:
+    """How the combining rules compare on the ensembles both searches scored (none when one rule was searched)."""
+    by_rule: dict[str, dict[tuple, float]] = {}
+    for c in candidates:
+        if len(c["members"]) > 1:
+            by_rule.setdefault(c.get("combine", RULE_BEFORE_COMBINE), {})[tuple(c["members"])] = c["dev"]["nDCG@5"]
+    if len(by_rule) != 2:
+        return []
+    (first, a), (second, b) = by_rule.items()
+    both = sorted(set(a) & set(b))
+    if not both:
+        return []
+    gains = np.array([a[members] - b[members] for members in both]) * 100
+    return ["", f"The {len(both)} ensembles scored under both rules: dev nDCG@5 by {first} minus by {second}: "
+                f"mean {gains.mean():+.2f}, min {gains.min():+.2f}, max {gains.max():+.2f}; {first} higher on "
+                f"{int((gains > 0).sum())} of {len(both)}."]
+
+
 def best_ensemble_section(paths: list[Path]) -> list[str]:
     """The best model or ensemble chosen on dev, scored once on test (benchmarks/best_ensemble.py)."""
     lines = []
@@ -572,6 +590,7 @@ def best_ensemble_section(paths: list[Path]) -> list[str]:
         lines += [f"| {' + '.join(Path(m).parent.name for m in c['members'])} | "
                   f"{c.get('combine', RULE_BEFORE_COMBINE) if len(c['members']) > 1 else ''} | "
                   f"{100 * c['dev']['P@1']:.2f} | {100 * c['dev']['nDCG@5']:.2f} |" for c in shown]
+        lines += rule_comparison(candidates)
         lines += ["", f"Chosen: {' + '.join(Path(m).parent.name for m in best['members'])} (combined by "
                   f"{best.get('combine', RULE_BEFORE_COMBINE)}): **test P@1 "
                   f"{100 * best['test']['P@1']:.2f}, nDCG@5 {100 * best['test']['nDCG@5']:.2f}** "

@@ -60,3 +60,37 @@ def test_forward_selection_keeps_the_smaller_ensemble_on_a_tie():
     select = load_benchmark("best_ensemble").forward_selection
     scored = select(lambda members: {"nDCG@5": 0.7, "P@1": 0.9}, count=3, max_size=3)
     assert set(scored) == {(0,), (1,), (2,), (0, 1), (0, 2)}  # a tie adds nothing, so the second round is last
+
+
+def test_results_section_compares_the_rules_and_spells_out_the_rule_of_older_records(tmp_path):
+    make_results = load_benchmark("make_results")
+
+    def candidate(members, combine, ndcg):
+        return {"members": [f"runs/{m}/model" for m in members], "combine": combine,
+                "dev": {"P@1": 0.9, "nDCG@5": ndcg}}
+
+    candidates = [candidate("a", "logit", .80), candidate("b", "logit", .79), candidate("ab", "logit", .83),
+                  candidate("a", "sigmoid", .80), candidate("b", "sigmoid", .79), candidate("ab", "sigmoid", .82),
+                  candidate("ba", "sigmoid", .81)]
+    test = {"P@1": 0.91, "P@3": 0.8, "P@5": 0.7, "nDCG@5": 0.82}
+    record = {"data": "d", "selected_on": "dev nDCG@5", "search": "forward", "candidates": candidates,
+              "best": {"members": candidates[2]["members"], "combine": "logit", "dev": candidates[2]["dev"],
+                       "test": test, "reproduce": "lcenet evaluate runs/a/model runs/b/model --combine logit"},
+              "member_runs": {}, "command": "python benchmarks/best_ensemble.py", "wall_seconds": 1.0}
+    (tmp_path / "new.json").write_text(json.dumps(record))
+    old = json.loads(json.dumps(record))
+    for c in old["candidates"]:
+        del c["combine"]
+    del old["best"]["combine"]
+    old["candidates"] = old["candidates"][:3]
+    old["best"]["reproduce"] = "lcenet evaluate runs/a/model runs/b/model --split test"
+    (tmp_path / "old.json").write_text(json.dumps(old))
+
+    new_lines = "\n".join(make_results.best_ensemble_section([tmp_path / "new.json"]))
+    assert new_lines.count("| a |") == 1  # a single model scores alike under both rules: shown once
+    assert "The 1 ensembles scored under both rules: dev nDCG@5 by logit minus by sigmoid: mean +1.00" in new_lines
+    assert "(combined by logit)" in new_lines and "`lcenet evaluate runs/a/model runs/b/model --combine logit`" \
+        in new_lines
+    old_lines = "\n".join(make_results.best_ensemble_section([tmp_path / "old.json"]))
+    assert "(combined by sigmoid)" in old_lines and "--split test --combine sigmoid`" in old_lines
+    assert "under both rules" not in old_lines

@@ -80,6 +80,8 @@ def test_predictions_equal_predictor_output(server, predictor, model_dir):
     info = httpx.get(f"{server.url}/model").json()
     metrics = json.loads((model_dir.parent / "metrics.json").read_text())
     assert info["family"] == "xmlcnn" and info["num_labels"] == 6 and info["lcenet"]["rank"] == 4
+    assert info["members"] == [{**{key: info[key] for key in info["members"][0] if key != "trained_with"},
+                                "trained_with": info["versions"]["trained_with"]}] and info["combine"] is None
     assert info["metrics"]["test"] == metrics["test"] and info["versions"]["serving"]["lcenet"]
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
     assert httpx.get(f"{server.url}/openapi.json").json()["paths"].keys() >= {"/predict", "/health", "/model"}
@@ -95,6 +97,27 @@ def test_names_default_to_label_ids_and_metrics_to_null(model_dir, tmp_path):
         assert httpx.get(f"{bare.url}/model").json()["metrics"] is None
     finally:
         bare.stop()
+
+
+def test_an_ensemble_serves_as_its_predictor_and_describes_each_member(model_dir, tmp_path):
+    data = model_dir.parent.parent / "data"
+    sparse = tiny_config("sparse", epochs=3, lr=2e-2)
+    sparse.model_args, sparse.data.tfidf_min_df = {"hidden_dims": [16]}, 1
+    run_training(sparse, data, tmp_path / "sparse", cache_dir=tmp_path / "cache", progress=False)
+    dirs = (model_dir, tmp_path / "sparse" / "model")
+    ensemble = Predictor.load(list(dirs), "cpu", combine="sigmoid")
+    running = BackgroundServer(create_app(ensemble, ServeSettings(dirs, combine="sigmoid")))
+    try:
+        response = httpx.post(f"{running.url}/predict", json={"texts": TEXTS, "k": 3})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"predictions": [{**p, "names": p["labels"]} for p in ensemble.predict(TEXTS, 3)]}
+        assert response.json() != {"predictions": Predictor.load(model_dir, "cpu").predict(TEXTS, 3)}
+        info = httpx.get(f"{running.url}/model").json()
+        assert [m["family"] for m in info["members"]] == ["xmlcnn", "sparse"] and info["combine"] == "sigmoid"
+        assert info["members"][0]["lcenet"]["rank"] == 4 and info["members"][1]["metrics"]["test"]
+        assert "family" not in info and info["num_labels"] == 6  # no single model's fields at the top level
+    finally:
+        running.stop()
 
 
 def test_concurrent_requests_are_batched(server, predictor):

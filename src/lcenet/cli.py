@@ -227,7 +227,8 @@ def _write_predictions(results: list[dict]) -> None:
 @app.command()
 @user_errors
 def serve(
-    model_dir: Annotated[Path, typer.Argument(help="A saved model directory (RUN_DIR/model).")],
+    model_dirs: Annotated[list[Path], typer.Argument(help="A saved model directory (RUN_DIR/model); several are "
+                                                     "served as an ensemble (see --combine).")],
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port; the log line names it).")] = 8000,
     names: Annotated[Path | None, typer.Option(help="Label id -> name file (TSV or JSON) to add names.")] = None,
@@ -240,8 +241,10 @@ def serve(
     max_texts: Annotated[int, typer.Option(help="Texts per request (more: 422).")] = 64,
     max_text_chars: Annotated[int, typer.Option(help="Characters per text (more: 422).")] = 100_000,
     max_k: Annotated[int, typer.Option(help="Largest k a request may ask for (also capped at the labels).")] = 100,
+    combine: Annotated[str, typer.Option(help=COMBINE_HELP)] = DEFAULT_COMBINE,
 ):
-    """Serve a model over HTTP: POST /predict, GET /health, GET /model, a page at /, API docs at /docs."""
+    """Serve a model (or an ensemble) over HTTP: POST /predict, GET /health, GET /model, a page at /, API docs
+    at /docs."""
     try:
         from lcenet.serve import ServeSettings
         from lcenet.serve import serve as run_server
@@ -254,9 +257,9 @@ def serve(
         raise UserError(f"--threads must be >= 1 (got {threads})")
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be between 0 and 65535 (got {port})")
-    settings = ServeSettings(model_dir, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+    settings = ServeSettings(tuple(model_dirs), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                              max_body_bytes=max_body_bytes, max_texts=max_texts, max_text_chars=max_text_chars,
-                             max_k=max_k)
+                             max_k=max_k, combine=combine)
     run_server(settings, host, port, names, device, threads)
 
 @app.command()

@@ -1,4 +1,5 @@
-"""``lcenet serve``: a saved model behind HTTP, with micro-batching.
+"""``lcenet serve``: a saved model (or an ensemble of several, as ``lcenet predict`` combines them) behind HTTP,
+with micro-batching.
 
 Requests are queued and run together: one worker thread owns the model, so the event loop never waits on
 a forward pass, and each batch takes every request waiting (up to ``max_batch_size`` documents). Under load
@@ -31,6 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lcenet.ensemble import DEFAULT_COMBINE, check_combine
 from lcenet.errors import UserError
 from lcenet.io import versions
 
@@ -46,15 +48,23 @@ class SupportsPredict(Protocol):
 
 @dataclass(frozen=True)
 class ServeSettings:
-    model_dir: Path
+    model_dirs: tuple[Path, ...]  # one model, or an ensemble's members (a single Path is taken as one)
     max_batch_size: int = 64  # documents per forward pass
     max_wait_ms: float = 5.0  # how long a batch waits for companions while the server is busy
     max_body_bytes: int = 1_000_000
     max_texts: int = 64  # per request
     max_text_chars: int = 100_000  # per text; documents are cut to the model's max_length tokens anyway
     max_k: int = 100
+    combine: str = DEFAULT_COMBINE  # how an ensemble combines its members' scores (lcenet.ensemble)
+
+    def __post_init__(self) -> None:
+        dirs = (self.model_dirs,) if isinstance(self.model_dirs, (str, Path)) else self.model_dirs
+        object.__setattr__(self, "model_dirs", tuple(Path(d) for d in dirs))
 
     def check(self) -> None:
+        if not self.model_dirs:
+            raise UserError("no model directory given")
+        check_combine(self.combine)
         for name in ("max_batch_size", "max_body_bytes", "max_texts", "max_text_chars", "max_k"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
@@ -210,17 +220,18 @@ def create_app(predictor: SupportsPredict, settings: ServeSettings) -> FastAPI:
     import lcenet
 
     settings.check()
-    config = json.loads((settings.model_dir / "config.json").read_text(encoding="utf-8"))
-    num_labels = int(config["num_labels"])
+    members = [member_info(model_dir) for model_dir in settings.model_dirs]
+    num_labels = members[0]["num_labels"]
     top_k = min(settings.max_k, num_labels)
     batcher = MicroBatcher(predictor, settings.max_batch_size, settings.max_wait_ms)
-    model_info = {
-        "model_dir": str(settings.model_dir), "family": config["model"], "model_args": config.get("model_args"),
-        "lcenet": config.get("lcenet"), "num_labels": num_labels, "max_length": config.get("max_length"),
-        "format_version": config.get("format_version", 1), "metrics": training_metrics(settings.model_dir),
-        "versions": {"trained_with": config.get("versions"), "serving": versions()},
-        "limits": {**{k: v for k, v in asdict(settings).items() if k != "model_dir"}, "top_k": top_k},
-    }
+    ensemble = len(members) > 1
+    limits = {k: v for k, v in asdict(settings).items() if k not in ("model_dirs", "combine")}
+    model_info = {"members": members, "combine": settings.combine if ensemble else None, "num_labels": num_labels,
+                  "versions": {"serving": versions()}, "limits": {**limits, "top_k": top_k}}
+    if not ensemble:  # one model: its own fields at the top level too, as before ensembles could be served
+        model_info |= {key: value for key, value in members[0].items() if key != "trained_with"}
+        model_info["versions"]["trained_with"] = members[0]["trained_with"]
+    families = " + ".join(member["family"] for member in members)
     page = PAGE.read_text(encoding="utf-8")
 
     @contextlib.asynccontextmanager
@@ -232,7 +243,8 @@ def create_app(predictor: SupportsPredict, settings: ServeSettings) -> FastAPI:
             batcher.stop()
 
     app = FastAPI(title="lcenet", version=lcenet.__version__, lifespan=lifespan,
-                  description=f"Top-k labels from the {config['model']} model in {settings.model_dir}.")
+                  description=f"Top-k labels from {families} in {', '.join(map(str, settings.model_dirs))}"
+                              + (f" (an ensemble: {settings.combine} rule)." if ensemble else "."))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(StarletteHTTPException)
@@ -275,8 +287,9 @@ def create_app(predictor: SupportsPredict, settings: ServeSettings) -> FastAPI:
 
     @app.get("/model")
     async def model() -> dict:
-        """The model family, LCENet settings, number of labels, training metrics (if the run's metrics.json sits
-        beside the model directory), versions and this server's limits."""
+        """Each member's family, LCENet settings and training metrics (if the run's metrics.json sits beside its
+        model directory), the ensemble's combining rule, the number of labels, versions and this server's limits
+        (one model: its fields at the top level too)."""
         return model_info
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -296,6 +309,15 @@ def one_line(errors: list[dict]) -> str:
         where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
         message = f"{where}: {first['msg']}"
     return message + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+
+
+def member_info(model_dir: Path) -> dict:
+    """What /model tells of one saved model, from its config.json (read by Predictor.load before, so readable)."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    return {"model_dir": str(model_dir), "family": config["model"], "model_args": config.get("model_args"),
+            "lcenet": config.get("lcenet"), "num_labels": int(config["num_labels"]),
+            "max_length": config.get("max_length"), "format_version": config.get("format_version", 1),
+            "metrics": training_metrics(model_dir), "trained_with": config.get("versions")}
 
 
 def training_metrics(model_dir: Path) -> dict | None:
@@ -344,12 +366,12 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, na
     settings.check()
     sock = listen(host, port)  # first, so a busy port fails before the model loads
     torch.set_num_threads(threads or default_threads())
-    predictor = Predictor.load(settings.model_dir, device, names_file)
+    predictor = Predictor.load(list(settings.model_dirs), device, names_file, settings.combine)
     app = create_app(predictor, settings)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    log.info("serving %s at http://%s:%d (page /, API docs /docs; %d torch threads)", settings.model_dir, shown, bound,
-             torch.get_num_threads())
+    log.info("serving %s at http://%s:%d (page /, API docs /docs; %d torch threads)",
+             " + ".join(map(str, settings.model_dirs)), shown, bound, torch.get_num_threads())
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     try:
         server.run(sockets=[sock])
