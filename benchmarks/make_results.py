@@ -573,13 +573,12 @@ def best_ensemble_section(paths: list[Path]) -> list[str]:
         best = record["best"]
         reproduce = best["reproduce"] + ("" if "combine" in best else f" --combine {RULE_BEFORE_COMBINE}")
         candidates = record["candidates"]
-        singles = {}  # one model scores alike under every rule: shown once
+        singles: dict[str, dict] = {}  # one model scores alike under every rule: shown once
         for c in candidates:
             if len(c["members"]) == 1:
                 singles.setdefault(c["members"][0], c)
-        singles = list(singles.values())
         ensembles = sorted((c for c in candidates if len(c["members"]) > 1), key=lambda c: -c["dev"]["nDCG@5"])
-        shown = singles + ensembles[:BEST_ENSEMBLES_SHOWN]
+        shown = [*singles.values(), *ensembles[:BEST_ENSEMBLES_SHOWN]]
         lines += [f"## Best model chosen on dev: `{path.name}`", "",
                   f"Data `{record['data']}`; {len(candidates)} single models and ensembles scored on dev "
                   f"({SEARCHES[record.get('search', 'exhaustive')]}), the best by "
