@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from lcenet.config import DataSettings, LCENetSettings, RunConfig, TrainSettings
+from lcenet.models.feature_store import VectorMemo
 
 TOPICS = {
     "fish": "fishing vessel catch quota sea",
@@ -41,6 +43,13 @@ def write_tiny_dataset(directory: Path, docs=(60, 20, 20), seed: int = 0, with_d
         (directory / f"{split}_texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
         (directory / f"{split}_labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
     return directory
+
+
+@pytest.fixture(autouse=True)
+def memos_of_this_test_only(monkeypatch):
+    """A test's frozen readouts share their remembered vectors with each other, never with an earlier test's."""
+    monkeypatch.setattr(VectorMemo, "_shared", weakref.WeakValueDictionary())
+    monkeypatch.setattr(VectorMemo, "documents", VectorMemo.documents)  # undoes a test's VectorMemo.bound
 
 
 @pytest.fixture

@@ -154,6 +154,8 @@ def test_user_errors_are_one_line(trained, tmp_path):
     one_line_error(runner.invoke(app, ["predict", str(tmp_path / "missing_model")]), "missing_model")
     one_line_error(runner.invoke(app, ["serve", str(tmp_path / "missing_model")]), "missing_model")
     one_line_error(runner.invoke(app, ["serve", str(run / "model"), "--max-texts", "0"]), "--max-texts")
+    one_line_error(runner.invoke(app, ["serve", str(run / "model"), "--remembered-texts", "-1"]),
+                   "--remembered-texts must be >= 0")
     one_line_error(runner.invoke(app, ["serve", str(run / "model"), str(run / "model"), "--combine", "vote"]),
                    "logit or sigmoid", "'vote'")
     with socket.create_server(("127.0.0.1", 0)) as taken:

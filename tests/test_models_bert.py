@@ -1,3 +1,4 @@
+import gc
 import json
 
 import pytest
@@ -8,6 +9,7 @@ from lcenet import with_lcenet
 from lcenet.errors import UserError
 from lcenet.models import build_model, model_class
 from lcenet.models.bert import BertClassifier
+from lcenet.models.feature_store import VectorMemo
 
 transformers = pytest.importorskip("transformers")
 
@@ -175,6 +177,8 @@ def test_a_feature_cache_on_disk_encodes_each_document_once_across_models(pretra
     (store,) = tmp_path.iterdir()
     assert len(list(store.glob("*.safetensors"))) == 1  # written when the context ended
 
+    del first
+    gc.collect()
     second = make(pretrained, freeze_encoder=True).eval()  # another process, say: same weights, nothing remembered
     monkeypatch.setattr(second.encoder, "forward", lambda **kw: pytest.fail("a kept document was encoded again"))
     with second.feature_cache(tmp_path):
@@ -199,9 +203,42 @@ def test_models_that_read_one_encoder_alike_share_its_vectors_in_a_process(pretr
     ids, mask = batch([5, 4], 5)
     first, second = make(pretrained, freeze_encoder=True).eval(), make(pretrained, freeze_encoder=True).eval()
     monkeypatch.setattr(second.encoder, "forward", lambda **kw: pytest.fail("encoded by both members"))
-    with first.feature_cache(tmp_path), second.feature_cache(tmp_path):  # an ensemble of two seeds, say
-        expected = first.readout(ids, mask)
-        torch.testing.assert_close(second.readout(ids, mask), expected)
+    expected = first.readout(ids, mask)  # an ensemble of two seeds, say, with nothing kept on disk (a server)
+    torch.testing.assert_close(second.readout(ids, mask), expected)
+    assert len(second.readout.memo) == 2  # remembered once between them
+
+    other = make(pretrained, freeze_encoder=True, pooling="mean").eval()  # reads the encoder otherwise
+    encoded = []
+    original = other.encoder.forward
+    monkeypatch.setattr(other.encoder, "forward", lambda **kw: encoded.append(1) or original(**kw))
+    assert not torch.allclose(other.readout(ids, mask), expected) and encoded
+
+
+def test_remembered_vectors_are_kept_on_disk_once_a_feature_cache_opens(pretrained, tmp_path, monkeypatch):
+    ids, mask = batch([5, 4, 6], 6)
+    model = make(pretrained, freeze_encoder=True).eval()
+    scores = model(ids, mask)  # remembered only
+    with model.feature_cache(tmp_path):
+        model(ids[:2], mask[:2])  # remembered: nothing encoded, but now kept
+    del model
+    gc.collect()
+    later = make(pretrained, freeze_encoder=True).eval()  # another process, say
+    monkeypatch.setattr(later.encoder, "forward", lambda **kw: pytest.fail("a kept document was encoded again"))
+    with later.feature_cache(tmp_path):
+        torch.testing.assert_close(later(ids[:2], mask[:2]), scores[:2])
+
+
+def test_a_bound_memo_encodes_again_what_it_forgot(pretrained, monkeypatch):
+    VectorMemo.bound(1)
+    model = make(pretrained, freeze_encoder=True).eval()
+    encoded = []
+    original = model.encoder.forward
+    monkeypatch.setattr(model.encoder, "forward", lambda **kw: encoded.append(len(kw["input_ids"])) or original(**kw))
+    ids, mask = batch([5, 4], 5)
+    first = model(ids, mask)
+    torch.testing.assert_close(model(ids[1:], mask[1:]), first[1:])  # the last one read: remembered
+    torch.testing.assert_close(model(ids[:1], mask[:1]), first[:1])  # forgotten: encoded again
+    assert encoded == [2, 1] and len(model.readout.memo) == 1
 
 
 def test_errors(pretrained, tmp_path):

@@ -1,8 +1,9 @@
+import gc
 import shutil
 
 import torch
 
-from lcenet.models.feature_store import FeatureStore, document_keys, store_name
+from lcenet.models.feature_store import FeatureStore, VectorMemo, document_keys, store_name
 
 
 def test_document_keys_ignore_padding_and_tell_documents_apart():
@@ -62,3 +63,20 @@ def test_store_names_follow_the_weights_and_the_settings():
     with torch.no_grad():
         encoder.bias.add_(1e-3)
     assert name != store_name(encoder, {"pooling": "mean"}, "cpu")
+
+
+def test_a_memo_is_shared_by_name_forgets_the_least_recently_used_and_lasts_while_held(monkeypatch):
+    monkeypatch.setattr(VectorMemo, "documents", 3)
+    memo = VectorMemo.shared("a")
+    assert VectorMemo.shared("a") is memo and VectorMemo.shared("b") is not memo
+    keys = [bytes([i]) * 16 for i in range(4)]
+    for key in keys[:3]:
+        memo.add(key, torch.full((2,), float(key[0])))
+    torch.testing.assert_close(memo.get(keys[0]), torch.zeros(2))  # now the most recently used
+    memo.add(keys[3], torch.ones(2))
+    assert memo.get(keys[1]) is None and memo.get(keys[0]) is not None and len(memo) == 3
+    VectorMemo.bound(1)  # a server's bound, applied to the memos already held
+    assert len(memo) == 1 and memo.get(keys[0]) is not None
+    del memo
+    gc.collect()
+    assert len(VectorMemo.shared("a")) == 0  # nobody held it: a new one

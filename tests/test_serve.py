@@ -20,9 +20,10 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from conftest import tiny_config, write_tiny_dataset  # noqa: E402
+from lcenet.models.feature_store import VectorMemo  # noqa: E402
 from lcenet.pipeline import run_training  # noqa: E402
 from lcenet.predict import Predictor  # noqa: E402
-from lcenet.serve import ServeSettings, create_app, listen  # noqa: E402
+from lcenet.serve import ServeSettings, create_app, listen, serve  # noqa: E402
 
 TEXTS = ["milk cheese cow dairy", "fishing vessel quota sea tax", "wine grape vineyard", "aid grant fund budget",
          "vehicle motor emission engine customs", "regulation council article"]
@@ -118,6 +119,12 @@ def test_an_ensemble_serves_as_its_predictor_and_describes_each_member(model_dir
         assert "family" not in info and info["num_labels"] == 6  # no single model's fields at the top level
     finally:
         running.stop()
+
+
+def test_a_server_bounds_what_frozen_encoders_remember(model_dir, monkeypatch):
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: None)  # loads and returns at once
+    serve(ServeSettings(model_dir, remembered_texts=7), port=0, device="cpu", threads=1)
+    assert VectorMemo.documents == 7
 
 
 def test_concurrent_requests_are_batched(server, predictor):

@@ -242,6 +242,9 @@ def serve(
     max_text_chars: Annotated[int, typer.Option(help="Characters per text (more: 422).")] = 100_000,
     max_k: Annotated[int, typer.Option(help="Largest k a request may ask for (also capped at the labels).")] = 100,
     combine: Annotated[str, typer.Option(help=COMBINE_HELP)] = DEFAULT_COMBINE,
+    remembered_texts: Annotated[int, typer.Option(help="Frozen-encoder vectors of the most recent texts kept in "
+                                                  "memory, shared by the members that read one encoder alike "
+                                                  "(a repeated text costs the head only).")] = 10_000,
 ):
     """Serve a model (or an ensemble) over HTTP: POST /predict, GET /health, GET /model, a page at /, API docs
     at /docs."""
@@ -259,7 +262,7 @@ def serve(
         raise UserError(f"--port must be between 0 and 65535 (got {port})")
     settings = ServeSettings(tuple(model_dirs), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                              max_body_bytes=max_body_bytes, max_texts=max_texts, max_text_chars=max_text_chars,
-                             max_k=max_k, combine=combine)
+                             max_k=max_k, combine=combine, remembered_texts=remembered_texts)
     run_server(settings, host, port, names, device, threads)
 
 @app.command()

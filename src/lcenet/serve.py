@@ -56,6 +56,8 @@ class ServeSettings:
     max_text_chars: int = 100_000  # per text; documents are cut to the model's max_length tokens anyway
     max_k: int = 100
     combine: str = DEFAULT_COMBINE  # how an ensemble combines its members' scores (lcenet.ensemble)
+    # A frozen encoder's vectors of the most recent texts, kept in memory (77 MB at MiniLM-L6's 5 x 384).
+    remembered_texts: int = 10_000
 
     def __post_init__(self) -> None:
         dirs = (self.model_dirs,) if isinstance(self.model_dirs, (str, Path)) else self.model_dirs
@@ -70,6 +72,8 @@ class ServeSettings:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.max_wait_ms < 0:
             raise UserError(f"--max-wait-ms must be >= 0 (got {self.max_wait_ms})")
+        if self.remembered_texts < 0:
+            raise UserError(f"--remembered-texts must be >= 0 (got {self.remembered_texts})")
 
 
 @dataclass
@@ -361,11 +365,13 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, na
     """Load the model, listen, and serve until interrupted."""
     import torch
 
+    from lcenet.models.feature_store import VectorMemo
     from lcenet.predict import Predictor
 
     settings.check()
     sock = listen(host, port)  # first, so a busy port fails before the model loads
     torch.set_num_threads(threads or default_threads())
+    VectorMemo.bound(settings.remembered_texts)  # a server runs for long: its memory stays bounded
     predictor = Predictor.load(list(settings.model_dirs), device, names_file, settings.combine)
     app = create_app(predictor, settings)
     bound = sock.getsockname()[1]

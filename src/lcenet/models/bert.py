@@ -26,7 +26,7 @@ from torch import nn
 
 from lcenet.errors import UserError
 from lcenet.models import XMTCModel, register
-from lcenet.models.feature_store import FeatureStore, document_keys, store_name
+from lcenet.models.feature_store import FeatureStore, VectorMemo, document_keys, store_name
 
 # Config entries that describe where or when a config was made, not the architecture.
 _UNSAVED_CONFIG_KEYS = ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash")
@@ -131,17 +131,16 @@ class EncoderReadout:
     ``[B, num_layers * hidden]``.
 
     A frozen encoder (``frozen``) has no trainable parameters and always runs in eval mode, so a document's vector
-    never changes: it is computed once, without gradients, and remembered by the document's token ids (up to
-    ``MEMO_DOCUMENTS`` documents; later ones are recomputed), so every epoch after the first, and every dev
-    evaluation after the first, costs the head only. Training and ``lcenet evaluate`` also keep the vectors on disk
+    never changes: it is computed once, without gradients, and remembered by the document's token ids in a memo
+    that every readout of the process computing the same vectors shares (:class:`VectorMemo`: the most recently
+    read documents, up to its bound), so every epoch after the first, every dev evaluation after the first, and
+    every other member of an ensemble cost the head only. Training and ``lcenet evaluate`` also keep the vectors on disk
     (:meth:`PretrainedEncoderModel.feature_cache`, :mod:`lcenet.models.feature_store`), so the next run over the
     same documents with the same encoder (another seed or variant of a grid, a resumed run) encodes none of them.
     ``frozen_dtype: bfloat16`` runs the frozen encoder under bf16 autocast on every device, in training and
     prediction alike (about 2.5x faster on a CPU with AMX: 14 against 36 ms a document for MiniLM-L6 at 128 tokens
     on one core here).
     """
-
-    MEMO_DOCUMENTS = 200_000  # 1.5 GiB of fp32 vectors at MiniLM-L6's 5 x 384
 
     def __init__(self, encoder: nn.Module, num_layers: int, pooling: str, frozen: bool, frozen_dtype: str,
                  family: str):
@@ -153,7 +152,8 @@ class EncoderReadout:
         self.encoder, self.num_layers, self.pooling = encoder, num_layers, pooling
         self.frozen, self.frozen_dtype = bool(frozen), frozen_dtype
         self.size = num_layers * encoder.config.hidden_size
-        self.memo: dict[bytes, torch.Tensor] = {}
+        self.name: str | None = None  # of the vectors it computes (store_name), at the first call
+        self.memo: VectorMemo | None = None
         self.store_root: Path | None = None
         self.store: FeatureStore | None = None
         if self.frozen:
@@ -166,27 +166,31 @@ class EncoderReadout:
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if not self.frozen:
             return layer_vectors(self.encoder, input_ids, attention_mask, self.num_layers, self.pooling)
+        if self.memo is None:
+            self.name = store_name(self.encoder, self.saved_args(), input_ids.device.type)
+            self.memo = VectorMemo.shared(self.name)
         if self.store_root is not None and self.store is None:
-            self.store = FeatureStore.open(self.store_root / store_name(self.encoder, self.saved_args(),
-                                                                        input_ids.device.type))
+            self.store = FeatureStore.open(self.store_root / self.name)
         keys = document_keys(input_ids, attention_mask)
         vectors = [self.memo.get(key) for key in keys]
-        for row, key in enumerate(keys):
-            if vectors[row] is None and self.store is not None and (kept := self.store.get(key)) is not None:
-                vectors[row] = self._remember(key, kept.to(input_ids.device))
+        if self.store is not None:
+            # Remembered here but not yet kept there (read by another model, or before the store was opened).
+            unkept = [row for row, vector in enumerate(vectors) if vector is not None and keys[row] not in self.store]
+            if unkept:
+                self.store.add([keys[row] for row in unkept], torch.stack([vectors[row] for row in unkept]))
+            for row, key in enumerate(keys):
+                if vectors[row] is None and (kept := self.store.get(key)) is not None:
+                    vectors[row] = kept.to(input_ids.device)
+                    self.memo.add(key, vectors[row])
         missing = [row for row, vector in enumerate(vectors) if vector is None]
         if missing:
             computed = self._frozen_vectors(input_ids, attention_mask, missing)
             for row, vector in zip(missing, computed):
-                vectors[row] = self._remember(keys[row], vector)
+                vectors[row] = vector
+                self.memo.add(keys[row], vector)
             if self.store is not None:
                 self.store.add([keys[row] for row in missing], computed)
-        return torch.stack(vectors)
-
-    def _remember(self, key: bytes, vector: torch.Tensor) -> torch.Tensor:
-        if len(self.memo) < self.MEMO_DOCUMENTS:
-            self.memo[key] = vector
-        return vector
+        return torch.stack([vector.to(input_ids.device) for vector in vectors])
 
     def keep_on_disk(self, root: Path) -> None:
         """Also keep the frozen vectors in a :class:`FeatureStore` under ``root``, opened at the next call (named
@@ -203,11 +207,10 @@ class EncoderReadout:
         self.store_root, self.store = None, None
 
     def forget(self) -> None:
-        """Drop the remembered vectors (the encoder's weights are about to change); the store reopens by the new
-        weights' name at the next call."""
+        """Stop reading the remembered vectors (the encoder's weights are about to change); the memo and the store
+        reopen by the new weights' name at the next call."""
         self.flush()
-        self.memo.clear()
-        self.store = None
+        self.memo, self.store = None, None
 
     @torch.no_grad()
     def _frozen_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: list[int]

@@ -1,5 +1,7 @@
-"""Document vectors of a frozen encoder kept on disk, so that every run reading the same documents with the same
-frozen encoder in the same way (a grid's cells, a resumed run, ``lcenet evaluate``) encodes each document once.
+"""Document vectors of a frozen encoder kept in memory (:class:`VectorMemo`, one per process and encoder reading)
+and on disk (:class:`FeatureStore`), so that every model and run reading the same documents with the same frozen
+encoder in the same way (an ensemble's members, a grid's cells, a resumed run, ``lcenet evaluate``) encodes each
+document once.
 
 A store is a directory named by everything a vector depends on besides the document (:func:`store_name`): the
 encoder's weights, the layers read, the pooling, the precision, the device type and the torch version. It holds
@@ -16,6 +18,8 @@ import hashlib
 import json
 import logging
 import uuid
+import weakref
+from collections import OrderedDict
 from pathlib import Path
 from typing import ClassVar
 
@@ -54,6 +58,9 @@ class FeatureStore:
         for path in sorted(directory.glob("*.safetensors")):
             self._read_shard(path)
 
+    def __contains__(self, key: bytes) -> bool:
+        return key in self.pending or key in self.index
+
     def get(self, key: bytes) -> torch.Tensor | None:
         """The kept vector of the document ``key`` (on the CPU), or None."""
         if (vector := self.pending.get(key)) is not None:
@@ -89,6 +96,50 @@ class FeatureStore:
         for row, key in enumerate(keys):
             self.index.setdefault(bytes(key), (len(self.shards), row))
         self.shards.append(shard)
+
+
+class VectorMemo:
+    """The vectors of recently read documents, for every readout of this process that computes the same vectors
+    (:func:`store_name` names them): the members of an ensemble or a server that read one encoder alike encode a
+    text once between them and remember it once. At most ``documents`` vectors (the least recently used go first);
+    a memo lasts while a readout holds it."""
+
+    documents: ClassVar[int] = 200_000  # 1.5 GiB of fp32 vectors at MiniLM-L6's 5 x 384
+    _shared: ClassVar[weakref.WeakValueDictionary[str, VectorMemo]] = weakref.WeakValueDictionary()
+
+    @classmethod
+    def shared(cls, name: str) -> VectorMemo:
+        memo = cls._shared.get(name)
+        if memo is None:
+            memo = cls._shared[name] = cls()
+        return memo
+
+    @classmethod
+    def bound(cls, documents: int) -> None:
+        """Remember at most ``documents`` vectors per memo from now on (a server's bound), in this process."""
+        cls.documents = documents
+        for memo in list(cls._shared.values()):
+            memo._trim()
+
+    def __init__(self):
+        self.vectors: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def get(self, key: bytes) -> torch.Tensor | None:
+        vector = self.vectors.get(key)
+        if vector is not None:
+            self.vectors.move_to_end(key)
+        return vector
+
+    def add(self, key: bytes, vector: torch.Tensor) -> None:
+        self.vectors[key] = vector
+        self._trim()
+
+    def _trim(self) -> None:
+        while len(self.vectors) > self.documents:
+            self.vectors.popitem(last=False)
 
 
 KEY_BYTES = 16
