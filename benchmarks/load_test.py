@@ -2,11 +2,14 @@
 
     python benchmarks/load_test.py                      # the demo XML-CNN + LCENet (trained first if missing)
     python benchmarks/load_test.py --model-dir runs/x/model --requests 500 --max-seconds 20
+    python benchmarks/load_test.py --model-dir runs/a/model runs/b/model --serve-args '--remembered-texts 0'
 
 Starts `lcenet serve` as a subprocess on a free loopback port (so the clients do not share its GIL), then for
 each concurrency level sends single-document requests (k = 5, test documents of the bundled EURLEX57K sample)
 from that many concurrent clients, until --requests have been answered or --max-seconds have passed, and stops
-the server. Writes a JSON record to benchmarks/results/serve_load_<device>.json and prints a table.
+the server. Several model directories are served as an ensemble. The requests repeat the sample's texts, so a
+frozen encoder's memo would answer them without encoding: `--remembered-texts 0` measures every text encoded.
+Writes a JSON record to benchmarks/results/serve_load_<device>.json and prints a table.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ RESULTS = Path(__file__).parent / "results"
 TARGETS = {"errors": 0, "p50_ms_at_1": 15.0, "docs_per_s_at_32": 200.0}  # issue #12, 2 CPU cores
 
 
-def start_server(model_dir: Path, device: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "lcenet.cli", "serve", str(model_dir), "--port", "0", "--device", device, *extra]
+def start_server(model_dirs: list[Path], device: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, "-m", "lcenet.cli", "serve", *map(str, model_dirs), "--port", "0", "--device", device,
+               *extra]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     for line in server.stderr:
@@ -148,8 +152,9 @@ def git_commit() -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=Path("runs/demo/xmlcnn_lcenet/model"),
-                        help="model to serve; the demo XML-CNN + LCENet is trained there first if it is missing")
+    parser.add_argument("--model-dir", type=Path, nargs="+", default=[Path("runs/demo/xmlcnn_lcenet/model")],
+                        help="model to serve (several: an ensemble); the demo XML-CNN + LCENet is trained there "
+                             "first if one directory is given and it is missing")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=2000, help="requests per concurrency level (at most)")
@@ -160,12 +165,14 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="record path (default results/serve_load_<device>.json)")
     args = parser.parse_args()
 
-    if not (args.model_dir / "config.json").exists():
-        if args.model_dir.name != "model":
-            raise SystemExit(f"{args.model_dir}: not found (only a RUN_DIR/model path is trained when missing)")
-        print(f"{args.model_dir}: missing; training the demo XML-CNN + LCENet there first", file=sys.stderr)
-        run_training(demo_config(lcenet=True), SAMPLE_DIR, args.model_dir.parent,
-                     cache_dir=args.model_dir.parent.parent / "cache", progress=False)
+    for model_dir in args.model_dir:
+        if (model_dir / "config.json").exists():
+            continue
+        if model_dir.name != "model" or len(args.model_dir) > 1:
+            raise SystemExit(f"{model_dir}: not found (only one RUN_DIR/model path is trained when missing)")
+        print(f"{model_dir}: missing; training the demo XML-CNN + LCENet there first", file=sys.stderr)
+        run_training(demo_config(lcenet=True), SAMPLE_DIR, model_dir.parent,
+                     cache_dir=model_dir.parent.parent / "cache", progress=False)
     texts = [text for text, _ in data.iter_split(SAMPLE_DIR, "test")]
     started = time.time()
     load_before = os.getloadavg()
@@ -193,8 +200,9 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": args.device, "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "note": args.note, "model_dir": str(args.model_dir), "model": model_info["family"],
-        "lcenet": model_info["lcenet"], "num_labels": model_info["num_labels"], "limits": model_info["limits"],
+        "note": args.note, "model_dirs": list(map(str, args.model_dir)),
+        "members": [{"family": member["family"], "lcenet": member["lcenet"]} for member in model_info["members"]],
+        "combine": model_info["combine"], "num_labels": model_info["num_labels"], "limits": model_info["limits"],
         "serve_args": args.serve_args, "versions": model_info["versions"]["serving"],
         "client": "keep-alive HTTP/1.1 on asyncio streams, one connection per client, in a separate process "
                   "on the same machine; single-document requests, k = 5, EURLEX57K sample test documents",

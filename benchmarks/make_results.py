@@ -325,7 +325,7 @@ def serve_load_section(paths: list[Path]) -> list[str]:
     notes = []
     for path in paths:
         record = json.loads(path.read_text())
-        model = f"{record['model']}{' + LCENet' if record['lcenet'] else ''}, L = {record['num_labels']:,}"
+        model = f"{served_model(record)}, L = {record['num_labels']:,}"
         for level in record["levels"]:
             lines.append(f"| `{path.name}` | {model} | {record['device']} ({record['cpu_cores']}) | "
                          f"{level['concurrency']} | {level['requests']:,} | {level['errors']} | "
@@ -336,6 +336,17 @@ def serve_load_section(paths: list[Path]) -> list[str]:
                      f"{(record['git_commit'] or 'unknown')[:8]}, {record['wall_seconds']:.0f} s). Targets: {met}."
                      + (f" {record['note']}" if record["note"] else ""))
     return lines + [""] + notes + [""]
+
+
+def served_model(record: dict) -> str:
+    """``"xmlcnn + LCENet"``, or for an ensemble ``"ensemble of 7 (3 sparse, 4 bert_sparse; logit mean)"``. Records
+    from before ensembles could be served name one model in ``model`` and ``lcenet``."""
+    members = record.get("members") or [{"family": record["model"], "lcenet": record["lcenet"]}]
+    names = [f"{member['family']}{' + LCENet' if member['lcenet'] else ''}" for member in members]
+    if len(names) == 1:
+        return names[0]
+    counts = ", ".join(f"{names.count(name)} {name}" for name in dict.fromkeys(names))
+    return f"ensemble of {len(names)} ({counts}; {record['combine']} mean)"
 
 
 def timed_paths(case: dict) -> list[tuple[str, dict, dict, float]]:

@@ -650,6 +650,16 @@ def test_step_time_section_old_and_new_formats(tmp_path):
     assert "(20 s, torch 2.13.0, git `6a1142158f` (uncommitted changes), 2026-11-26)" in text
 
 
+def test_served_models_are_named_for_one_model_and_for_an_ensemble():
+    served_model = load_benchmark("make_results").served_model
+    assert served_model({"model": "xmlcnn", "lcenet": {"rank": 8}}) == "xmlcnn + LCENet"  # a record before ensembles
+    members = [{"family": "sparse", "lcenet": None}, {"family": "bert_sparse", "lcenet": None},
+               {"family": "sparse", "lcenet": None}]
+    assert served_model({"members": members, "combine": "logit"}) == \
+        "ensemble of 3 (2 sparse, 1 bert_sparse; logit mean)"
+    assert served_model({"members": members[:1], "combine": None}) == "sparse"
+
+
 def test_scale_step_ratio_shows_the_spread_of_its_pairs():
     make_results = load_benchmark("make_results")
     paired = {"lcenet_step_ratio": 1.1, "lcenet_step_ratio_separate": 1.25,
