@@ -122,8 +122,11 @@ def test_an_ensemble_serves_as_its_predictor_and_describes_each_member(model_dir
 
 
 def test_a_server_bounds_what_frozen_encoders_remember(model_dir, monkeypatch):
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: None)  # loads and returns at once
-    serve(ServeSettings(model_dir, remembered_texts=7), port=0, device="cpu", threads=1)
+    import torch
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: sockets[0].close())  # loads, returns at once
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)  # the other tests keep theirs
+    serve(ServeSettings(model_dir, remembered_texts=7), port=0, device="cpu")
     assert VectorMemo.documents == 7
 
 
