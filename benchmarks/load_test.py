@@ -2,13 +2,15 @@
 
     python benchmarks/load_test.py                      # the demo XML-CNN + LCENet (trained first if missing)
     python benchmarks/load_test.py --model-dir runs/x/model --requests 500 --max-seconds 20
-    python benchmarks/load_test.py --model-dir runs/a/model runs/b/model --serve-args '--remembered-texts 0'
+    python benchmarks/load_test.py --model-dir runs/a/model runs/b/model --serve-args '--remembered-texts 64'
 
 Starts `lcenet serve` as a subprocess on a free loopback port (so the clients do not share its GIL), then for
 each concurrency level sends single-document requests (k = 5, test documents of the bundled EURLEX57K sample)
 from that many concurrent clients, until --requests have been answered or --max-seconds have passed, and stops
-the server. Several model directories are served as an ensemble. The requests repeat the sample's texts, so a
-frozen encoder's memo would answer them without encoding: `--remembered-texts 0` measures every text encoded.
+the server. Several model directories are served as an ensemble. The requests cycle through the sample's 500
+texts, so a frozen encoder's memo (`lcenet serve --remembered-texts`, 10,000 by default) would answer them without
+encoding: `--remembered-texts 64` (the largest batch) measures every text encoded once, its members sharing the
+vectors of the batch; `--remembered-texts 0` every text encoded by each member that reads a frozen encoder.
 Writes a JSON record to benchmarks/results/serve_load_<device>.json and prints a table.
 """
 
