@@ -244,7 +244,8 @@ def serve(
     combine: Annotated[str, typer.Option(help=COMBINE_HELP)] = DEFAULT_COMBINE,
     remembered_texts: Annotated[int, typer.Option(help="Frozen-encoder vectors of the most recent texts kept in "
                                                   "memory, shared by the members that read one encoder alike "
-                                                  "(a repeated text costs the head only).")] = 10_000,
+                                                  "(a repeated text costs the head only); below --max-batch-size "
+                                                  "the members no longer share a batch's vectors.")] = 10_000,
 ):
     """Serve a model (or an ensemble) over HTTP: POST /predict, GET /health, GET /model, a page at /, API docs
     at /docs."""
