@@ -168,7 +168,7 @@ class EncoderReadout:
             return layer_vectors(self.encoder, input_ids, attention_mask, self.num_layers, self.pooling)
         if self.memo is None:
             self.name = store_name(self.encoder, self.saved_args(), input_ids.device.type)
-            self.memo = VectorMemo.shared(self.name)
+            self.memo = VectorMemo.shared(f"{self.name}@{input_ids.device}")  # its vectors stay on that device
         if self.store_root is not None and self.store is None:
             self.store = FeatureStore.open(self.store_root / self.name)
         keys = document_keys(input_ids, attention_mask)
@@ -190,7 +190,7 @@ class EncoderReadout:
                 self.memo.add(keys[row], vector)
             if self.store is not None:
                 self.store.add([keys[row] for row in missing], computed)
-        return torch.stack([vector.to(input_ids.device) for vector in vectors])
+        return torch.stack(vectors)
 
     def keep_on_disk(self, root: Path) -> None:
         """Also keep the frozen vectors in a :class:`FeatureStore` under ``root``, opened at the next call (named

@@ -100,9 +100,9 @@ class FeatureStore:
 
 class VectorMemo:
     """The vectors of recently read documents, for every readout of this process that computes the same vectors
-    (:func:`store_name` names them): the members of an ensemble or a server that read one encoder alike encode a
-    text once between them and remember it once. At most ``documents`` vectors (the least recently used go first);
-    a memo lasts while a readout holds it."""
+    on the same device (named by :func:`store_name` and the device): the members of an ensemble or a server that
+    read one encoder alike encode a text once between them and remember it once. At most ``documents`` vectors (the
+    least recently used go first); a memo lasts while a readout holds it."""
 
     documents: ClassVar[int] = 200_000  # 1.5 GiB of fp32 vectors at MiniLM-L6's 5 x 384
     _shared: ClassVar[weakref.WeakValueDictionary[str, VectorMemo]] = weakref.WeakValueDictionary()
